@@ -1,0 +1,99 @@
+"""The ``rerefine`` command line.
+
+Each sub-command lives in ``rerefine.flows.commands.<name>`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable
+taking ``(args, settings)`` and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from rerefine.flows import __version__
+from rerefine.flows.settings import load_settings
+from rerefine.refine.errors import RerefineError
+
+COMMANDS = ["info"]
+
+log = logging.getLogger("rerefine")
+
+
+def _clean(obj):
+    """Make numpy scalars and non-finite floats JSON-safe (NaN/inf become null)."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        try:
+            obj = obj.item()
+        except (ValueError, AttributeError):
+            obj = obj.tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def emit_json(obj, dest: str | None) -> None:
+    """Write ``obj`` as JSON to ``dest`` (``-`` is standard output), atomically for files."""
+    if not dest:
+        return
+    text = json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
+    if dest == "-":
+        sys.stdout.write(text)
+        return
+    path = Path(dest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rerefine",
+        description="Automated re-refinement of cryo-EM models against their EMDB maps.",
+    )
+    parser.add_argument("--version", action="version", version=f"rerefine {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"rerefine.flows.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings()
+        return int(args.func(args, settings) or 0)
+    except RerefineError as exc:
+        if args.debug:
+            raise
+        print(f"rerefine {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"rerefine {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

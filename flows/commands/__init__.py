@@ -1,0 +1,1 @@
+"""One module per ``rerefine`` sub-command; see :mod:`rerefine.flows.cli`."""

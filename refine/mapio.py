@@ -1,0 +1,293 @@
+"""Reading, validating, boxing and writing cryo-EM maps (MRC/CCP4, gzip or not).
+
+The in-memory form is :class:`DensityMap`: a float32 array indexed ``[ix, iy, iz]``
+(C order) whatever the file's axis order (MAPC/MAPR/MAPS), plus the absolute
+position of its first voxel, so that model coordinates in the deposited frame
+can be compared with the map directly.
+
+Origin conventions (MRC2014, Cheng et al. 2015, J. Struct. Biol. 192:146):
+the position of voxel ``n`` is ``(NSTART + n) * voxel`` in the frame of the model.
+UCSF Chimera and ChimeraX write cut-out boxes with ``NSTART = 0`` and put the box
+position, in Å, in the ``ORIGIN`` header words (50-52). We honour ``ORIGIN`` as a
+real-space offset when every ``NSTART`` is zero and ``ORIGIN`` is not; it need not
+be a whole number of voxels. When both are set, ``NSTART`` wins (the EMDB
+convention) and ``ORIGIN`` is ignored.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import gemmi
+import mrcfile
+import numpy as np
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DensityMap:
+    """A density map in an absolute Cartesian frame.
+
+    Attributes
+    ----------
+    data : numpy.ndarray
+        float32 values, shape ``(nx, ny, nz)``, C-contiguous, indexed ``[ix, iy, iz]``.
+    cell : gemmi.UnitCell
+        The cell spanned by ``sampling`` voxels (MRC CELLA/CELLB), Å and degrees.
+    sampling : tuple of int
+        Voxels per cell edge along x, y, z (MRC MX, MY, MZ).
+    start : tuple of int
+        Index of ``data[0, 0, 0]`` on the cell grid along x, y, z (MRC NSTART, permuted).
+    origin_shift : numpy.ndarray
+        Extra Cartesian offset, Å, added to every voxel position (from MRC ORIGIN).
+    name : str
+        Label used in messages (usually the file name).
+    """
+
+    data: np.ndarray
+    cell: gemmi.UnitCell
+    sampling: tuple[int, int, int]
+    start: tuple[int, int, int] = (0, 0, 0)
+    origin_shift: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    name: str = "map"
+    label: str = ""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self.data.shape)
+
+    @property
+    def voxel_size(self) -> np.ndarray:
+        """Voxel edge lengths along the cell axes, Å."""
+        return np.array([self.cell.a, self.cell.b, self.cell.c]) / np.array(self.sampling, float)
+
+    @property
+    def is_orthogonal(self) -> bool:
+        return all(abs(x - 90.0) < 1e-3 for x in (self.cell.alpha, self.cell.beta, self.cell.gamma))
+
+    @property
+    def origin(self) -> np.ndarray:
+        """Cartesian position of ``data[0, 0, 0]``, Å."""
+        frac = gemmi.Fractional(*(s / m for s, m in zip(self.start, self.sampling)))
+        o = self.cell.orthogonalize(frac)
+        return np.array([o.x, o.y, o.z]) + self.origin_shift
+
+    @property
+    def orth_matrix(self) -> np.ndarray:
+        """Matrix taking grid steps (voxel units) to Cartesian Å."""
+        m = np.array(self.cell.orth.mat.tolist())
+        return m / np.array(self.sampling, float)[None, :]
+
+    @property
+    def extent(self) -> np.ndarray:
+        """Box edge lengths, Å (orthogonal maps)."""
+        return self.voxel_size * np.array(self.shape)
+
+    def grid_coordinates(self, xyz: np.ndarray) -> np.ndarray:
+        """Convert Cartesian positions (Å, shape (N, 3)) to fractional voxel indices of ``data``."""
+        xyz = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+        inv = np.linalg.inv(self.orth_matrix)
+        return (xyz - self.origin) @ inv.T
+
+    def statistics(self) -> dict:
+        """Mean, standard deviation, minimum and maximum of the map values."""
+        d = self.data
+        return {
+            "mean": float(d.mean(dtype=np.float64)),
+            "sd": float(d.std(dtype=np.float64)),
+            "min": float(d.min()),
+            "max": float(d.max()),
+        }
+
+    def with_data(self, data: np.ndarray) -> DensityMap:
+        """The same frame holding other values (e.g. a sharpened or model map)."""
+        if tuple(data.shape) != self.shape:
+            raise ValueError(f"shape {data.shape} does not match map {self.shape}")
+        return replace(self, data=np.ascontiguousarray(data, dtype=np.float32))
+
+
+def _open_mrc(path: Path):
+    """Open an MRC file with mrcfile (which recognises gzip and bzip2 by their magic bytes)."""
+    try:
+        return mrcfile.open(str(path), mode="r", permissive=False)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InputError(f"{path.name}: corrupt or truncated file ({exc})") from None
+    except Exception as exc:  # mrcfile raises ValueError on bad headers and short data
+        raise InputError(f"{path.name}: not a readable MRC/CCP4 map ({exc})") from None
+
+
+def read_map(path: str | os.PathLike, *, check_finite: bool = True) -> DensityMap:
+    """Read an MRC/CCP4 map (``.mrc``, ``.map``, ``.ccp4``, optionally gzipped).
+
+    Parameters
+    ----------
+    path : path-like
+        Map file.
+    check_finite : bool
+        Reject maps holding NaN or infinite values (default). Metrics and
+        refinement are undefined on them.
+
+    Returns
+    -------
+    DensityMap
+        Values as float32 indexed ``[x, y, z]``, with the origin handled as described
+        in the module docstring.
+
+    Raises
+    ------
+    InputError
+        Missing file, truncated data, corrupt gzip, bad header, zero-size axis,
+        non-finite values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path.name}: map file not found")
+    if path.stat().st_size < 1024:
+        raise InputError(f"{path.name}: file too short for an MRC header ({path.stat().st_size} bytes)")
+    mrc = _open_mrc(path)
+    try:
+        h = mrc.header
+        if mrc.data is None:
+            raise InputError(f"{path.name}: map has no data block")
+        raw = np.asarray(mrc.data)
+        if raw.ndim != 3 or 0 in raw.shape:
+            raise InputError(f"{path.name}: map is not a non-empty 3-D volume (shape {raw.shape})")
+        axes = (int(h.mapc), int(h.mapr), int(h.maps))
+        if sorted(axes) != [1, 2, 3]:
+            raise InputError(f"{path.name}: invalid axis order MAPC/MAPR/MAPS = {axes}")
+        # mrcfile gives (section, row, column); column is along axis axes[0], etc.
+        crs = raw.transpose(2, 1, 0)  # -> (col, row, sec)
+        perm = [axes.index(k) for k in (1, 2, 3)]  # which crs dimension is x, y, z
+        data = np.ascontiguousarray(crs.transpose(perm), dtype=np.float32)
+        nstart_crs = (int(h.nxstart), int(h.nystart), int(h.nzstart))
+        start = tuple(nstart_crs[p] for p in perm)
+        sampling = (int(h.mx), int(h.my), int(h.mz))
+        if min(sampling) <= 0:
+            # Some writers leave MX/MY/MZ empty; the box is then the cell.
+            sampling = tuple(int(n) for n in data.shape)
+        cella = [float(h.cella.x), float(h.cella.y), float(h.cella.z)]
+        cellb = [float(h.cellb.alpha), float(h.cellb.beta), float(h.cellb.gamma)]
+        if min(cella) <= 0:
+            raise InputError(f"{path.name}: cell dimensions {cella} are not positive")
+        if min(cellb) <= 0:
+            cellb = [90.0, 90.0, 90.0]
+        origin_words = np.array([float(h.origin.x), float(h.origin.y), float(h.origin.z)])
+        label = ""
+        try:
+            label = b"".join(bytes(x) for x in h.label[: int(h.nlabl)]).decode("ascii", "replace").strip()
+        except Exception:
+            label = ""
+    finally:
+        mrc.close()
+    if not np.all(np.isfinite(origin_words)):
+        origin_words = np.zeros(3)
+    shift = np.zeros(3)
+    if any(start) and np.any(origin_words != 0):
+        log.info("%s: both NSTART %s and ORIGIN %s set; using NSTART", path.name, start, origin_words)
+    elif not any(start) and np.any(origin_words != 0):
+        shift = origin_words
+    if check_finite and not np.all(np.isfinite(data)):
+        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise InputError(f"{path.name}: map holds {bad} NaN or infinite values")
+    dmap = DensityMap(
+        data=data,
+        cell=gemmi.UnitCell(*cella, *cellb),
+        sampling=sampling,
+        start=start,
+        origin_shift=shift,
+        name=path.name,
+        label=label,
+    )
+    return dmap
+
+
+def write_map(path: str | os.PathLike, dmap: DensityMap) -> Path:
+    """Write ``dmap`` as an MRC2014 file, atomically (temporary file + rename).
+
+    The absolute frame is kept: a whole-voxel offset goes into NSTART; any
+    remainder, as Chimera does, into the ORIGIN words (Å). Gzip when the name ends in ``.gz``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vox = dmap.voxel_size
+    origin = dmap.origin
+    if dmap.is_orthogonal:
+        steps = origin / vox
+        istart = np.round(steps).astype(int)
+        rest = origin - istart * vox
+        if np.all(np.abs(rest) < 1e-4 * vox):
+            rest = np.zeros(3)
+        else:
+            istart = np.zeros(3, int)
+            rest = origin
+    else:
+        istart = np.array(dmap.start)
+        rest = np.asarray(dmap.origin_shift, float)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".mrc", dir=path.parent)
+    os.close(fd)
+    try:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(np.ascontiguousarray(dmap.data.transpose(2, 1, 0), dtype=np.float32))
+            h = mrc.header
+            h.mx, h.my, h.mz = dmap.sampling
+            h.cella = (dmap.cell.a, dmap.cell.b, dmap.cell.c)
+            h.cellb = (dmap.cell.alpha, dmap.cell.beta, dmap.cell.gamma)
+            h.nxstart, h.nystart, h.nzstart = (int(x) for x in istart)
+            h.origin = tuple(float(x) for x in rest)
+            mrc.update_header_stats()
+        if path.suffix == ".gz":
+            gz_tmp = tmp + ".gz"
+            with open(tmp, "rb") as src, gzip.open(gz_tmp, "wb", compresslevel=6) as dst:
+                while chunk := src.read(1 << 22):
+                    dst.write(chunk)
+            os.replace(gz_tmp, path)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        for t in (tmp, tmp + ".gz"):
+            if os.path.exists(t):
+                os.unlink(t)
+        raise
+    return path
+
+
+def fraction_inside(dmap: DensityMap, xyz: np.ndarray) -> float:
+    """Fraction of positions ``xyz`` (Å, shape (N, 3)) that lie inside the map box."""
+    xyz = np.asarray(xyz).reshape(-1, 3)
+    if len(xyz) == 0:
+        return 0.0
+    g = dmap.grid_coordinates(xyz)
+    hi = np.array(dmap.shape) - 1
+    inside = np.all((g >= 0) & (g <= hi), axis=1)
+    return float(inside.mean())
+
+
+def cut_box(dmap: DensityMap, xyz: np.ndarray, padding: float = 5.0) -> DensityMap:
+    """Cut the part of an orthogonal map around ``xyz`` (Å) plus ``padding`` Å.
+
+    The result keeps the absolute frame (its ``start`` moves); a box is never larger
+    than the map. Raises :class:`InputError` when no position lies over the map.
+    """
+    if not dmap.is_orthogonal:
+        raise InputError(f"{dmap.name}: boxing needs an orthogonal cell")
+    xyz = np.asarray(xyz, float).reshape(-1, 3)
+    g = dmap.grid_coordinates(xyz)
+    pad = padding / dmap.voxel_size
+    lo = np.floor(g.min(axis=0) - pad).astype(int)
+    hi = np.ceil(g.max(axis=0) + pad).astype(int) + 1
+    lo = np.maximum(lo, 0)
+    hi = np.minimum(hi, np.array(dmap.shape))
+    if np.any(hi - lo < 2):
+        raise InputError(f"{dmap.name}: the model does not overlap the map")
+    data = np.ascontiguousarray(dmap.data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
+    return replace(dmap, data=data, start=tuple(int(s + l) for s, l in zip(dmap.start, lo)))
