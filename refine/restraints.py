@@ -1,0 +1,449 @@
+"""Geometry restraints of a model from the CCP4 monomer library, via gemmi's topology.
+
+:func:`build_restraints` reads the dictionaries for the residue names of the model
+(``gemmi.read_monomer_lib``), lets gemmi match residues and inter-residue links
+(``gemmi.prepare_topology``: peptide ``TRANS``/``CIS``/``PTRANS``..., nucleic ``p``,
+disulfides and other known ``struct_conn``/LINK connections) and packs every
+restraint into flat numpy arrays that the numba kernels of
+:mod:`rerefine.refine.geometry` loop over.
+
+Atom indexing (used everywhere in ``refine``): atom ``i`` is the ``i``-th item of
+``list(st[0].all())`` -- chains, residues, atoms in file order, every alternative
+conformer its own atom. :func:`atom_xyz` / :func:`set_xyz` convert between the
+structure and an ``(N, 3)`` float64 array in that order.
+
+Restraint conventions follow the CCP4 monomer library (Vagin et al. 2004,
+Acta Cryst D60:2184) as used by Refmac/phenix: ideal values and esd (sigma) per
+restraint, angles and torsions in degrees, chiral volume in Å³ with sign from the
+dictionary (``both`` = either hand), planes as a single sigma per plane (Å).
+Residues with no dictionary are *fixed*: no restraints, ``fixed`` mask True,
+a warning in :attr:`Restraints.warnings`; they still take part in the nonbonded
+term and in the metrics.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass, field
+
+import gemmi
+import numpy as np
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+# Residues that never have restraints of their own and need no dictionary warning
+# beyond the normal path; they are still looked up in the library (HOH, ions exist there).
+_WATER = {"HOH", "WAT", "DOD", "H2O"}
+
+
+@dataclass
+class BondSet:
+    """Bond-length restraints: ``idx`` (n, 2) atoms, ``ideal`` Å, ``sigma`` Å."""
+
+    idx: np.ndarray
+    ideal: np.ndarray
+    sigma: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ideal)
+
+
+@dataclass
+class AngleSet:
+    """Bond-angle restraints: ``idx`` (n, 3) atoms (vertex in the middle), ``ideal``/``sigma`` in degrees."""
+
+    idx: np.ndarray
+    ideal: np.ndarray
+    sigma: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ideal)
+
+
+@dataclass
+class TorsionSet:
+    """Torsion restraints: ``idx`` (n, 4), ``ideal``/``sigma`` degrees, ``period`` (n,) int.
+
+    The deviation is taken modulo ``360/period`` (period 0 in the library means 1).
+    Torsions with ``sigma == 0`` (the library's "not restrained" phi etc.) are kept so the
+    count matches gemmi's topology, but carry no weight in the target.
+    """
+
+    idx: np.ndarray
+    ideal: np.ndarray
+    sigma: np.ndarray
+    period: np.ndarray
+    label: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ideal)
+
+
+@dataclass
+class ChiralSet:
+    """Chiral-volume restraints: ``idx`` (n, 4) = centre + 3 ligands; ``ideal`` signed volume Å³.
+
+    Volume ``V = (r1 - c) · ((r2 - c) × (r3 - c))``; ``both[k]`` True when the dictionary
+    allows either hand (then ``|V|`` is restrained to ``|ideal|``). ``sigma`` Å³.
+    """
+
+    idx: np.ndarray
+    ideal: np.ndarray
+    sigma: np.ndarray
+    both: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ideal)
+
+
+@dataclass
+class PlaneSet:
+    """Planarity restraints: atoms of plane ``k`` are ``atoms[offsets[k]:offsets[k+1]]``; ``sigma`` Å."""
+
+    atoms: np.ndarray
+    offsets: np.ndarray
+    sigma: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sigma)
+
+
+@dataclass
+class Restraints:
+    """All restraints of one model (first model of a structure), packed for numba kernels.
+
+    Attributes
+    ----------
+    n_atoms : int
+        Atoms in ``list(st[0].all())`` order (the index space of every array here).
+    bonds, angles, torsions, chirals, planes :
+        Packed restraint sets (see their classes). Inter-residue links applied by gemmi
+        (peptide, nucleic, disulfide, ...) are included in these sets.
+    links : dict
+        ``link_id -> count`` of links applied by gemmi (``TRANS``, ``PTRANS``, ``CIS``,
+        ``p``, ``disulf``, ...).
+    fixed : ndarray of bool (N,)
+        Atoms that must not move: residues with no dictionary. Their gradient rows are
+        zeroed by :func:`rerefine.refine.geometry.restraint_energy_gradient`.
+    warnings : list of str
+        One line per problem handled (unknown residue fixed, missing atoms, ...).
+    element : ndarray of str (N,)
+        Element symbols (upper case).
+    vdw_radius : ndarray (N,)
+        van der Waals radius (Å) from the library's ``ener_lib`` energy type.
+    hb_type : ndarray of uint8 (N,)
+        H-bond class: 0 none, 1 donor, 2 acceptor, 3 both, 4 polar hydrogen, 5 metal ion.
+    altloc : ndarray of uint8 (N,)
+        ``ord(altloc)`` or 0 when blank; atoms with different non-blank altlocs never interact.
+    residue : ndarray of int32 (N,)
+        Residue serial (0-based, model order) of each atom.
+    nonbonded : NonbondedList
+        Neighbour list of the repulsion term, refreshed lazily by the energy function.
+    weights : dict
+        Relative weight of each term (``bond``, ``angle``, ``torsion``, ``chiral``,
+        ``plane``, ``nonbonded``), all 1.0 by default; the refinement may lower e.g. torsions.
+    """
+
+    n_atoms: int
+    bonds: BondSet
+    angles: AngleSet
+    torsions: TorsionSet
+    chirals: ChiralSet
+    planes: PlaneSet
+    fixed: np.ndarray
+    element: np.ndarray
+    vdw_radius: np.ndarray
+    hb_type: np.ndarray
+    altloc: np.ndarray
+    residue: np.ndarray
+    links: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+    exclusions: np.ndarray | None = None  # sorted int64 keys i*N+j (i<j) of 1-2/1-3 pairs
+    pairs14: np.ndarray | None = None  # sorted int64 keys of 1-4 pairs
+    nonbonded: object = None
+    weights: dict = field(default_factory=lambda: {
+        "bond": 1.0, "angle": 1.0, "torsion": 1.0, "chiral": 1.0, "plane": 1.0, "nonbonded": 1.0})
+
+    @property
+    def chirality(self) -> ChiralSet:
+        """Alias of :attr:`chirals`."""
+        return self.chirals
+
+    def counts(self) -> dict:
+        """Number of restraints per type (same meaning as gemmi's Topo lists)."""
+        return {"bonds": len(self.bonds), "angles": len(self.angles), "torsions": len(self.torsions),
+                "chirs": len(self.chirals), "planes": len(self.planes),
+                "nonbonded_pairs": 0 if self.nonbonded is None else int(self.nonbonded.n_pairs)}
+
+
+# --------------------------------------------------------------------------- coordinates
+
+def atom_xyz(st: gemmi.Structure) -> np.ndarray:
+    """Coordinates (Å) of all atoms of the first model, ``(N, 3)`` float64, ``st[0].all()`` order."""
+    return np.array([(c.atom.pos.x, c.atom.pos.y, c.atom.pos.z) for c in st[0].all()],
+                    dtype=np.float64).reshape(-1, 3)
+
+
+def set_xyz(st: gemmi.Structure, xyz: np.ndarray) -> None:
+    """Write ``(N, 3)`` coordinates (Å, ``st[0].all()`` order) back into the first model."""
+    xyz = np.asarray(xyz, dtype=np.float64)
+    cras = list(st[0].all())
+    if xyz.shape != (len(cras), 3):
+        raise ValueError(f"set_xyz: expected shape ({len(cras)}, 3), got {xyz.shape}")
+    for c, p in zip(cras, xyz.tolist()):
+        c.atom.pos = gemmi.Position(p[0], p[1], p[2])
+
+
+# --------------------------------------------------------------------------- building
+
+_HB_CODE = {"D": 1, "A": 2, "B": 3, "H": 4}
+# Fallback vdW radii (Å) by element when no energy type is known (same values as ener_lib).
+_VDW_FALLBACK = {"C": 1.7, "N": 1.55, "O": 1.52, "S": 1.8, "P": 1.8, "H": 1.2, "SE": 1.9,
+                 "F": 1.47, "CL": 1.75, "BR": 1.85, "I": 1.98}
+
+
+class _WarningSink(io.StringIO):
+    """File-like object handed to gemmi so its topology warnings end up in our list."""
+
+
+def _ix(atom: gemmi.Atom) -> int:
+    return int(atom.b_iso)
+
+
+def _check_duplicates(st: gemmi.Structure, name: str) -> None:
+    for ch in st[0]:
+        for res in ch:
+            seen = set()
+            for a in res:
+                key = (a.name, a.altloc)
+                if key in seen:
+                    alt = f" altloc {a.altloc}" if a.altloc != "\0" else ""
+                    raise InputError(f"{name}: duplicate atom name {a.name}{alt} in residue "
+                                     f"{ch.name}/{res.name}{res.seqid.num}{res.seqid.icode.strip()}")
+                seen.add(key)
+
+
+def build_restraints(st: gemmi.Structure, monlib_dir: str | os.PathLike, *,
+                     nonbonded_buffer: float = 1.0) -> Restraints:
+    """Build the restraints of the first model of ``st`` from the monomer library at ``monlib_dir``.
+
+    Hydrogens are kept as they are in the model (``HydrogenChange.NoChange``); atom order
+    is not changed. The structure itself is not modified (gemmi works on a clone).
+
+    Parameters
+    ----------
+    st : gemmi.Structure
+        Model (first model used).
+    monlib_dir : path
+        CCP4 monomer library folder (``list/mon_lib_list.cif``, ``a/ALA.cif``, ...).
+    nonbonded_buffer : float
+        Skin (Å) of the nonbonded neighbour list; the list is rebuilt once an atom moved
+        more than half of it.
+
+    Raises
+    ------
+    InputError
+        Library folder missing, model without atoms, duplicate atom names in a residue.
+
+    Notes
+    -----
+    * Residues without a dictionary: no restraints, atoms fixed, a warning.
+    * Residues with missing atoms: restraints that involve the absent atoms are dropped
+      (gemmi), a warning lists the residue and missing non-hydrogen atoms.
+    """
+    from .nonbonded import NonbondedList, exclusion_keys
+
+    monlib_dir = os.fspath(monlib_dir)
+    label = st.name or "model"
+    if not os.path.isfile(os.path.join(monlib_dir, "list", "mon_lib_list.cif")):
+        raise InputError(f"{monlib_dir}: not a monomer library (no list/mon_lib_list.cif)")
+    if len(st) == 0 or st[0].count_atom_sites() == 0:
+        raise InputError(f"{label}: model has no atoms")
+    _check_duplicates(st, label)
+
+    work = st.clone()
+    while len(work) > 1:
+        del work[len(work) - 1]
+    work.setup_entities()
+    model = work[0]
+    cras = list(model.all())
+    n = len(cras)
+    # gemmi's topology hands back Atom objects and renumbers serials, so the index rides on
+    # b_iso of the (throw-away) clone: a float32 holds integers exactly up to 2**24 atoms.
+    if n >= 2 ** 24:
+        raise InputError(f"{label}: {n} atoms is more than restraints support (2**24)")
+    for i, c in enumerate(cras):
+        c.atom.b_iso = float(i)
+
+    resnames = model.get_all_residue_names()
+    try:
+        monlib = gemmi.read_monomer_lib(monlib_dir, resnames, ignore_missing=True)
+    except Exception as exc:  # gemmi RuntimeError with a message
+        raise InputError(f"{monlib_dir}: cannot read monomer library ({str(exc).splitlines()[0]})") from None
+    warnings: list[str] = []
+    missing = sorted(set(resnames) - set(monlib.monomers.keys()))
+    for rn in missing:
+        warnings.append(f"{label}: no dictionary for residue {rn}: its atoms are kept fixed")
+
+    sink = _WarningSink()
+    try:
+        topo = gemmi.prepare_topology(work, monlib, model_index=0, h_change=gemmi.HydrogenChange.NoChange,
+                                      reorder=False, warnings=sink, ignore_unknown_links=True)
+    except Exception as exc:
+        raise InputError(f"{label}: topology failed ({str(exc).splitlines()[0]})") from None
+    for line in sink.getvalue().splitlines():
+        if line.strip():
+            warnings.append(f"{label}: gemmi: {line.strip()}")
+
+    # ---- per-atom properties
+    element = np.array([c.atom.element.name.upper() for c in cras])
+    altloc = np.array([0 if c.atom.altloc == "\0" else ord(c.atom.altloc) for c in cras], dtype=np.uint8)
+    residue = np.empty(n, dtype=np.int32)
+    fixed = np.zeros(n, dtype=bool)
+    vdw = np.array([_VDW_FALLBACK.get(e, 1.8) for e in element], dtype=np.float64)
+    hb = np.zeros(n, dtype=np.uint8)
+    ener = monlib.ener_lib.atoms
+    rserial = 0
+    first_atom = {}  # id(residue) not stable; use (chain idx, residue idx)
+    for ci, ch in enumerate(model):
+        for ri, res in enumerate(ch):
+            for a in res:
+                residue[_ix(a)] = rserial
+            first_atom[(ci, ri)] = rserial
+            if res.name in missing:
+                for a in res:
+                    fixed[_ix(a)] = True
+            rserial += 1
+    # energy types from the final (link/mod-modified) chem comps
+    for ci in topo.chain_infos:
+        for ri in ci.res_infos:
+            res = ri.res
+            if res.name in missing:
+                continue
+            try:
+                cc = ri.get_final_chemcomp(res[0].altloc if len(res) else "\0")
+            except Exception:
+                continue
+            types = {a.id: a.chem_type for a in cc.atoms}
+            for a in res:
+                t = types.get(a.name)
+                ea = ener.get(t) if t else None
+                if ea is not None:
+                    if ea.vdw_radius == ea.vdw_radius:  # not NaN
+                        vdw[_ix(a)] = ea.vdw_radius
+                    hb[_ix(a)] = _HB_CODE.get(ea.hb_type, 0)
+            # residues with missing non-H atoms
+            present = {a.name for a in res}
+            absent = [a.id for a in cc.atoms if not a.is_hydrogen() and a.id not in present
+                      and a.id not in ("OXT", "OP3", "HO5'", "O1P", "OP3")]
+            if absent and res.name not in _WATER:
+                warnings.append(f"{label}: residue {ci.chain_ref.name}/{res.name}{res.seqid.num}"
+                                f"{res.seqid.icode.strip()} misses atoms {' '.join(absent)}: "
+                                "restraints on them are dropped")
+    # metal ions: single-atom residues of metallic elements
+    for i, c in enumerate(cras):
+        if c.atom.element.is_metal and len(c.residue) == 1:
+            hb[i] = 5
+
+    # ---- restraints
+    bi, bv, bs = [], [], []
+    for b in topo.bonds:
+        a1, a2 = b.atoms
+        bi.append((_ix(a1), _ix(a2)))
+        bv.append(b.restr.value)
+        bs.append(b.restr.esd)
+    bonds = BondSet(np.array(bi, dtype=np.int32).reshape(-1, 2), np.array(bv, dtype=np.float64),
+                    np.array(bs, dtype=np.float64))
+
+    ai, av, as_ = [], [], []
+    for a in topo.angles:
+        x = a.atoms
+        ai.append((_ix(x[0]), _ix(x[1]), _ix(x[2])))
+        av.append(a.restr.value)
+        as_.append(a.restr.esd)
+    angles = AngleSet(np.array(ai, dtype=np.int32).reshape(-1, 3), np.array(av, dtype=np.float64),
+                      np.array(as_, dtype=np.float64))
+
+    ti, tv, ts, tp, tl = [], [], [], [], []
+    for t in topo.torsions:
+        x = t.atoms
+        ti.append((_ix(x[0]), _ix(x[1]), _ix(x[2]), _ix(x[3])))
+        tv.append(t.restr.value)
+        ts.append(t.restr.esd)
+        tp.append(max(int(t.restr.period), 1))
+        tl.append(t.restr.label)
+    torsions = TorsionSet(np.array(ti, dtype=np.int32).reshape(-1, 4), np.array(tv, dtype=np.float64),
+                          np.array(ts, dtype=np.float64), np.array(tp, dtype=np.int32), tl)
+
+    ci_, cv, cs, cb = [], [], [], []
+    for c in topo.chirs:
+        x = c.atoms
+        ci_.append((_ix(x[0]), _ix(x[1]), _ix(x[2]), _ix(x[3])))
+        vol = topo.ideal_chiral_abs_volume(c)
+        sign = c.restr.sign
+        if sign == gemmi.ChiralityType.Negative:
+            vol = -vol
+        cv.append(vol)
+        cb.append(sign == gemmi.ChiralityType.Both)
+        # The library gives no esd for chirality; 0.2 Å³ is Refmac's and phenix's default.
+        cs.append(0.2)
+    chirals = ChiralSet(np.array(ci_, dtype=np.int32).reshape(-1, 4), np.array(cv, dtype=np.float64),
+                        np.array(cs, dtype=np.float64), np.array(cb, dtype=bool))
+
+    pa, po, ps = [], [0], []
+    for p in topo.planes:
+        idx = [_ix(a) for a in p.atoms]
+        if len(idx) < 4:  # three points are always planar: no restraint to apply
+            continue
+        pa.extend(idx)
+        po.append(len(pa))
+        ps.append(p.restr.esd)
+    planes = PlaneSet(np.array(pa, dtype=np.int32), np.array(po, dtype=np.int64), np.array(ps, dtype=np.float64))
+
+    links: dict[str, int] = {}
+    for ci in topo.chain_infos:
+        for ri in ci.res_infos:
+            for lk in ri.prev:
+                if lk.link_id:
+                    links[lk.link_id] = links.get(lk.link_id, 0) + 1
+    for lk in topo.extras:
+        links[lk.link_id] = links.get(lk.link_id, 0) + 1
+
+    # explicit connections (metal coordination, unknown covalent links) are not nonbonded contacts
+    extra_pairs = []
+    for conn in work.connections:
+        try:
+            c1 = model.find_cra(conn.partner1, ignore_segment=True)
+            c2 = model.find_cra(conn.partner2, ignore_segment=True)
+        except Exception:
+            continue
+        if c1.atom is not None and c2.atom is not None:
+            extra_pairs.append((_ix(c1.atom), _ix(c2.atom)))
+    # atoms inside one dictionary-less residue: no bonds known, so do not let them repel each other
+    for rn in missing:
+        pass
+    fixed_groups = []
+    for ch in model:
+        for res in ch:
+            if res.name in missing and len(res) > 1:
+                fixed_groups.append([_ix(a) for a in res])
+
+    r = Restraints(n_atoms=n, bonds=bonds, angles=angles, torsions=torsions, chirals=chirals, planes=planes,
+                   fixed=fixed, element=element, vdw_radius=vdw, hb_type=hb, altloc=altloc, residue=residue,
+                   links=links, warnings=warnings)
+    # H atoms bonded to N/O are polar (the library's plain "H" type does not say so)
+    heavy = {"N", "O"}
+    for i, j in bonds.idx:
+        for h, o in ((i, j), (j, i)):
+            if element[h] == "H" and element[o] in heavy:
+                hb[h] = 4
+    r.exclusions, r.pairs14 = exclusion_keys(n, bonds.idx, np.array(extra_pairs, dtype=np.int64).reshape(-1, 2),
+                                             fixed_groups)
+    r.nonbonded = NonbondedList(r, buffer=nonbonded_buffer)
+    for w in warnings:
+        log.warning(w)
+    return r
