@@ -1,0 +1,568 @@
+"""HTTP for the harvester: polite JSON requests and streaming, resumable downloads into a
+content-addressed cache.
+
+Cache layout (all under ``cache_dir``)::
+
+    objects/<h[:2]>/<h>          complete, verified files, named by their SHA-256 ``h``
+    urls/<u[:2]>/<u>.json        url -> {sha256, size, etag, last_modified}; u = SHA-256 of the URL
+    partial/<u>.part             bytes received so far for an unfinished download
+    partial/<u>.json             validators (ETag/Last-Modified, total size) of that partial
+
+A file enters ``objects/`` only by an atomic rename after its size (Content-Length /
+Content-Range total) and, for ``*.gz`` names, its gzip stream (CRC and length of every
+member) have been checked, so the cache never holds a half-file. A URL whose record and
+object exist is served from the cache without any network request. An interrupted
+download keeps its ``.part`` and resumes with ``Range: bytes=N-`` (guarded by
+``If-Range``), so only the missing bytes cross the network again.
+
+Retries: timeouts, dropped connections, 429 and 5xx answers are retried with
+exponential back-off (``backoff * 2**k``, capped, ``Retry-After`` honoured); 404/410 and
+other 4xx answers are final. Requests to one host are spaced by ``min_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+import requests
+
+from rerefine.refine.errors import ArchiveError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_USER_AGENT = "rerefine (automated cryo-EM re-refinement; https://github.com/rerefine)"
+
+# Answers worth another try: the server or a proxy is busy or broken for a moment.
+_RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_TRANSIENT = (
+    requests.exceptions.Timeout,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.ChunkedEncodingError,
+)
+
+
+class _Transient(Exception):
+    """A failure that another attempt may cure (internal)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    # urllib3 wraps causes in long reprs; the tail is the useful part.
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def verify_gzip_file(path: Path, chunk: int = 1 << 20) -> str | None:
+    """None when ``path`` is a complete gzip stream, else the reason (one line)."""
+    v = GzipCheck()
+    with open(path, "rb") as fh:
+        while True:
+            b = fh.read(chunk)
+            if not b:
+                break
+            v.feed(b)
+    return v.result()
+
+
+class GzipCheck:
+    """Incremental gzip integrity check (all members, CRC-32 and ISIZE of each).
+
+    Feed the file's bytes in order; :meth:`result` is None for a complete stream.
+    """
+
+    def __init__(self):
+        self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._in_member = False
+        self._members = 0
+        self._error: str | None = None
+
+    def feed(self, data) -> None:
+        if self._error is not None:
+            return
+        buf = bytes(data)
+        try:
+            while buf:
+                self._in_member = True
+                # max_length bounds the memory a gzip bomb could claim.
+                self._d.decompress(buf, 1 << 22)
+                while self._d.unconsumed_tail and not self._d.eof:
+                    self._d.decompress(self._d.unconsumed_tail, 1 << 22)
+                if self._d.eof:
+                    self._members += 1
+                    self._in_member = False
+                    buf = self._d.unused_data
+                    self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                else:
+                    buf = b""
+        except zlib.error as exc:
+            self._error = f"corrupt gzip ({_one_line(exc)})"
+
+    def result(self) -> str | None:
+        if self._error:
+            return self._error
+        if self._in_member:
+            return "truncated gzip"
+        if self._members == 0:
+            return "empty file, not gzip"
+        return None
+
+
+class _Digest:
+    """SHA-256 (and optionally a gzip check) of a byte stream, computed on a worker thread.
+
+    hashlib and zlib release the GIL on large buffers, so hashing and inflating overlap
+    with reading the socket instead of adding to it. The queue is bounded: memory stays at
+    a few chunks whatever the file size.
+    """
+
+    def __init__(self, gzip_check: bool):
+        import queue
+
+        self.sha = hashlib.sha256()
+        self.gz = GzipCheck() if gzip_check else None
+        self.fed = 0
+        self._q: queue.Queue = queue.Queue(maxsize=8)
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while True:
+            b = self._q.get()
+            if b is None:
+                return
+            self.sha.update(b)
+            if self.gz is not None:
+                self.gz.feed(b)
+
+    def feed(self, b: bytes) -> None:
+        self.fed += len(b)
+        self._q.put(b)
+
+    def feed_file(self, path: Path, start: int, stop: int, chunk: int) -> None:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            left = stop - start
+            while left > 0:
+                b = fh.read(min(chunk, left))
+                if not b:
+                    break
+                left -= len(b)
+                self.feed(b)
+
+    def finish(self) -> tuple[str, str | None]:
+        self._q.put(None)
+        self._t.join()
+        return self.sha.hexdigest(), (self.gz.result() if self.gz is not None else None)
+
+    def abandon(self) -> None:
+        self._q.put(None)
+
+
+@dataclass
+class DownloadResult:
+    """Where a URL's verified bytes are, and whether the network was used."""
+
+    url: str
+    path: Path
+    sha256: str
+    size: int
+    from_cache: bool
+    bytes_transferred: int = 0
+
+
+@dataclass
+class HttpClient:
+    """Polite HTTP access with retries; one per run (it keeps the connection pool).
+
+    Parameters
+    ----------
+    user_agent : str
+        Sent with every request; names the project so archive operators can reach us.
+    timeout : float
+        Seconds to wait for a connection and for each read from the socket.
+    retries : int
+        Further attempts after a transient failure (timeouts, drops, 429, 5xx).
+    backoff : float
+        First wait between attempts, seconds; doubles each time up to ``max_backoff``.
+    min_interval : float
+        Minimum spacing of requests to one host, seconds (politeness).
+    chunk_size : int
+        Bytes per read while streaming a download (memory use is a few chunks).
+    """
+
+    user_agent: str = DEFAULT_USER_AGENT
+    timeout: float = 60.0
+    retries: int = 5
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+    min_interval: float = 0.2
+    chunk_size: int = 1 << 20
+    session: requests.Session | None = None
+    _last: dict = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self):
+        if self.session is None:
+            self.session = requests.Session()
+        self.session.headers["User-Agent"] = self.user_agent
+
+    # -- politeness and retry loop -------------------------------------------------
+    def _pace(self, url: str) -> None:
+        if self.min_interval <= 0:
+            return
+        host = urlsplit(url).netloc
+        with self._lock:
+            now = time.monotonic()
+            wait = self._last.get(host, 0.0) + self.min_interval - now
+            self._last[host] = max(now, now + wait)
+        if wait > 0:
+            time.sleep(wait)
+
+    def _retrying(self, what: str, attempt_fn):
+        """Run ``attempt_fn`` until it returns, retrying transient failures."""
+        last = ""
+        for attempt in range(self.retries + 1):
+            try:
+                return attempt_fn()
+            except _Transient as exc:
+                last = str(exc)
+                if attempt == self.retries:
+                    break
+                wait = min(self.max_backoff, self.backoff * 2**attempt)
+                if exc.retry_after is not None:
+                    wait = min(self.max_backoff, max(wait, exc.retry_after))
+                log.info("%s: %s; retry %d/%d in %.1f s", what, last, attempt + 1, self.retries, wait)
+                time.sleep(wait)
+        raise ArchiveError(f"{what}: {last} (gave up after {self.retries + 1} attempts)")
+
+    def _send(self, method: str, url: str, what: str, **kw) -> requests.Response:
+        self._pace(url)
+        try:
+            r = self.session.request(method, url, timeout=self.timeout, **kw)
+        except requests.exceptions.Timeout:
+            raise _Transient(f"timed out after {self.timeout:g} s ({url})") from None
+        except _TRANSIENT as exc:
+            raise _Transient(f"connection failed ({_one_line(exc)})") from None
+        except requests.exceptions.RequestException as exc:
+            raise ArchiveError(f"{what}: request failed ({_one_line(exc)})") from None
+        if r.status_code in _RETRY_STATUS:
+            ra = r.headers.get("Retry-After")
+            r.close()
+            raise _Transient(f"HTTP {r.status_code} from {url}",
+                             float(ra) if ra and ra.strip().isdigit() else None)
+        if r.status_code in (404, 410):
+            r.close()
+            raise ArchiveError(f"{what}: not found (HTTP {r.status_code} {url})")
+        if r.status_code >= 400:
+            r.close()
+            raise ArchiveError(f"{what}: HTTP {r.status_code} from {url}")
+        return r
+
+    # -- JSON --------------------------------------------------------------------------
+    def get_json(self, url: str, *, what: str, allow_empty: bool = False):
+        """GET ``url`` and parse JSON. 204/empty -> None when ``allow_empty``."""
+        return self._json("GET", url, what=what, allow_empty=allow_empty)
+
+    def post_json(self, url: str, body: dict, *, what: str, allow_empty: bool = False):
+        """POST ``body`` as JSON and parse the JSON answer (204/empty -> None when allowed)."""
+        return self._json("POST", url, what=what, allow_empty=allow_empty, json=body)
+
+    def _json(self, method, url, *, what, allow_empty, **kw):
+        def attempt():
+            r = self._send(method, url, what, **kw)
+            try:
+                content = r.content  # bodies of API answers are small
+            except _TRANSIENT as exc:
+                raise _Transient(f"connection dropped ({_one_line(exc)})") from None
+            return r.status_code, content
+
+        status, content = self._retrying(what, attempt)
+        if status == 204 or not content.strip():
+            if allow_empty:
+                return None
+            raise ArchiveError(f"{what}: empty answer from {url}")
+        try:
+            return json.loads(content)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ArchiveError(f"{what}: malformed JSON from {url} ({_one_line(exc)})") from None
+
+    # -- downloads ---------------------------------------------------------------------
+    def download(self, url: str, cache_dir: str | os.PathLike, *, what: str | None = None,
+                 verify_gzip: bool | None = None, expected_size: int | None = None,
+                 progress=None) -> DownloadResult:
+        """Fetch ``url`` into the content-addressed cache and return the verified object.
+
+        Parameters
+        ----------
+        url : str
+            http(s) URL.
+        cache_dir : path-like
+            Cache root (see module docstring).
+        what : str
+            Names the entry/file in error messages.
+        verify_gzip : bool, optional
+            Check the gzip stream; default: when the URL path ends in ``.gz``.
+        expected_size : int, optional
+            Size the file must have (bytes), when known from metadata.
+        progress : None, bool or callable
+            None: a tqdm bar when stderr is a terminal; True/False force it on/off; a
+            callable is called as ``progress(done_bytes, total_bytes_or_None)``.
+
+        Raises
+        ------
+        ArchiveError
+            404, final HTTP errors, retries exhausted, size mismatch, broken gzip. The
+            partial file is discarded when its content is wrong (not when the network
+            merely failed, so a later call resumes).
+        """
+        what = what or url
+        cache = Path(cache_dir)
+        ukey = hashlib.sha256(url.encode()).hexdigest()
+        rec_path = cache / "urls" / ukey[:2] / f"{ukey}.json"
+        hit = _cached(cache, rec_path)
+        if hit is not None:
+            return DownloadResult(url, hit[0], hit[1], hit[2], True, 0)
+        if verify_gzip is None:
+            verify_gzip = urlsplit(url).path.endswith(".gz")
+        part_dir = cache / "partial"
+        part_dir.mkdir(parents=True, exist_ok=True)
+        part = part_dir / f"{ukey}.part"
+        meta_path = part_dir / f"{ukey}.json"
+        state = {"sent": 0, "digest": None, "gzip": verify_gzip}
+
+        bar = _Progress(progress, what)
+        try:
+            def attempt():
+                self._attempt_download(url, what, part, meta_path, state, bar)
+
+            try:
+                self._retrying(what, attempt)
+            except BaseException:
+                if state["digest"] is not None:
+                    state["digest"].abandon()
+                raise
+        finally:
+            bar.close()
+
+        # Complete: check size and gzip, then move into objects/ atomically.
+        meta = _read_json(meta_path) or {}
+        size = part.stat().st_size
+        dig = state["digest"]
+        if dig is None or dig.fed != size:  # e.g. the transfer had finished in an earlier call
+            if dig is not None:
+                dig.abandon()
+            dig = _Digest(verify_gzip)
+            dig.feed_file(part, 0, size, self.chunk_size)
+        digest, gz_problem = dig.finish()
+        total = meta.get("total")
+        problem = None
+        if total is not None and size != total:
+            problem = f"size {size} B differs from the announced {total} B"
+        elif expected_size is not None and size != expected_size:
+            problem = f"size {size} B differs from the expected {expected_size} B"
+        elif gz_problem:
+            problem = gz_problem
+        if problem is not None:
+            part.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)
+            raise ArchiveError(f"{what}: {problem} ({url})")
+        obj = cache / "objects" / digest[:2] / digest
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        if obj.exists() and obj.stat().st_size == size:
+            part.unlink()  # same content already stored under another URL
+        else:
+            os.replace(part, obj)
+        _write_json_atomic(rec_path, {"url": url, "sha256": digest, "size": size,
+                                      "etag": meta.get("etag"), "last_modified": meta.get("last_modified"),
+                                      "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        meta_path.unlink(missing_ok=True)
+        return DownloadResult(url, obj, digest, size, False, state["sent"])
+
+    def _attempt_download(self, url, what, part: Path, meta_path: Path, state: dict, bar) -> None:
+        have = part.stat().st_size if part.exists() else 0
+        meta = _read_json(meta_path) or {}
+        headers = {"Accept-Encoding": "identity"}  # byte ranges refer to the stored bytes
+        if have > 0 and meta.get("total") is not None and have >= meta["total"]:
+            return  # a previous attempt finished the transfer; verification follows
+        if have > 0:
+            headers["Range"] = f"bytes={have}-"
+            validator = meta.get("etag") or meta.get("last_modified")
+            if validator:
+                headers["If-Range"] = validator
+        try:
+            r = self._send("GET", url, what, headers=headers, stream=True)
+        except ArchiveError:
+            raise
+        with r:
+            if r.status_code == 206:
+                start, total = _content_range(r.headers.get("Content-Range", ""))
+                if start != have:
+                    # The server resumed somewhere else: do not splice; start over.
+                    part.unlink(missing_ok=True)
+                    raise _Transient(f"server resumed at byte {start}, not {have}")
+                mode = "ab"
+            elif r.status_code == 200:
+                total = _int_or_none(r.headers.get("Content-Length"))
+                have = 0
+                mode = "wb"
+            elif r.status_code == 416:
+                part.unlink(missing_ok=True)
+                meta_path.unlink(missing_ok=True)
+                raise _Transient("range not satisfiable; restarting from byte 0")
+            else:
+                raise ArchiveError(f"{what}: unexpected HTTP {r.status_code} from {url}")
+            _write_json_atomic(meta_path, {"total": total, "etag": r.headers.get("ETag"),
+                                           "last_modified": r.headers.get("Last-Modified")})
+            bar.start(total, have)
+            dig = state["digest"]
+            if mode == "wb" or dig is None or dig.fed > have:
+                if dig is not None:
+                    dig.abandon()
+                dig = state["digest"] = _Digest(state["gzip"])
+            if dig.fed < have:  # bytes kept from an earlier call: hash them first
+                dig.feed_file(part, dig.fed, have, self.chunk_size)
+            got = have
+            try:
+                with open(part, mode) as fh:
+                    for chunk in r.raw.stream(self.chunk_size, decode_content=False):
+                        fh.write(chunk)
+                        dig.feed(chunk)
+                        got += len(chunk)
+                        state["sent"] += len(chunk)
+                        bar.update(len(chunk), got)
+            except _TRANSIENT + (OSError,) as exc:
+                if isinstance(exc, OSError) and not _is_network(exc):
+                    raise ArchiveError(f"{what}: cannot write cache ({_one_line(exc)})") from None
+                raise _Transient(f"connection dropped at byte {got} ({_one_line(exc)})") from None
+            except Exception as exc:  # urllib3 ProtocolError / IncompleteRead / ReadTimeoutError
+                if _is_urllib3_transient(exc):
+                    raise _Transient(f"connection dropped at byte {got} ({_one_line(exc)})") from None
+                raise
+            if total is not None and got < total:
+                raise _Transient(f"connection closed at byte {got} of {total}")
+
+
+def _is_network(exc: OSError) -> bool:
+    return isinstance(exc, (ConnectionError, TimeoutError)) or exc.__class__.__module__.startswith("urllib3")
+
+
+def _is_urllib3_transient(exc: Exception) -> bool:
+    mod = type(exc).__module__
+    return mod.startswith("urllib3") or mod.startswith("http.client")
+
+
+def _content_range(value: str) -> tuple[int, int | None]:
+    # "bytes 100-199/200" (total may be "*")
+    try:
+        unit, rest = value.split(" ", 1)
+        span, total = rest.split("/", 1)
+        start = int(span.split("-", 1)[0])
+        return start, (None if total.strip() == "*" else int(total))
+    except ValueError:
+        raise _Transient(f"bad Content-Range {value!r}") from None
+
+
+def _int_or_none(v) -> int | None:
+    try:
+        return int(v) if v is not None else None
+    except ValueError:
+        return None
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _cached(cache: Path, rec_path: Path):
+    rec = _read_json(rec_path)
+    if not rec:
+        return None
+    obj = cache / "objects" / rec["sha256"][:2] / rec["sha256"]
+    try:
+        if obj.stat().st_size == rec["size"]:
+            return obj, rec["sha256"], rec["size"]
+    except OSError:
+        pass
+    return None
+
+
+class _Progress:
+    """tqdm bar on a terminal, a callback, or nothing."""
+
+    def __init__(self, progress, what: str):
+        self.cb: Callable | None = progress if callable(progress) else None
+        use_bar = progress is True or (progress is None and sys.stderr.isatty())
+        self.use_bar = use_bar and self.cb is None
+        self.what = what
+        self.bar = None
+        self.total = None
+
+    def start(self, total, have):
+        self.total = total
+        if self.use_bar:
+            from tqdm import tqdm
+
+            if self.bar is None:
+                self.bar = tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                unit_divisor=1024, desc=self.what[:40], leave=False)
+            else:
+                self.bar.reset(total=total)
+                self.bar.update(have)
+
+    def update(self, n, done):
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.cb is not None:
+            self.cb(done, self.total)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def link_into(obj: Path, dest: Path) -> Path:
+    """Make ``dest`` name the cached object ``obj`` (hard link, else copy), atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        try:
+            if os.path.samefile(dest, obj):
+                return dest
+        except OSError:
+            pass
+    tmp = dest.parent / f".tmp-{os.getpid()}-{threading.get_ident()}-{dest.name}"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(obj, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(obj, tmp)
+    os.replace(tmp, dest)
+    return dest
