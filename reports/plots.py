@@ -12,6 +12,10 @@ also differ by dash pattern so the charts read without colour.
 
 Every text that reaches the SVG goes through :func:`html.escape`; numbers are formatted
 by this module. Missing values (``None`` or NaN) break lines and are left out of scatters.
+
+Speed: data paths are drawn inside ``<g class="data" transform="scale(0.1)">`` so their
+coordinates are integers in tenths of a pixel, formatted from numpy arrays in bulk (the
+stylesheet scales stroke widths and dashes of ``.data`` by 10 accordingly).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from html import escape
+
+import numpy as np
 
 __all__ = [
     "nice_ticks",
@@ -70,14 +76,39 @@ def _num(v: float) -> str:
     return s[:-2] if s.endswith(".0") else s
 
 
-def _extent(values, pad: float = 0.04, lo=None, hi=None) -> tuple[float, float]:
-    vals = [v for v in values if _finite(v)]
-    a = min(vals) if vals else 0.0
-    b = max(vals) if vals else 1.0
+def _arr(values) -> np.ndarray:
+    """Float array; ``None`` becomes NaN."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        return values
+    try:
+        return np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        return np.asarray([_f1(v) for v in values], dtype=float)
+
+
+def _f1(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _extent(arrays, pad: float = 0.04, lo=None, hi=None) -> tuple[float, float]:
+    """Padded [min, max] over the finite values of ``arrays`` (and ``lo``/``hi`` if given)."""
+    mins, maxs = [], []
+    for a in arrays:
+        a = _arr(a)
+        fin = a[np.isfinite(a)]
+        if fin.size:
+            mins.append(float(fin.min()))
+            maxs.append(float(fin.max()))
+    have = bool(mins)
+    a = min(mins) if have else 0.0
+    b = max(maxs) if have else 1.0
     if lo is not None:
-        a = min(a, lo) if vals else lo
+        a = min(a, lo) if have else lo
     if hi is not None:
-        b = max(b, hi) if vals else hi
+        b = max(b, hi) if have else hi
     if a == b:
         a, b = a - 0.5, b + 0.5
     span = b - a
@@ -148,16 +179,30 @@ class _Axes:
             if x_label:
                 out.append(f'<text class="label" x="{_num(x0 + w / 2)}" y="{_num(y0 + h + 32)}" text-anchor="middle">{escape(x_label)}</text>')
 
+    def _tenths(self, x, y):
+        """Pixel coordinates in tenths (ints) of the points where both values are finite, and that mask."""
+        x, y = _arr(x), _arr(y)
+        ok = np.isfinite(x) & np.isfinite(y)
+        sx = self.w / (self.xhi - self.xlo)
+        sy = self.h / (self.yhi - self.ylo)
+        with np.errstate(invalid="ignore"):
+            px = np.rint(10 * (self.x0 + (x - self.xlo) * sx))
+            py = np.rint(10 * (self.y0 + self.h - (y - self.ylo) * sy))
+        return px, py, ok
+
     def polyline(self, x, y):
-        """SVG path data; a missing value starts a new sub-path."""
+        """SVG path data in tenths of a pixel; a missing value starts a new sub-path."""
+        px, py, ok = self._tenths(x, y)
+        if not ok.any():
+            return ""
+        # Runs of consecutive finite points: each becomes "M x y x y ..." (implicit line-to).
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], ok.astype(np.int8), [0]))))
         parts = []
-        pen = False
-        for a, b in zip(x, y):
-            if not (_finite(a) and _finite(b)):
-                pen = False
-                continue
-            parts.append(("L" if pen else "M") + _num(self.px(a)) + " " + _num(self.py(b)))
-            pen = True
+        for start, stop in zip(edges[::2], edges[1::2]):
+            xy = np.empty(2 * (stop - start), dtype=np.int64)
+            xy[0::2] = px[start:stop]
+            xy[1::2] = py[start:stop]
+            parts.append("M" + " ".join(map(str, xy.tolist())))
         return "".join(parts)
 
     def dots(self, x, y):
@@ -166,11 +211,8 @@ class _Axes:
         One ``<path>`` per series instead of one ``<circle>`` per point keeps a
         20,000-point scatter to a few hundred kB and fast to draw.
         """
-        parts = []
-        for a, b in zip(x, y):
-            if _finite(a) and _finite(b):
-                parts.append("M" + _num(self.px(a)) + " " + _num(self.py(b)) + "h0")
-        return "".join(parts)
+        px, py, ok = self._tenths(x, y)
+        return "".join([f"M{a} {b}h0" for a, b in zip(px[ok].astype(np.int64).tolist(), py[ok].astype(np.int64).tolist())])
 
 
 def _open(out, uid, title, desc, width, height):
@@ -211,12 +253,11 @@ def line_panels(uid: str, title: str, desc: str, x_label: str, panels: list[Pane
     height = top + len(panels) * panel_height + (len(panels) - 1) * gap + bottom
     out: list[str] = []
     _open(out, uid, title, desc, width, height)
-    xs = [v for p in panels for s in p.series for v in s.x]
-    xlo, xhi = _extent(xs, pad=0.01, lo=x_min, hi=x_max)
+    xlo, xhi = _extent([s.x for p in panels for s in p.series], pad=0.01, lo=x_min, hi=x_max)
     legend = []
     seen = set()
     for i, p in enumerate(panels):
-        ys = [v for s in p.series for v in s.y] + [h[0] for h in p.hlines]
+        ys = [s.y for s in p.series] + [[h[0] for h in p.hlines]]
         ylo, yhi = _extent(ys, lo=p.y_min, hi=p.y_max)
         ax = _Axes(left, top + i * (panel_height + gap), width - left - right, panel_height, xlo, xhi, ylo, yhi)
         ax.frame(out, x_label if i == len(panels) - 1 else "", p.y_label, xticks=(i == len(panels) - 1))
@@ -227,6 +268,7 @@ def line_panels(uid: str, title: str, desc: str, x_label: str, panels: list[Pane
                 if (label, cls) not in seen:
                     seen.add((label, cls))
                     legend.append((label, cls, "line"))
+        out.append('<g class="data" transform="scale(0.1)">')
         for s in p.series:
             d = ax.polyline(s.x, s.y)
             if d:
@@ -234,6 +276,7 @@ def line_panels(uid: str, title: str, desc: str, x_label: str, panels: list[Pane
             if (s.label, s.cls) not in seen:
                 seen.add((s.label, s.cls))
                 legend.append((s.label, s.cls, "line"))
+        out.append("</g>")
     _legend(out, legend, left, 12)
     out.append("</svg>")
     return "".join(out)
@@ -246,18 +289,20 @@ def scatter(uid: str, title: str, desc: str, x_label: str, y_label: str, series:
     left, right, top, bottom = 56, 12, 26, 40
     out: list[str] = []
     _open(out, uid, title, desc, width, height)
-    xlo, xhi = _extent([v for s in series for v in s.x], lo=x_min, hi=x_max)
-    ylo, yhi = _extent([v for s in series for v in s.y], lo=y_min, hi=y_max)
+    xlo, xhi = _extent([s.x for s in series], lo=x_min, hi=x_max)
+    ylo, yhi = _extent([s.y for s in series], lo=y_min, hi=y_max)
     ax = _Axes(left, top, width - left - right, height - top - bottom, xlo, xhi, ylo, yhi)
     ax.frame(out, x_label, y_label)
     if diagonal:
         a, b = max(xlo, ylo), min(xhi, yhi)
         if a < b:
             out.append(f'<line class="s-diagonal" x1="{_num(ax.px(a))}" y1="{_num(ax.py(a))}" x2="{_num(ax.px(b))}" y2="{_num(ax.py(b))}"/>')
+    out.append('<g class="data" transform="scale(0.1)">')
     for s in series:
         d = ax.dots(s.x, s.y)
         if d:
             out.append(f'<path class="dots s-{s.cls}" d="{d}"/>')
+    out.append("</g>")
     _legend(out, [(s.label, s.cls, "dot") for s in series], left, 12)
     out.append("</svg>")
     return "".join(out)
@@ -287,7 +332,7 @@ def box_by_group(uid: str, title: str, desc: str, x_label: str, y_label: str, gr
     _open(out, uid, title, desc, width, height)
     clean = [(lab, [v for v in vals if _finite(v)]) for lab, vals in groups]
     allv = [v for _, vals in clean for v in vals]
-    ylo, yhi = _extent(allv + ([0.0] if zero_line else []))
+    ylo, yhi = _extent([allv + ([0.0] if zero_line else [])])
     n = max(len(clean), 1)
     ax = _Axes(left, top, width - left - right, height - top - bottom, 0, n, ylo, yhi)
     ax.frame(out, "", y_label, xticks=False)

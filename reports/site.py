@@ -41,6 +41,7 @@ from importlib import resources
 from pathlib import Path
 
 import jinja2
+import numpy as np
 
 from rerefine.reports import plots
 from rerefine.refine.errors import InputError
@@ -310,18 +311,19 @@ def _residue_charts(v: dict) -> list[dict]:
         c = res.get(key)
         return c if c is not None and len(c) == n_all else empty
 
-    seq = column("seq")
-    cols = {k: column(k) for k in ("cc_before", "cc_after", "q_score_before", "q_score_after", "b_iso_before", "b_iso_after")}
-    has_b = any(x is not None for x in cols["b_iso_before"]) or any(x is not None for x in cols["b_iso_after"])
+    seq = plots._arr(column("seq"))
+    cols = {k: plots._arr(column(k)) for k in
+            ("cc_before", "cc_after", "q_score_before", "q_score_after", "b_iso_before", "b_iso_after")}
+    has_b = bool(np.isfinite(cols["b_iso_before"]).any() or np.isfinite(cols["b_iso_after"]).any())
     eq = v["expected_q"]
     q_line = ((eq, f"expected Q at {v['resolution']:.2f} Å", "expected"),) if eq is not None and v["resolution"] else ()
     out = []
     for n, (ch, idx) in enumerate(chains.items()):
-        x = [seq[i] for i in idx]
+        idx = np.asarray(idx)
+        x = seq[idx]
 
         def pick(key):
-            c = cols[key]
-            return [_f(c[i]) for i in idx]
+            return cols[key][idx]
 
         cc_b, cc_a = pick("cc_before"), pick("cc_after")
         panels = [
@@ -334,13 +336,13 @@ def _residue_charts(v: dict) -> list[dict]:
         if has_b:
             panels.append(plots.Panel("B (Å²)", [plots.Series("before", x, pick("b_iso_before"), "before"),
                                                    plots.Series("after", x, pick("b_iso_after"), "after")]))
-        ccb = [c for c in cc_b if c is not None]
-        cca = [c for c in cc_a if c is not None]
+        ccb = cc_b[np.isfinite(cc_b)]
+        cca = cc_a[np.isfinite(cc_a)]
         desc = (f"Chain {ch}, {len(idx)} residues. Per-residue CC, Q-score"
                 f"{' and B-factor' if has_b else ''} before (deposited, dashed) and after "
                 f"re-refinement (solid) against residue number.")
-        if ccb and cca:
-            desc += f" Mean CC {sum(ccb) / len(ccb):.3f} before, {sum(cca) / len(cca):.3f} after."
+        if ccb.size and cca.size:
+            desc += f" Mean CC {ccb.mean():.3f} before, {cca.mean():.3f} after."
         svg = plots.line_panels(f"res{n}", f"Chain {ch}: per-residue fit" + (" and B-factors" if has_b else ""),
                                 desc, "residue number", panels)
         out.append({"chain": ch, "n": len(idx), "svg": svg, "has_b": has_b})
@@ -354,9 +356,9 @@ def _scatter_cc_q(v: dict) -> str | None:
         return None
     series = []
     for when in ("before", "after"):
-        x = [_f(a) for a in res.get("cc_" + when) or []]
-        y = [_f(b) for b in res.get("q_score_" + when) or []]
-        if any(a is not None and b is not None for a, b in zip(x, y)):
+        x = plots._arr(res.get("cc_" + when) or [])
+        y = plots._arr(res.get("q_score_" + when) or [])
+        if x.size and x.size == y.size and (np.isfinite(x) & np.isfinite(y)).any():
             series.append(plots.Series(f"{when} ({'deposited' if when == 'before' else 're-refined'})", x, y, when))
     if not series:
         return None

@@ -1,0 +1,42 @@
+"""``rerefine site build --out DIR [--full]``: render the static website from the results database."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("site", help="static website of the results")
+    ssub = p.add_subparsers(dest="site_command", metavar="ACTION", required=True)
+    b = ssub.add_parser("build", help="render (or update) the static site from the results database")
+    b.add_argument("--out", metavar="DIR", help="site folder (default: <data_dir>/site)")
+    b.add_argument("--url", metavar="URL",
+                   help="database URL (default: RR_DATABASE_URL, else <data_dir>/rerefine.sqlite)")
+    b.add_argument("--full", action="store_true", help="rewrite every page, ignoring the manifest")
+    b.add_argument("--no-files", action="store_true",
+                   help="do not link refined models and maps into the site (list them only)")
+    b.add_argument("--json", metavar="OUT|-", help="write the build summary as JSON")
+    b.set_defaults(func=run_build)
+
+
+def run_build(args, settings) -> int:
+    from pathlib import Path
+
+    from rerefine.flows.cli import emit_json
+    from rerefine.refine.errors import InputError
+    from rerefine.reports import db, site
+
+    url = args.url or settings.database
+    out = Path(args.out) if args.out else settings.site_dir
+    engine = db.make_engine(url)
+    try:
+        if db.current_revision(engine) is None:
+            raise InputError(f"{url}: the results database has no schema yet (run `rerefine db upgrade`)")
+        report = site.build_site(site.DatabaseSource(engine), out, full=args.full,
+                                 copy_artefacts=not args.no_files)
+    finally:
+        engine.dispose()
+    summary = report.as_dict()
+    if args.json != "-":
+        print(f"site {out}: {report.entries} entries; wrote {report.pages_written} of {report.pages_total} pages"
+              f"{f', removed {report.pages_removed}' if report.pages_removed else ''} in {report.seconds:.1f} s")
+    emit_json(summary, args.json)
+    return 0
