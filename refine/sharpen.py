@@ -477,8 +477,7 @@ def auto_sharpen(dmap: DensityMap, resolution: float, *, half_maps: tuple | None
         curve = fscmod.fsc_curve(c1, c2, a, shape, s_max=s_nyq, n_shells=n_sh)
         del c1, c2
         w = fscmod.fsc_weight(curve.fsc)
-        step = curve.s_hi[0] - curve.s_lo[0]
-        # table sampled at shell middles; index m ↔ s = (m + 0.5) step, shift by prepending s = 0
+        # weights known at shell middles; s = 0 keeps weight 1 (the map mean)
         table = np.concatenate([[1.0], w])
         svals = np.concatenate([[0.0], curve.s_mid])
         fine_step, fine = _table(lambda s: np.interp(s, svals, table), s_corner)

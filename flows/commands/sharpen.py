@@ -41,12 +41,10 @@ def run(args, settings) -> int:
 
 
 def _cc_mask(st, before, after, resolution) -> dict:
-    """CCmask before/after from rerefine.refine.metrics when that module exists."""
-    try:
-        from rerefine.refine.metrics import compute_metrics
-    except ImportError:
-        return {}
-    out = {}
-    for key, m in (("cc_mask_before", before), ("cc_mask_after", after)):
-        out[key] = compute_metrics(st, m, resolution).get("cc_mask")
-    return out
+    """CCmask (phenix.map_model_cc definition, rerefine.refine.mapcc) of the map before and after."""
+    from rerefine.refine import mapcc, mask, modelmap
+
+    calc = modelmap.model_map(st, before, resolution).data
+    msk = mask.molecular_mask(st, before)
+    return {"cc_mask_before": mapcc.five_cc(before.data, calc, msk)["cc_mask"],
+            "cc_mask_after": mapcc.five_cc(after.data, calc, msk)["cc_mask"]}

@@ -1,0 +1,179 @@
+"""Automatic sharpening (rerefine.refine.sharpen) and Fourier-shell statistics (rerefine.refine.fsc).
+
+Figures come from the real maps of ../shared/data:
+* a copy blurred by B = +150 Å² in Fourier space must be seen as +150 ± 30 Å² by the B_iso estimate,
+  and sharpening it must land within 20 Å² of the B_iso chosen for the original (issue 5);
+* the default method brings B_iso to its stated target 5.9 d_min² (± 3 Å²);
+* CCmask (phenix.map_model_cc definition, rerefine.refine.mapcc) against the deposited model must
+  not fall by more than 0.01. EMD-30342's model has mean B = 146 Å², so its model map rewards
+  blurring and any sharpening to 5.9 d² lowers CCmask (by 0.022): that case is an expected failure
+  (strict, so a change of behaviour shows); the model-based mode passes it;
+* half-maps made from EMD-3488 plus independent noise of a known spectrum: the FSC we compute
+  must follow the FSC built in, P_S / (P_S + P_N), within 0.05 in every shell holding
+  ≥ 1000 coefficients.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rerefine.flows.cli import main as cli_main
+from rerefine.refine import fsc, mapcc, mapio, mask, modelio, modelmap, sharpen
+from rerefine.refine.errors import InputError
+
+NAMES = ["emd_3488_5me2", "emd_30342_zone_7cec_chainA", "emd_20026_box_3ajo_refined"]
+
+
+@pytest.fixture(scope="module")
+def maps(pairs):
+    return {n: (mapio.read_map(pairs[n][1]), pairs[n][2]) for n in NAMES}
+
+
+@pytest.fixture(scope="module")
+def sharpened(maps):
+    out = {}
+    for n, (m, res) in maps.items():
+        blurred = sharpen.blur(m, 150.0)
+        out[n] = (sharpen.auto_sharpen(m, res), sharpen.auto_sharpen(blurred, res),
+                  sharpen.estimate_b_iso(m, res), sharpen.estimate_b_iso(blurred, res))
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_b_iso_sees_a_blur_of_150(sharpened, name):
+    _, _, b0, b1 = sharpened[name]
+    assert abs((b1 - b0) - 150.0) <= 30.0, (b0, b1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sharpening_a_blurred_copy_returns_to_the_original_choice(sharpened, name):
+    r, rb, _, _ = sharpened[name]
+    assert rb.b_sharpen > 100.0  # it did sharpen the blurred copy
+    assert abs(rb.b_iso_after - r.b_iso_after) <= 20.0, (r.b_iso_after, rb.b_iso_after)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_method_reaches_its_target(maps, sharpened, name):
+    r = sharpened[name][0]
+    res = maps[name][1]
+    assert r.method == "target_b"
+    assert abs(r.b_iso_after - 5.9 * res * res) <= 3.0
+    m = maps[name][0]
+    assert r.map.shape == m.shape and np.allclose(r.map.origin, m.origin)
+
+
+def _cc_mask(pairs, name, after_map):
+    st = modelio.read_model(pairs[name][0])
+    m = mapio.read_map(pairs[name][1])
+    calc = modelmap.model_map(st, m, pairs[name][2]).data
+    msk = mask.molecular_mask(st, m)
+    return mapcc.five_cc(m.data, calc, msk)["cc_mask"], mapcc.five_cc(after_map.data, calc, msk)["cc_mask"], st
+
+
+@pytest.mark.parametrize("name", [
+    "emd_3488_5me2",
+    pytest.param("emd_30342_zone_7cec_chainA", marks=pytest.mark.xfail(
+        strict=True, reason="model mean B 146 Å²: its model map rewards blurring, not sharpening to 5.9 d²")),
+    "emd_20026_box_3ajo_refined",
+])
+def test_cc_mask_not_lower_after_sharpening(pairs, sharpened, name):
+    before, after, _ = _cc_mask(pairs, name, sharpened[name][0].map)
+    assert after >= before - 0.01, (before, after)
+
+
+def test_model_mode_keeps_cc_mask_on_high_b_model(pairs, maps):
+    name = "emd_30342_zone_7cec_chainA"
+    m, res = maps[name]
+    st = modelio.read_model(pairs[name][0])
+    r = sharpen.auto_sharpen(m, res, model=st)
+    before, after, _ = _cc_mask(pairs, name, r.map)
+    assert r.method == "model_scaling"
+    assert after >= before - 0.01, (before, after)
+
+
+def _noisy_halves(m, rng):
+    """Half-maps = map + independent noise with shell power P_S(s) (s / 0.25)^4: FSC = 1/(1 + (4s)^4)."""
+    a = fsc.frequency_matrix(m)
+    smax = fsc.nyquist_s(m)
+    n = fsc.default_shells(m.shape)
+    cs = fsc.rfft_map(m.data)
+    ps = fsc.radial_profile(cs, a, m.shape, s_max=smax, n_shells=n)
+    halves = []
+    for _ in range(2):
+        cn = fsc.rfft_map(rng.standard_normal(m.shape).astype(np.float32))
+        pn = fsc.radial_profile(cn, a, m.shape, s_max=smax, n_shells=n)
+        want = ps.power * (ps.s_mid / 0.25) ** 4
+        k = np.sqrt(np.where(pn.power > 0, want / pn.power, 0.0))
+        step = ps.s_hi[0] - ps.s_lo[0]
+        # factor constant within each shell: table sampled finely, stepwise
+        fine = np.arange(0, 4 * n * 8) * (step / 8)
+        tab = k[np.minimum((fine / step).astype(int), n - 1)]
+        fsc.scale_radial(cn, a, step / 8, tab)
+        halves.append(m.with_data(m.data + fsc.irfft_map(cn, m.shape)))
+    expected = 1.0 / (1.0 + (ps.s_mid / 0.25) ** 4)
+    return halves, expected, ps
+
+
+def test_fsc_follows_the_built_in_curve(maps):
+    m, _ = maps["emd_3488_5me2"]
+    (h1, h2), expected, ps = _noisy_halves(m, np.random.default_rng(5))
+    a = fsc.frequency_matrix(m)
+    curve = fsc.fsc_curve(fsc.rfft_map(h1.data), fsc.rfft_map(h2.data), a, m.shape,
+                          s_max=fsc.nyquist_s(m), n_shells=fsc.default_shells(m.shape))
+    ok = (curve.count >= 1000) & (curve.s_mid > 0)
+    assert np.count_nonzero(ok) > 30
+    assert np.max(np.abs(curve.fsc[ok] - expected[ok])) < 0.05
+    # 0.143 crossing of 1/(1 + (4s)^4): s = 0.25 × 6^(1/4) → d = 2.56 Å
+    assert abs(curve.resolution_at(0.143) - 1.0 / (0.25 * 6 ** 0.25)) < 0.15
+    assert np.allclose(fsc.fsc_weight([0.0, 1.0, 1 / 3]), [0.0, 1.0, 0.7071], atol=1e-4)
+
+
+def test_half_map_mode(maps):
+    m, res = maps["emd_3488_5me2"]
+    (h1, h2), _, _ = _noisy_halves(m, np.random.default_rng(7))
+    full = m.with_data(0.5 * (h1.data + h2.data))
+    r = sharpen.auto_sharpen(full, res, half_maps=(h1, h2))
+    assert r.method.startswith("half_map_fsc")
+    assert abs(r.extra["fsc_resolution_0143"] - 2.56) < 0.15
+    assert abs(r.b_iso_after - 5.9 * res * res) <= 3.0
+
+
+def test_adjusted_sa_search_runs_and_scores(maps):
+    m, res = maps["emd_30342_zone_7cec_chainA"]
+    r = sharpen.auto_sharpen(m, res, target="adjusted_sa")
+    assert len(r.trials) == 21 and r.score_after >= r.score_before
+    assert -100.0 <= r.b_iso_before - r.b_sharpen <= 300.0
+
+
+def test_bad_inputs(maps):
+    m, res = maps["emd_30342_zone_7cec_chainA"]
+    with pytest.raises(InputError, match="no signal"):
+        sharpen.auto_sharpen(m.with_data(np.zeros(m.shape, np.float32)), res)
+    with pytest.raises(InputError, match="no signal"):
+        sharpen.auto_sharpen(m.with_data(np.full(m.shape, 3.5, np.float32)), res)
+    with pytest.raises(InputError, match="Nyquist"):
+        sharpen.auto_sharpen(m, 2.0)  # voxel 1.113 Å → Nyquist 2.226 Å
+    other = m.with_data(np.ones(m.shape, np.float32))
+    small = mapio.DensityMap(m.data[:-1].copy(), m.cell, m.sampling, name="h2.mrc")
+    with pytest.raises(InputError, match="grid"):
+        sharpen.auto_sharpen(m, res, half_maps=(m, small))
+    with pytest.raises(InputError, match="no signal"):
+        sharpen.auto_sharpen(m, res, half_maps=(m, other))
+
+
+def test_cli_json_and_errors(pairs, tmp_path, capsys):
+    _, map_path, res = pairs["emd_30342_zone_7cec_chainA"]
+    out = tmp_path / "s.mrc"
+    js = tmp_path / "s.json"
+    assert cli_main(["sharpen", str(map_path), "--resolution", str(res), "-o", str(out), "--json", str(js)]) == 0
+    info = json.loads(js.read_text())
+    for key in ("b_iso_before", "b_iso_after", "b_sharpen", "method", "score_before", "score_after", "seconds"):
+        assert key in info
+    assert info["b_sharpen"] > 0  # B_iso 114 → 90: sharpened
+    a, b = mapio.read_map(map_path), mapio.read_map(out)
+    assert a.shape == b.shape and np.allclose(a.origin, b.origin, atol=1e-3)
+    assert cli_main(["sharpen", str(map_path), "--resolution", "1.0", "-o", str(out)]) == 1
+    assert "Nyquist" in capsys.readouterr().err
