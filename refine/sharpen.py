@@ -15,7 +15,7 @@ phenix.auto_sharpen / cctbx ``segment_and_split_map``)
     multiplied by ``exp(b_sharpen s²/4 / (1 + exp(k (d_min - d))))`` with ``k = 10 Å⁻¹``: full
     sharpening at d > d_min, none past d_min, so noise beyond the resolution is not amplified.
     ``b_sharpen = B_iso(map) - B_target`` and B_target is searched on 21 points from
-    ``min(B_iso, -100)`` to ``max(B_iso, 300)`` Å², then refined locally. Each candidate is scored by
+    ``min(B_iso, -100)`` to ``max(B_iso, 300)`` Å². Each candidate is scored by
     the *adjusted surface area*: the map is contoured at the level enclosing
     ``fraction_occupied (0.2) × (1 - solvent fraction)`` of the box; of the connected regions above
     the contour (6-connectivity), the largest are taken until they hold ``sa_percent`` (30 %) of that
