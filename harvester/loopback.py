@@ -43,6 +43,8 @@ class LoopbackArchive:
         self.faults: dict[str, deque] = defaultdict(deque)
         self.bytes_sent: dict[str, int] = defaultdict(int)
         self.requests: list[tuple[str, str, str | None]] = []
+        self.posted: list[tuple[str, bytes]] = []  # (path, body) of POST requests
+        self.user_agents: list[str] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -105,8 +107,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         n = int(self.headers.get("Content-Length") or 0)
-        if n:
-            self.rfile.read(n)
+        body = self.rfile.read(n) if n else b""
+        with self.server_archive._lock:
+            self.server_archive.posted.append((unquote(urlsplit(self.path).path), body))
         self.do_GET()
 
     def do_HEAD(self):
@@ -117,6 +120,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(urlsplit(self.path).path)
         with arc._lock:
             arc.requests.append((self.command, path, self.headers.get("Range")))
+            arc.user_agents.append(self.headers.get("User-Agent", ""))
             fault = arc.faults[path].popleft() if arc.faults.get(path) else None
         if fault and fault[0] == "delay":
             time.sleep(float(fault[1]))

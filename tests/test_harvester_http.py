@@ -1,0 +1,199 @@
+"""Downloads and JSON requests against a real HTTP server on loopback, with injected faults.
+
+The server (rerefine.harvester.loopback) serves real files from ../shared/data; every fault
+must end in a complete, verified file or a one-line ArchiveError, never a half-file in the
+cache.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from rerefine.harvester.http import HttpClient, verify_gzip_file
+from rerefine.harvester.loopback import LoopbackArchive
+from rerefine.refine.errors import ArchiveError
+
+
+def _client(**kw) -> HttpClient:
+    # Fast back-off so tests stay quick; the schedule itself is the same code.
+    base = dict(backoff=0.01, max_backoff=0.05, min_interval=0.0, timeout=2.0, retries=3)
+    base.update(kw)
+    return HttpClient(**base)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, test_data):
+    """A directory of real files: a gzipped real map, a truncated copy, the real .map.gz of EMD-3001."""
+    root = tmp_path_factory.mktemp("served")
+    src = test_data / "maps_models" / "emd_3488_5me2" / "emd_3488.mrc"
+    data = gzip.compress(src.read_bytes(), compresslevel=1, mtime=0)
+    (root / "emd_3488.map.gz").write_bytes(data)
+    (root / "truncated.map.gz").write_bytes(data[: len(data) // 2])
+    (root / "not_gzip.map.gz").write_bytes(src.read_bytes()[:50_000])
+    shutil.copy(test_data / "maps_models" / "maps_only_mrcfile" / "emd_3001.map.gz", root / "emd_3001.map.gz")
+    shutil.copy(src, root / "emd_3488.mrc")
+    return root
+
+
+def _partial_files(cache):
+    return [p for p in (cache / "partial").glob("*.part")] if (cache / "partial").exists() else []
+
+
+def _objects(cache):
+    return [p for p in (cache / "objects").rglob("*") if p.is_file()] if (cache / "objects").exists() else []
+
+
+def test_plain_download_verified_and_never_twice(served, tmp_path):
+    cache = tmp_path / "cache"
+    with LoopbackArchive(served) as srv:
+        c = _client()
+        r = c.download(srv.url + "/emd_3001.map.gz", cache, progress=False)
+        assert not r.from_cache
+        raw = (served / "emd_3001.map.gz").read_bytes()
+        assert r.size == len(raw) == 270080
+        assert r.sha256 == hashlib.sha256(raw).hexdigest()
+        assert r.path.read_bytes() == raw
+        assert r.path.parent.name == r.sha256[:2]  # content-addressed
+        n_req = len(srv.requests)
+        r2 = c.download(srv.url + "/emd_3001.map.gz", cache, progress=False)
+        assert r2.from_cache and r2.path == r.path
+        assert len(srv.requests) == n_req  # no network at all for a complete file
+        assert all("rerefine" in ua for ua in srv.user_agents)
+    assert _partial_files(cache) == []
+
+
+def test_drop_mid_file_resumes_with_range(served, tmp_path):
+    cache = tmp_path / "cache"
+    name = "/emd_3488.map.gz"
+    size = (served / name[1:]).stat().st_size
+    with LoopbackArchive(served) as srv:
+        srv.add_fault(name, "drop", 0.5)
+        r = _client().download(srv.url + name, cache, progress=False)
+        ranges = [rng for (_, p, rng) in srv.requests if p == name]
+        assert ranges == [None, f"bytes={size // 2}-"]
+        # The server sent the first half once and only the missing half afterwards.
+        assert srv.bytes_sent[name] == size
+    assert r.path.read_bytes() == (served / name[1:]).read_bytes()
+    assert verify_gzip_file(r.path) is None
+    assert _partial_files(cache) == []
+
+
+def test_interrupted_call_resumes_in_a_later_call(served, tmp_path):
+    """Drops beyond the retry budget leave a .part; the next call sends only the rest."""
+    cache = tmp_path / "cache"
+    name = "/emd_3488.mrc"
+    size = (served / name[1:]).stat().st_size
+    with LoopbackArchive(served) as srv:
+        srv.add_fault(name, "drop", 1_000_000)
+        srv.add_fault(name, "drop", 1_000_000)
+        with pytest.raises(ArchiveError, match="connection"):
+            _client(retries=1).download(srv.url + name, cache, progress=False)
+        parts = _partial_files(cache)
+        assert len(parts) == 1 and parts[0].stat().st_size == 2_000_000
+        assert _objects(cache) == []  # nothing unverified in the cache proper
+        before = srv.bytes_sent[name]
+        r = _client().download(srv.url + name, cache, progress=False)
+        assert srv.bytes_sent[name] - before == size - 2_000_000
+    assert r.path.read_bytes() == (served / name[1:]).read_bytes()
+
+
+def test_503_then_success(served, tmp_path):
+    with LoopbackArchive(served) as srv:
+        srv.add_fault("/emd_3001.map.gz", "status", 503)
+        srv.add_fault("/emd_3001.map.gz", "status", 502)
+        r = _client().download(srv.url + "/emd_3001.map.gz", tmp_path / "c", progress=False)
+        assert sum(1 for (_, p, _) in srv.requests if p == "/emd_3001.map.gz") == 3
+    assert r.size == 270080
+
+
+def test_404_is_not_retried(served, tmp_path):
+    with LoopbackArchive(served) as srv:
+        with pytest.raises(ArchiveError) as ei:
+            _client().download(srv.url + "/emd_9999.map.gz", tmp_path / "c", what="9xyz: map EMD-9999")
+        assert len(srv.requests) == 1
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith("9xyz: map EMD-9999: not found")
+
+
+def test_persistent_5xx_gives_up_with_clear_error(served, tmp_path):
+    with LoopbackArchive(served) as srv:
+        for _ in range(3):
+            srv.add_fault("/emd_3001.map.gz", "status", 503)
+        with pytest.raises(ArchiveError, match="HTTP 503.*gave up after 3 attempts"):
+            _client(retries=2).download(srv.url + "/emd_3001.map.gz", tmp_path / "c", progress=False)
+
+
+@pytest.mark.parametrize("name,reason", [("truncated.map.gz", "truncated gzip"),
+                                         ("not_gzip.map.gz", "corrupt gzip")])
+def test_broken_gzip_is_rejected_and_removed(served, tmp_path, name, reason):
+    cache = tmp_path / "cache"
+    with LoopbackArchive(served) as srv:
+        with pytest.raises(ArchiveError, match=reason):
+            _client().download(srv.url + "/" + name, cache, what="5me2: map", progress=False)
+    assert _partial_files(cache) == [] and _objects(cache) == []
+
+
+def test_truncated_by_server_with_matching_length_detected_by_gzip(served, tmp_path):
+    """The server ends the file early but announces that shorter length: only gzip can tell."""
+    cache = tmp_path / "cache"
+    with LoopbackArchive(served) as srv:
+        srv.add_fault("/emd_3488.map.gz", "truncate", 400_000)
+        with pytest.raises(ArchiveError, match="truncated gzip"):
+            _client().download(srv.url + "/emd_3488.map.gz", cache, progress=False)
+        # a later, healthy answer is fetched completely
+        r = _client().download(srv.url + "/emd_3488.map.gz", cache, progress=False)
+    assert verify_gzip_file(r.path) is None
+    assert _partial_files(cache) == []
+
+
+def test_slow_response_times_out_then_recovers(served, tmp_path):
+    with LoopbackArchive(served) as srv:
+        srv.add_fault("/emd_3001.map.gz", "delay", 0.8)
+        r = _client(timeout=0.25).download(srv.url + "/emd_3001.map.gz", tmp_path / "c", progress=False)
+        assert r.size == 270080
+        srv.add_fault("/emd_3001.map.gz", "delay", 0.8)
+        srv.add_fault("/emd_3001.map.gz", "delay", 0.8)
+        with pytest.raises(ArchiveError, match="timed out"):
+            _client(timeout=0.25, retries=1).download(srv.url + "/emd_3001.map.gz", tmp_path / "c2",
+                                                      progress=False)
+    assert _objects(tmp_path / "c2") == []
+
+
+def test_expected_size_mismatch(served, tmp_path):
+    with LoopbackArchive(served) as srv:
+        with pytest.raises(ArchiveError, match="differs from the expected"):
+            _client().download(srv.url + "/emd_3001.map.gz", tmp_path / "c", expected_size=12345, progress=False)
+    assert _objects(tmp_path / "c") == []
+
+
+def test_progress_callback_reports_bytes(served, tmp_path):
+    seen = []
+    with LoopbackArchive(served) as srv:
+        _client(chunk_size=65536).download(srv.url + "/emd_3001.map.gz", tmp_path / "c",
+                                           progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (270080, 270080)
+    assert len(seen) > 1
+
+
+def test_json_faults(test_data):
+    entry = (test_data / "api" / "emdb" / "EMD-25107.entry.json").read_bytes()
+    with LoopbackArchive(routes={"/api/entry/EMD-25107": entry}) as srv:
+        url = srv.url + "/api/entry/EMD-25107"
+        c = _client()
+        # malformed JSON is a clear error (not retried: the same bytes would come back)
+        srv.add_fault("/api/entry/EMD-25107", "body", entry[:500])
+        with pytest.raises(ArchiveError, match="malformed JSON"):
+            c.get_json(url, what="EMD-25107")
+        # 503 then the recorded answer
+        srv.add_fault("/api/entry/EMD-25107", "status", 503)
+        assert c.get_json(url, what="EMD-25107")["emdb_id"] == "EMD-25107"
+        # dropped mid-body, then the recorded answer
+        srv.add_fault("/api/entry/EMD-25107", "drop", 0.3)
+        assert c.get_json(url, what="EMD-25107") == json.loads(entry)
+        with pytest.raises(ArchiveError, match="not found"):
+            c.get_json(srv.url + "/api/entry/EMD-1", what="EMD-1")
