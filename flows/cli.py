@@ -21,7 +21,7 @@ from rerefine.flows import __version__
 from rerefine.flows.settings import load_settings
 from rerefine.refine.errors import RerefineError
 
-COMMANDS = ["info", "db", "compare", "sharpen", "metrics", "diffmap"]
+COMMANDS = ["info", "db", "compare", "sharpen", "metrics", "diffmap", "harvest", "sample_archive"]
 
 log = logging.getLogger("rerefine")
 
