@@ -50,7 +50,8 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
         hi = lo + (abs(lo) * 0.1 or 1.0)
     raw = (hi - lo) / max(n, 1)
     mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    # The first round step not much finer than asked: 3-7 ticks for n = 4-5.
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= 0.7 * raw)
     first = math.ceil(lo / step - 1e-9) * step
     ticks = []
     t = first
