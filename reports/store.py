@@ -133,36 +133,66 @@ def _entry_row(entry: Mapping) -> dict:
     }
 
 
-def _insert(conn: Connection, table):
-    return (pg_dialect.insert(table) if conn.dialect.name == "postgresql"
-            else sqlite_dialect.insert(table))
+def _insert(dialect: str, table):
+    return pg_dialect.insert(table) if dialect == "postgresql" else sqlite_dialect.insert(table)
+
+
+# Upsert statements are built once per shape and reused (building ``excluded`` each time
+# costs more than executing the statement); values are bound at execution.
+_STATEMENTS: dict[tuple, Any] = {}
+
+
+def _entry_stmt(dialect: str, given: frozenset):
+    key = ("entry", dialect, given)
+    if key not in _STATEMENTS:
+        stmt = _insert(dialect, db.T_ENTRIES)
+        upd = {k: stmt.excluded[k] for k in given | {"updated_at"}}
+        _STATEMENTS[key] = stmt.on_conflict_do_update(index_elements=["pdb_id"], set_=upd) \
+            .returning(db.T_ENTRIES.c.id)
+    return _STATEMENTS[key]
 
 
 def _upsert_entry(conn: Connection, entry: Mapping) -> int:
     row = _entry_row(entry)
-    stmt = _insert(conn, db.T_ENTRIES).values(**row)
     # Only overwrite what the caller told us: a later call without a title keeps it.
     given = {k for k in _ENTRY_KEYS if entry.get(k) not in (None, "")} - {"pdb_id"}
     if any(k not in _ENTRY_KEYS and k != "pdb" for k in entry):
         given.add("method_details")
-    upd = {k: stmt.excluded[k] for k in given | {"updated_at"}}
-    stmt = stmt.on_conflict_do_update(index_elements=["pdb_id"], set_=upd).returning(db.T_ENTRIES.c.id)
-    return conn.execute(stmt).scalar_one()
+    return conn.execute(_entry_stmt(conn.dialect.name, frozenset(given)), row).scalar_one()
+
+
+def _version_stmt(dialect: str, with_commit: bool):
+    key = ("version", dialect, with_commit)
+    if key not in _STATEMENTS:
+        t = db.T_VERSIONS
+        stmt = _insert(dialect, t)
+        # A no-op update (git_commit kept unless newly known) so RETURNING yields the id.
+        _STATEMENTS[key] = stmt.on_conflict_do_update(
+            index_elements=["version", "params_hash"],
+            set_={"git_commit": stmt.excluded.git_commit if with_commit else t.c.git_commit},
+        ).returning(t.c.id)
+    return _STATEMENTS[key]
 
 
 def _upsert_version(conn: Connection, version: str, params: Mapping | None, git_commit: str | None) -> int:
     if not version:
         raise InputError("pipeline version string is empty")
-    h = params_hash(params)
-    t = db.T_VERSIONS
-    stmt = _insert(conn, t).values(version=str(version), git_commit=git_commit, params_hash=h,
-                                   params=jsonable(params or {}), created_at=_utcnow())
-    # A no-op update (git_commit kept unless newly known) so RETURNING yields the id.
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["version", "params_hash"],
-        set_={"git_commit": stmt.excluded.git_commit if git_commit else t.c.git_commit},
-    ).returning(t.c.id)
-    return conn.execute(stmt).scalar_one()
+    row = {"version": str(version), "git_commit": git_commit, "params_hash": params_hash(params),
+           "params": jsonable(params or {}), "created_at": _utcnow()}
+    return conn.execute(_version_stmt(conn.dialect.name, bool(git_commit)), row).scalar_one()
+
+
+def _run_stmt(dialect: str, keys: tuple, keep_started: bool):
+    key = ("run", dialect, keys, keep_started)
+    if key not in _STATEMENTS:
+        t = db.T_RUNS
+        stmt = _insert(dialect, t)
+        upd = {k: stmt.excluded[k] for k in keys}
+        if keep_started:
+            upd["started_at"] = t.c.started_at  # keep the time mark_running recorded
+        _STATEMENTS[key] = stmt.on_conflict_do_update(
+            index_elements=["entry_id", "pipeline_version_id", "inputs_hash"], set_=upd).returning(t.c.id)
+    return _STATEMENTS[key]
 
 
 def _claim_run(conn: Connection, entry_id: int, version_id: int, ihash: str, values: dict) -> int:
@@ -170,28 +200,21 @@ def _claim_run(conn: Connection, entry_id: int, version_id: int, ihash: str, val
     t = db.T_RUNS
     if ihash:
         # mark_running may have been called before the input checksums were known.
-        placeholder = conn.execute(
-            select(t.c.id).where(t.c.entry_id == entry_id, t.c.pipeline_version_id == version_id,
-                                 t.c.inputs_hash == "", t.c.status.in_(("queued", "running")))
-        ).scalar()
-        taken = conn.execute(
-            select(t.c.id).where(t.c.entry_id == entry_id, t.c.pipeline_version_id == version_id,
-                                 t.c.inputs_hash == ihash)
-        ).scalar()
+        found = conn.execute(
+            select(t.c.id, t.c.inputs_hash, t.c.status)
+            .where(t.c.entry_id == entry_id, t.c.pipeline_version_id == version_id,
+                   t.c.inputs_hash.in_(("", ihash)))).all()
+        placeholder = next((r.id for r in found if r.inputs_hash == "" and r.status in ("queued", "running")),
+                           None)
+        taken = next((r.id for r in found if r.inputs_hash == ihash), None)
         if placeholder is not None:
             if taken is None:
                 conn.execute(update(t).where(t.c.id == placeholder).values(inputs_hash=ihash))
             else:
                 conn.execute(delete(t).where(t.c.id == placeholder))
-    stmt = _insert(conn, t).values(entry_id=entry_id, pipeline_version_id=version_id,
-                                   inputs_hash=ihash, **values)
-    upd = {k: stmt.excluded[k] for k in values}
-    if values.get("started_at") is None:
-        upd["started_at"] = t.c.started_at  # keep the time mark_running recorded
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["entry_id", "pipeline_version_id", "inputs_hash"], set_=upd
-    ).returning(t.c.id)
-    return conn.execute(stmt).scalar_one()
+    stmt = _run_stmt(conn.dialect.name, tuple(sorted(values)), values.get("started_at") is None)
+    row = {"entry_id": entry_id, "pipeline_version_id": version_id, "inputs_hash": ihash, **values}
+    return conn.execute(stmt, row).scalar_one()
 
 
 def mark_running(engine: Engine, *, entry: Mapping, pipeline_version: str, params: Mapping | None = None,
@@ -283,25 +306,34 @@ def pack_residues(before: Sequence[Mapping] | None, after: Sequence[Mapping] | N
         return None
     order: dict[tuple, int] = {}
     ids: list[Mapping] = []
-    for r in before + after:
-        k = _residue_key(r)
-        if k not in order:
-            order[k] = len(ids)
-            ids.append(r)
+    where: dict[str, list[int]] = {}
+    for stage, rows in (("before", before), ("after", after)):
+        idx = where[stage] = []
+        for r in rows:
+            k = _residue_key(r)
+            j = order.get(k)
+            if j is None:
+                j = order[k] = len(ids)
+                ids.append(r)
+            idx.append(j)
     n = len(ids)
     out: dict[str, list] = {
         "chain": [k[0] for k in order], "seq": [k[1] for k in order],
         "icode": [k[2] for k in order], "resname": [str(r.get("resname", "")) for r in ids],
     }
     for stage, rows in (("before", before), ("after", after)):
+        idx = where[stage]
         for f in db.RESIDUE_FIELDS:
             col: list = [None] * n
             seen = False
             digits = _RESIDUE_DIGITS[f]
-            for r in rows:
-                v = _float(r.get(f))
+            for j, r in zip(idx, rows):
+                v = r.get(f)
+                if v is None:
+                    continue
+                v = _float(v)
                 if v is not None:
-                    col[order[_residue_key(r)]] = round(v, digits)
+                    col[j] = round(v, digits)
                     seen = True
             if seen:
                 out[f"{f}_{stage}"] = col
