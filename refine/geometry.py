@@ -13,9 +13,11 @@ with ``w_*`` = ``Restraints.weights`` (1.0 by default). Coordinates are ``(N, 3)
 ``st[0].all()`` order (see :mod:`rerefine.refine.restraints`). Rows of the gradient that belong
 to fixed atoms (``Restraints.fixed``) are zero.
 
-Every kernel makes one pass over its packed arrays; the restraints are split into as many
-contiguous chunks as numba has threads, each chunk adds into its own gradient buffer
-(no write races), and the buffers are summed at the end.
+Every ``*_range`` kernel makes one pass over a slice of its packed arrays. One parallel
+region (:func:`_restraint_pass`) splits every restraint type into as many contiguous chunks
+as numba has threads; each thread adds into its own gradient buffer (no write races) and the
+buffers are summed at the end. A single parallel region per evaluation matters on a busy
+machine: every region entry waits for all worker threads to be scheduled.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .nonbonded import CLASH_OVERLAP, SIGMA_NB, count_overlaps, nonbonded_kernel, probe_radii
+from .nonbonded import CLASH_OVERLAP, SIGMA_NB, count_overlaps, nonbonded_range, probe_radii
 from .restraints import Restraints
 
 RAD = math.pi / 180.0
@@ -35,96 +37,84 @@ DEG = 180.0 / math.pi
 
 # --------------------------------------------------------------------------- kernels
 
-@njit(parallel=True, cache=True)
-def bond_kernel(xyz, idx, ideal, sigma, weight, gbuf):
-    """Σ w((d-d0)/σ)² over bonds; gradient added into ``gbuf`` (chunks, N, 3)."""
-    nchunk = gbuf.shape[0]
-    m = ideal.shape[0]
-    e = np.zeros(nchunk)
-    for c in prange(nchunk):
-        g = gbuf[c]
-        acc = 0.0
-        for k in range(c * m // nchunk, (c + 1) * m // nchunk):
-            i = idx[k, 0]
-            j = idx[k, 1]
-            dx = xyz[i, 0] - xyz[j, 0]
-            dy = xyz[i, 1] - xyz[j, 1]
-            dz = xyz[i, 2] - xyz[j, 2]
-            d = math.sqrt(dx * dx + dy * dy + dz * dz)
-            s = sigma[k]
-            if s <= 0.0:
-                continue
-            r = (d - ideal[k]) / s
-            acc += weight * r * r
-            if d > 1e-12:
-                f = 2.0 * weight * r / (s * d)
-                g[i, 0] += f * dx
-                g[i, 1] += f * dy
-                g[i, 2] += f * dz
-                g[j, 0] -= f * dx
-                g[j, 1] -= f * dy
-                g[j, 2] -= f * dz
-        e[c] = acc
-    return e.sum()
+@njit(cache=True)
+def bond_range(xyz, idx, ideal, sigma, weight, g, lo, hi):
+    """Σ w((d-d0)/σ)² over bonds ``lo:hi``; gradient added into ``g`` (N, 3)."""
+    acc = 0.0
+    for k in range(lo, hi):
+        i = idx[k, 0]
+        j = idx[k, 1]
+        dx = xyz[i, 0] - xyz[j, 0]
+        dy = xyz[i, 1] - xyz[j, 1]
+        dz = xyz[i, 2] - xyz[j, 2]
+        d = math.sqrt(dx * dx + dy * dy + dz * dz)
+        s = sigma[k]
+        if s <= 0.0:
+            continue
+        r = (d - ideal[k]) / s
+        acc += weight * r * r
+        if d > 1e-12:
+            f = 2.0 * weight * r / (s * d)
+            g[i, 0] += f * dx
+            g[i, 1] += f * dy
+            g[i, 2] += f * dz
+            g[j, 0] -= f * dx
+            g[j, 1] -= f * dy
+            g[j, 2] -= f * dz
+    return acc
 
 
-@njit(parallel=True, cache=True)
-def angle_kernel(xyz, idx, ideal, sigma, weight, gbuf):
+@njit(cache=True)
+def angle_range(xyz, idx, ideal, sigma, weight, g, lo, hi):
     """Σ w((θ-θ0)/σ)² over angles (degrees), vertex = idx[:, 1]."""
-    nchunk = gbuf.shape[0]
-    m = ideal.shape[0]
-    e = np.zeros(nchunk)
-    for c in prange(nchunk):
-        g = gbuf[c]
-        acc = 0.0
-        for k in range(c * m // nchunk, (c + 1) * m // nchunk):
-            s = sigma[k]
-            if s <= 0.0:
-                continue
-            i = idx[k, 0]
-            j = idx[k, 1]
-            l = idx[k, 2]
-            ux = xyz[i, 0] - xyz[j, 0]
-            uy = xyz[i, 1] - xyz[j, 1]
-            uz = xyz[i, 2] - xyz[j, 2]
-            vx = xyz[l, 0] - xyz[j, 0]
-            vy = xyz[l, 1] - xyz[j, 1]
-            vz = xyz[l, 2] - xyz[j, 2]
-            lu = math.sqrt(ux * ux + uy * uy + uz * uz)
-            lv = math.sqrt(vx * vx + vy * vy + vz * vz)
-            if lu < 1e-12 or lv < 1e-12:
-                continue
-            ux /= lu
-            uy /= lu
-            uz /= lu
-            vx /= lv
-            vy /= lv
-            vz /= lv
-            cs = ux * vx + uy * vy + uz * vz
-            cs = min(1.0, max(-1.0, cs))
-            th = math.acos(cs) * DEG
-            r = (th - ideal[k]) / s
-            acc += weight * r * r
-            sn = math.sqrt(max(1.0 - cs * cs, 1e-16))
-            # dθ/dx_i = -(v̂ - cosθ û)/(|u| sinθ), in radians; chain to degrees
-            f = 2.0 * weight * r / s * DEG * (-1.0 / sn)
-            gix = f * (vx - cs * ux) / lu
-            giy = f * (vy - cs * uy) / lu
-            giz = f * (vz - cs * uz) / lu
-            gkx = f * (ux - cs * vx) / lv
-            gky = f * (uy - cs * vy) / lv
-            gkz = f * (uz - cs * vz) / lv
-            g[i, 0] += gix
-            g[i, 1] += giy
-            g[i, 2] += giz
-            g[l, 0] += gkx
-            g[l, 1] += gky
-            g[l, 2] += gkz
-            g[j, 0] -= gix + gkx
-            g[j, 1] -= giy + gky
-            g[j, 2] -= giz + gkz
-        e[c] = acc
-    return e.sum()
+    acc = 0.0
+    for k in range(lo, hi):
+        s = sigma[k]
+        if s <= 0.0:
+            continue
+        i = idx[k, 0]
+        j = idx[k, 1]
+        l = idx[k, 2]
+        ux = xyz[i, 0] - xyz[j, 0]
+        uy = xyz[i, 1] - xyz[j, 1]
+        uz = xyz[i, 2] - xyz[j, 2]
+        vx = xyz[l, 0] - xyz[j, 0]
+        vy = xyz[l, 1] - xyz[j, 1]
+        vz = xyz[l, 2] - xyz[j, 2]
+        lu = math.sqrt(ux * ux + uy * uy + uz * uz)
+        lv = math.sqrt(vx * vx + vy * vy + vz * vz)
+        if lu < 1e-12 or lv < 1e-12:
+            continue
+        ux /= lu
+        uy /= lu
+        uz /= lu
+        vx /= lv
+        vy /= lv
+        vz /= lv
+        cs = ux * vx + uy * vy + uz * vz
+        cs = min(1.0, max(-1.0, cs))
+        th = math.acos(cs) * DEG
+        r = (th - ideal[k]) / s
+        acc += weight * r * r
+        sn = math.sqrt(max(1.0 - cs * cs, 1e-16))
+        # dθ/dx_i = -(v̂ - cosθ û)/(|u| sinθ), in radians; chain to degrees
+        f = 2.0 * weight * r / s * DEG * (-1.0 / sn)
+        gix = f * (vx - cs * ux) / lu
+        giy = f * (vy - cs * uy) / lu
+        giz = f * (vz - cs * uz) / lu
+        gkx = f * (ux - cs * vx) / lv
+        gky = f * (uy - cs * vy) / lv
+        gkz = f * (uz - cs * vz) / lv
+        g[i, 0] += gix
+        g[i, 1] += giy
+        g[i, 2] += giz
+        g[l, 0] += gkx
+        g[l, 1] += gky
+        g[l, 2] += gkz
+        g[j, 0] -= gix + gkx
+        g[j, 1] -= giy + gky
+        g[j, 2] -= giz + gkz
+    return acc
 
 
 @njit(cache=True)
@@ -166,41 +156,35 @@ def _dihedral(xyz, a, b, c, d, out):
     p = (b1x * b2x + b1y * b2y + b1z * b2z) / (lb2 * lb2)
     q = (b3x * b2x + b3y * b2y + b3z * b2z) / (lb2 * lb2)
     for t in range(3):
-        out[1, t] = (p - 1.0) * out[0, t] - q * out[3, t]
-        out[2, t] = (q - 1.0) * out[3, t] - p * out[0, t]
+        out[1, t] = -(1.0 + p) * out[0, t] + q * out[3, t]
+        out[2, t] = p * out[0, t] - (1.0 + q) * out[3, t]
     return phi, True
 
 
-@njit(parallel=True, cache=True)
-def torsion_kernel(xyz, idx, ideal, sigma, period, weight, gbuf):
+@njit(cache=True)
+def torsion_range(xyz, idx, ideal, sigma, period, weight, g, lo, hi):
     """Σ w((Δφ wrapped to ±180/p)/σ)² over torsions (degrees); σ ≤ 0 skipped."""
-    nchunk = gbuf.shape[0]
-    m = ideal.shape[0]
-    e = np.zeros(nchunk)
-    for c in prange(nchunk):
-        g = gbuf[c]
-        acc = 0.0
-        dg = np.empty((4, 3))
-        for k in range(c * m // nchunk, (c + 1) * m // nchunk):
-            s = sigma[k]
-            if s <= 0.0:
-                continue
-            phi, ok = _dihedral(xyz, idx[k, 0], idx[k, 1], idx[k, 2], idx[k, 3], dg)
-            if not ok:
-                continue
-            per = 360.0 / period[k]
-            delta = phi * DEG - ideal[k]
-            delta -= per * math.floor(delta / per + 0.5)
-            r = delta / s
-            acc += weight * r * r
-            f = 2.0 * weight * r / s * DEG
-            for a in range(4):
-                at = idx[k, a]
-                g[at, 0] += f * dg[a, 0]
-                g[at, 1] += f * dg[a, 1]
-                g[at, 2] += f * dg[a, 2]
-        e[c] = acc
-    return e.sum()
+    acc = 0.0
+    dg = np.empty((4, 3))
+    for k in range(lo, hi):
+        s = sigma[k]
+        if s <= 0.0:
+            continue
+        phi, ok = _dihedral(xyz, idx[k, 0], idx[k, 1], idx[k, 2], idx[k, 3], dg)
+        if not ok:
+            continue
+        per = 360.0 / period[k]
+        delta = phi * DEG - ideal[k]
+        delta -= per * math.floor(delta / per + 0.5)
+        r = delta / s
+        acc += weight * r * r
+        f = 2.0 * weight * r / s * DEG
+        for a in range(4):
+            at = idx[k, a]
+            g[at, 0] += f * dg[a, 0]
+            g[at, 1] += f * dg[a, 1]
+            g[at, 2] += f * dg[a, 2]
+    return acc
 
 
 @njit(cache=True)
@@ -217,65 +201,59 @@ def _chiral_volume(xyz, c0, c1, c2, c3):
     return ax * (by * cz - bz * cy) + ay * (bz * cx - bx * cz) + az * (bx * cy - by * cx)
 
 
-@njit(parallel=True, cache=True)
-def chiral_kernel(xyz, idx, ideal, sigma, both, weight, gbuf):
+@njit(cache=True)
+def chiral_range(xyz, idx, ideal, sigma, both, weight, g, lo, hi):
     """Σ w((V-V0)/σ)², V = (r1-c)·((r2-c)×(r3-c)); "both": (|V|-|V0|)."""
-    nchunk = gbuf.shape[0]
-    m = ideal.shape[0]
-    e = np.zeros(nchunk)
-    for c in prange(nchunk):
-        g = gbuf[c]
-        acc = 0.0
-        for k in range(c * m // nchunk, (c + 1) * m // nchunk):
-            s = sigma[k]
-            if s <= 0.0:
-                continue
-            i0 = idx[k, 0]
-            i1 = idx[k, 1]
-            i2 = idx[k, 2]
-            i3 = idx[k, 3]
-            ax = xyz[i1, 0] - xyz[i0, 0]
-            ay = xyz[i1, 1] - xyz[i0, 1]
-            az = xyz[i1, 2] - xyz[i0, 2]
-            bx = xyz[i2, 0] - xyz[i0, 0]
-            by = xyz[i2, 1] - xyz[i0, 1]
-            bz = xyz[i2, 2] - xyz[i0, 2]
-            cx = xyz[i3, 0] - xyz[i0, 0]
-            cy = xyz[i3, 1] - xyz[i0, 1]
-            cz = xyz[i3, 2] - xyz[i0, 2]
-            # dV/da = b×c, dV/db = c×a, dV/dc = a×b
-            gax = by * cz - bz * cy
-            gay = bz * cx - bx * cz
-            gaz = bx * cy - by * cx
-            gbx = cy * az - cz * ay
-            gby = cz * ax - cx * az
-            gbz = cx * ay - cy * ax
-            gcx = ay * bz - az * by
-            gcy = az * bx - ax * bz
-            gcz = ax * by - ay * bx
-            v = ax * gax + ay * gay + az * gaz
-            if both[k]:
-                sg = 1.0 if v >= 0.0 else -1.0
-                r = (abs(v) - abs(ideal[k])) / s
-            else:
-                sg = 1.0
-                r = (v - ideal[k]) / s
-            acc += weight * r * r
-            f = 2.0 * weight * r / s * sg
-            g[i1, 0] += f * gax
-            g[i1, 1] += f * gay
-            g[i1, 2] += f * gaz
-            g[i2, 0] += f * gbx
-            g[i2, 1] += f * gby
-            g[i2, 2] += f * gbz
-            g[i3, 0] += f * gcx
-            g[i3, 1] += f * gcy
-            g[i3, 2] += f * gcz
-            g[i0, 0] -= f * (gax + gbx + gcx)
-            g[i0, 1] -= f * (gay + gby + gcy)
-            g[i0, 2] -= f * (gaz + gbz + gcz)
-        e[c] = acc
-    return e.sum()
+    acc = 0.0
+    for k in range(lo, hi):
+        s = sigma[k]
+        if s <= 0.0:
+            continue
+        i0 = idx[k, 0]
+        i1 = idx[k, 1]
+        i2 = idx[k, 2]
+        i3 = idx[k, 3]
+        ax = xyz[i1, 0] - xyz[i0, 0]
+        ay = xyz[i1, 1] - xyz[i0, 1]
+        az = xyz[i1, 2] - xyz[i0, 2]
+        bx = xyz[i2, 0] - xyz[i0, 0]
+        by = xyz[i2, 1] - xyz[i0, 1]
+        bz = xyz[i2, 2] - xyz[i0, 2]
+        cx = xyz[i3, 0] - xyz[i0, 0]
+        cy = xyz[i3, 1] - xyz[i0, 1]
+        cz = xyz[i3, 2] - xyz[i0, 2]
+        # dV/da = b×c, dV/db = c×a, dV/dc = a×b
+        gax = by * cz - bz * cy
+        gay = bz * cx - bx * cz
+        gaz = bx * cy - by * cx
+        gbx = cy * az - cz * ay
+        gby = cz * ax - cx * az
+        gbz = cx * ay - cy * ax
+        gcx = ay * bz - az * by
+        gcy = az * bx - ax * bz
+        gcz = ax * by - ay * bx
+        v = ax * gax + ay * gay + az * gaz
+        if both[k]:
+            sg = 1.0 if v >= 0.0 else -1.0
+            r = (abs(v) - abs(ideal[k])) / s
+        else:
+            sg = 1.0
+            r = (v - ideal[k]) / s
+        acc += weight * r * r
+        f = 2.0 * weight * r / s * sg
+        g[i1, 0] += f * gax
+        g[i1, 1] += f * gay
+        g[i1, 2] += f * gaz
+        g[i2, 0] += f * gbx
+        g[i2, 1] += f * gby
+        g[i2, 2] += f * gbz
+        g[i3, 0] += f * gcx
+        g[i3, 1] += f * gcy
+        g[i3, 2] += f * gcz
+        g[i0, 0] -= f * (gax + gbx + gcx)
+        g[i0, 1] -= f * (gay + gby + gcy)
+        g[i0, 2] -= f * (gaz + gbz + gcz)
+    return acc
 
 
 @njit(cache=True)
@@ -349,43 +327,69 @@ def _plane_normal(xyz, atoms, lo, hi):
     return cx, cy, cz, nx, ny, nz
 
 
-@njit(parallel=True, cache=True)
-def plane_kernel(xyz, atoms, offsets, sigma, weight, gbuf):
+@njit(cache=True)
+def plane_range(xyz, atoms, offsets, sigma, weight, g, lo, hi):
     """Σ_planes Σ_atoms w(δ/σ)², δ = distance to the least-squares plane.
 
     The gradient of the smallest eigenvalue is 2δ_i n̂ per atom (the normal's own change
     does not contribute at the minimum, and Σ δ_i = 0 removes the centroid term).
     """
-    nchunk = gbuf.shape[0]
-    m = sigma.shape[0]
-    e = np.zeros(nchunk)
-    for c in prange(nchunk):
-        g = gbuf[c]
-        acc = 0.0
-        for k in range(c * m // nchunk, (c + 1) * m // nchunk):
-            s = sigma[k]
-            if s <= 0.0:
-                continue
-            lo = offsets[k]
-            hi = offsets[k + 1]
-            cx, cy, cz, nx, ny, nz = _plane_normal(xyz, atoms, lo, hi)
-            w = weight / (s * s)
-            for t in range(lo, hi):
-                a = atoms[t]
-                dlt = (xyz[a, 0] - cx) * nx + (xyz[a, 1] - cy) * ny + (xyz[a, 2] - cz) * nz
-                acc += w * dlt * dlt
-                f = 2.0 * w * dlt
-                g[a, 0] += f * nx
-                g[a, 1] += f * ny
-                g[a, 2] += f * nz
-        e[c] = acc
-    return e.sum()
+    acc = 0.0
+    for k in range(lo, hi):
+        s = sigma[k]
+        if s <= 0.0:
+            continue
+        a0 = offsets[k]
+        a1 = offsets[k + 1]
+        cx, cy, cz, nx, ny, nz = _plane_normal(xyz, atoms, a0, a1)
+        w = weight / (s * s)
+        for t in range(a0, a1):
+            a = atoms[t]
+            dlt = (xyz[a, 0] - cx) * nx + (xyz[a, 1] - cy) * ny + (xyz[a, 2] - cz) * nz
+            acc += w * dlt * dlt
+            f = 2.0 * w * dlt
+            g[a, 0] += f * nx
+            g[a, 1] += f * ny
+            g[a, 2] += f * nz
+    return acc
 
 
 @njit(parallel=True, cache=True)
+def _restraint_pass(xyz, b_idx, b_ideal, b_sigma, a_idx, a_ideal, a_sigma, t_idx, t_ideal, t_sigma, t_period,
+                    c_idx, c_ideal, c_sigma, c_both, p_atoms, p_offsets, p_sigma, nb_pi, nb_pj, nb_d0, sigma_nb,
+                    weights, gbuf, eterms):
+    """All restraint terms in one parallel region; chunk c of every term goes to gbuf[c]."""
+    nchunk = gbuf.shape[0]
+    for c in prange(nchunk):
+        g = gbuf[c]
+        g[:, :] = 0.0
+        m = b_ideal.shape[0]
+        eterms[c, 0] = bond_range(xyz, b_idx, b_ideal, b_sigma, weights[0], g, c * m // nchunk,
+                                  (c + 1) * m // nchunk)
+        m = a_ideal.shape[0]
+        eterms[c, 1] = angle_range(xyz, a_idx, a_ideal, a_sigma, weights[1], g, c * m // nchunk,
+                                   (c + 1) * m // nchunk)
+        m = t_ideal.shape[0]
+        eterms[c, 2] = torsion_range(xyz, t_idx, t_ideal, t_sigma, t_period, weights[2], g, c * m // nchunk,
+                                     (c + 1) * m // nchunk)
+        m = c_ideal.shape[0]
+        eterms[c, 3] = chiral_range(xyz, c_idx, c_ideal, c_sigma, c_both, weights[3], g, c * m // nchunk,
+                                    (c + 1) * m // nchunk)
+        m = p_sigma.shape[0]
+        eterms[c, 4] = plane_range(xyz, p_atoms, p_offsets, p_sigma, weights[4], g, c * m // nchunk,
+                                   (c + 1) * m // nchunk)
+        m = nb_d0.shape[0]
+        if weights[5] != 0.0:
+            eterms[c, 5] = nonbonded_range(xyz, nb_pi, nb_pj, nb_d0, sigma_nb, weights[5], g, c * m // nchunk,
+                                           (c + 1) * m // nchunk)
+        else:
+            eterms[c, 5] = 0.0
+
+
+@njit(cache=True)
 def _reduce(gbuf, fixed, out):
     nchunk = gbuf.shape[0]
-    for i in prange(gbuf.shape[1]):
+    for i in range(gbuf.shape[1]):
         if fixed[i]:
             out[i, 0] = 0.0
             out[i, 1] = 0.0
@@ -407,6 +411,9 @@ def _check_xyz(r: Restraints, xyz) -> np.ndarray:
     return xyz
 
 
+TERMS = ("bond", "angle", "torsion", "chiral", "plane", "nonbonded")
+
+
 def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None) -> dict:
     """Per-term restraint energies (dimensionless, weights applied); optional gradient into ``grad``.
 
@@ -415,26 +422,24 @@ def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None)
     """
     xyz = _check_xyz(r, xyz)
     nchunk = max(1, numba.get_num_threads())
-    gbuf = np.zeros((nchunk, r.n_atoms, 3))
-    w = r.weights
-    out = {
-        "bond": bond_kernel(xyz, r.bonds.idx, r.bonds.ideal, r.bonds.sigma, w["bond"], gbuf),
-        "angle": angle_kernel(xyz, r.angles.idx, r.angles.ideal, r.angles.sigma, w["angle"], gbuf),
-        "torsion": torsion_kernel(xyz, r.torsions.idx, r.torsions.ideal, r.torsions.sigma, r.torsions.period,
-                                  w["torsion"], gbuf),
-        "chiral": chiral_kernel(xyz, r.chirals.idx, r.chirals.ideal, r.chirals.sigma, r.chirals.both,
-                                w["chiral"], gbuf),
-        "plane": plane_kernel(xyz, r.planes.atoms, r.planes.offsets, r.planes.sigma, w["plane"], gbuf),
-    }
+    gbuf = np.empty((nchunk, r.n_atoms, 3))
+    eterms = np.zeros((nchunk, len(TERMS)))
+    weights = np.array([float(r.weights[k]) for k in TERMS])
     nb = r.nonbonded
-    if nb is not None and w["nonbonded"] != 0.0:
+    if nb is not None and weights[5] != 0.0:
         nb.update(xyz)
-        out["nonbonded"] = nonbonded_kernel(xyz, nb.pi, nb.pj, nb.d0, SIGMA_NB, w["nonbonded"], gbuf)
+        pi, pj, d0 = nb.pi, nb.pj, nb.d0
     else:
-        out["nonbonded"] = 0.0
+        pi = pj = np.zeros(0, dtype=np.int32)
+        d0 = np.zeros(0)
+    b, a, t, c, p = r.bonds, r.angles, r.torsions, r.chirals, r.planes
+    _restraint_pass(xyz, b.idx, b.ideal, b.sigma, a.idx, a.ideal, a.sigma, t.idx, t.ideal, t.sigma, t.period,
+                    c.idx, c.ideal, c.sigma, c.both, p.atoms, p.offsets, p.sigma, pi, pj, d0, SIGMA_NB,
+                    weights, gbuf, eterms)
     if grad is not None:
         _reduce(gbuf, r.fixed, grad)
-    return out
+    tot = eterms.sum(axis=0)
+    return {k: float(tot[i]) for i, k in enumerate(TERMS)}
 
 
 def restraint_energy_gradient(r: Restraints, xyz: np.ndarray) -> tuple[float, np.ndarray]:
@@ -552,8 +557,7 @@ def geometry_stats(r: Restraints, xyz: np.ndarray) -> dict:
     overlaps = 0
     if nb is not None:
         nb.update(xyz)
-        overlaps = int(count_overlaps(xyz, nb.pi, nb.pj, probe_radii(r), r.hb_type, r.pairs14, r.n_atoms,
-                                      CLASH_OVERLAP))
+        overlaps = int(count_overlaps(xyz, nb.pi, nb.pj, nb.kind, probe_radii(r), r.hb_type, CLASH_OVERLAP))
     return {
         "bond_rmsd": _rms(bd),
         "angle_rmsd": _rms(ad),

@@ -3,17 +3,20 @@
 Pairs considered: every atom pair closer than ``cutoff = 2·max(vdW radius) + buffer`` that is
 not bonded (1-2), not 1-3 related, not an explicit connection of the model (LINK/struct_conn,
 e.g. metal coordination) or 1-3 through one, not inside one dictionary-less residue, and not
-two different alternative conformers (non-blank altlocs that differ).
+two different alternative conformers (non-blank altlocs that differ). Bond-path distances
+(1-2 … 1-5) come from a breadth-first search over the bond graph, stored per atom (CSR) in
+``Restraints.partner_ptr/partner_idx/partner_code``.
 
 Repulsion (one-sided harmonic, as the "VDW repulsion" of Refmac/phenix but in squared form)::
 
     E = Σ_pairs  ((d0 - d) / σ_nb)²   for d < d0, else 0,      σ_nb = 0.2 Å
 
 with ``d0`` the sum of the library's vdW radii (``ener_lib`` ``_lib_atom.vdw_radius`` of each
-atom's energy type), except: 1-4 pairs ``0.8·d0`` (cctbx's ``vdw_1_4_factor``); H-bond
-donor–acceptor heavy-atom pairs 2.6 Å; polar hydrogen–acceptor 1.75 Å; pairs with a metal
-ion 1.9 Å. These values are deliberately below the observed contact distances so that a
-well-refined deposited model carries almost no repulsion energy.
+atom's energy type), except: H-bond donor–acceptor heavy-atom pairs ``d0 - 0.6`` Å (cctbx's
+``const_shrink_donor_acceptor``); polar hydrogen–acceptor 1.75 Å; pairs with a metal ion
+1.9 Å; then 1-4 pairs ``×0.8`` (cctbx's ``vdw_1_4_factor``) and 1-5 pairs ``×0.85`` (our
+choice: peptide O(i)···C(i+1), C(i-1)···N(i+1) and O···Cγ are 1-5 pairs that sit at 2.8-3.1 Å in
+well-refined models, below the plain vdW sum).
 
 The list is rebuilt only when an atom moved more than ``buffer/2`` since the last build
 (then no pair can have entered the cutoff unseen). :class:`NonbondedList` lives in
@@ -28,7 +31,8 @@ from numba import njit, prange
 
 SIGMA_NB = 0.2
 FACTOR_14 = 0.8
-D0_HBOND = 2.6
+SHRINK_DONOR_ACCEPTOR = 0.6
+FACTOR_15 = 0.85
 D0_HBOND_H = 1.75
 D0_METAL = 1.9
 
@@ -41,56 +45,104 @@ PROBE_METAL = 0.9  # metals: probe uses small (ionic) radii
 CLASH_OVERLAP = 0.4
 
 
-def exclusion_keys(n: int, bond_idx: np.ndarray, extra_pairs: np.ndarray,
-                   groups: list) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted int64 keys ``i*n + j`` (i < j) of excluded (1-2, 1-3) and of 1-4 pairs.
+def topology_partners(n: int, bond_idx: np.ndarray, extra_pairs: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-atom lists of atoms 1-2 … 1-5 bonds away (CSR: ``ptr``, ``idx``, ``code``).
 
-    ``extra_pairs`` (explicit connections) count as bonds; every pair inside one of
-    ``groups`` (atoms of dictionary-less residues) is excluded.
+    Only partners ``j > i`` are stored, sorted by ``j``; ``code`` is the bond-path length + 1
+    (2 = bonded, 3 = 1-3, 4 = 1-4, 5 = 1-5), the shortest path wins. ``extra_pairs``
+    (explicit connections such as metal coordination) count as bonds.
     """
-    adj: list[set] = [set() for _ in range(n)]
-    for i, j in np.asarray(bond_idx).tolist():
-        adj[i].add(j)
-        adj[j].add(i)
-    for i, j in np.asarray(extra_pairs).tolist():
-        if i != j:
-            adj[i].add(j)
-            adj[j].add(i)
-    excl = set()
-    p14 = set()
-    for i in range(n):
-        ai = adj[i]
-        if not ai:
-            continue
-        for j in ai:
-            if j > i:
-                excl.add(i * n + j)
-            for k in adj[j]:
-                if k > i:
-                    excl.add(i * n + k)
-                for m in adj[k]:
-                    if m > i:
-                        p14.add(i * n + m)
-    for g in groups:
-        g = sorted(g)
-        for a in range(len(g)):
-            for b in range(a + 1, len(g)):
-                excl.add(g[a] * n + g[b])
-    p14 -= excl
-    return (np.array(sorted(excl), dtype=np.int64), np.array(sorted(p14), dtype=np.int64))
+    pairs = np.concatenate([np.asarray(bond_idx, dtype=np.int64).reshape(-1, 2),
+                            np.asarray(extra_pairs, dtype=np.int64).reshape(-1, 2)])
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    both = np.concatenate([pairs, pairs[:, ::-1]])
+    adj_ptr = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(adj_ptr, both[:, 0] + 1, 1)
+    adj_ptr = np.cumsum(adj_ptr)
+    adj = both[np.argsort(both[:, 0], kind="stable"), 1].astype(np.int64)
+    dummy_i = np.zeros(1, dtype=np.int64)
+    dummy_c = np.zeros(1, dtype=np.uint8)
+    counts = _partners_pass(n, adj_ptr, adj, False, np.zeros(n + 1, dtype=np.int64), dummy_i, dummy_c)
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=ptr[1:])
+    idx = np.empty(ptr[-1], dtype=np.int64)
+    code = np.empty(ptr[-1], dtype=np.uint8)
+    _partners_pass(n, adj_ptr, adj, True, ptr, idx, code)
+    return ptr, idx, code
 
 
 @njit(cache=True)
-def _in_sorted(keys, key):
-    lo = 0
-    hi = keys.shape[0]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if keys[mid] < key:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo < keys.shape[0] and keys[lo] == key
+def _partners_pass(n, adj_ptr, adj, fill, ptr, out_idx, out_code):
+    """Breadth-first search to depth 4 from every atom (count, or fill, the partners j > i)."""
+    stamp = np.full(n, -1, dtype=np.int64)
+    dist = np.zeros(n, dtype=np.uint8)
+    counts = np.zeros(n, dtype=np.int64)
+    front = np.empty(n, dtype=np.int64)
+    found = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        if adj_ptr[i + 1] == adj_ptr[i]:
+            continue
+        stamp[i] = i
+        front[0] = i
+        f_lo = 0
+        f_hi = 1
+        nfound = 0
+        for depth in range(1, 5):
+            new_hi = f_hi
+            for t in range(f_lo, f_hi):
+                a = front[t]
+                for u in range(adj_ptr[a], adj_ptr[a + 1]):
+                    b = adj[u]
+                    if stamp[b] != i:
+                        stamp[b] = i
+                        dist[b] = depth
+                        front[new_hi] = b
+                        new_hi += 1
+                        if b > i:
+                            found[nfound] = b
+                            nfound += 1
+            f_lo = f_hi
+            f_hi = new_hi
+        counts[i] = nfound
+        if fill:
+            part = np.sort(found[:nfound])
+            base = ptr[i]
+            for t in range(nfound):
+                out_idx[base + t] = part[t]
+                out_code[base + t] = dist[part[t]] + 1
+    return counts
+
+
+@njit(cache=True)
+def _partner_code(ptr, idx, code, i, j):
+    """Bond-path code of pair (i < j): 2..5, or 0 when further apart."""
+    for t in range(ptr[i], ptr[i + 1]):
+        p = idx[t]
+        if p == j:
+            return code[t]
+        if p > j:
+            return 0
+    return 0
+
+
+@njit(cache=True)
+def _d0(i, j, kind, vdw, hb):
+    hi = hb[i]
+    hj = hb[j]
+    if hi == 5 or hj == 5:
+        v = D0_METAL
+    elif (hi == 4 and (hj == 2 or hj == 3)) or (hj == 4 and (hi == 2 or hi == 3)):
+        v = D0_HBOND_H
+    elif ((hi == 1 or hi == 3) and (hj == 2 or hj == 3)) or ((hj == 1 or hj == 3) and (hi == 2 or hi == 3)):
+        v = vdw[i] + vdw[j] - SHRINK_DONOR_ACCEPTOR
+    else:
+        v = vdw[i] + vdw[j]
+    if kind == 4:
+        v *= FACTOR_14
+    elif kind == 5:
+        v *= FACTOR_15
+    return v
 
 
 @njit(cache=True)
@@ -121,7 +173,8 @@ def _cell_setup(xyz, cell):
 
 
 @njit(parallel=True, cache=True)
-def _pair_pass(xyz, cutoff, cell, lo, dims, order, start, excl, altloc, fill, offs, out_j):
+def _pair_pass(xyz, cutoff, cell, lo, dims, order, start, ptr, pidx, pcode, altloc, fixed, residue,
+               vdw, hb, fill, offs, out_j, out_kind, out_d0):
     """Count (fill=False) or write (fill=True) the partners j > i of every atom i within cutoff."""
     n = xyz.shape[0]
     c2 = cutoff * cutoff
@@ -149,41 +202,27 @@ def _pair_pass(xyz, cutoff, cell, lo, dims, order, start, excl, altloc, fill, of
                         j = order[t]
                         if j <= i:
                             continue
-                        if altloc[i] != 0 and altloc[j] != 0 and altloc[i] != altloc[j]:
-                            continue
                         ddx = xyz[j, 0] - xyz[i, 0]
                         ddy = xyz[j, 1] - xyz[i, 1]
                         ddz = xyz[j, 2] - xyz[i, 2]
                         if ddx * ddx + ddy * ddy + ddz * ddz >= c2:
                             continue
-                        if _in_sorted(excl, i * n + j):
+                        if altloc[i] != 0 and altloc[j] != 0 and altloc[i] != altloc[j]:
+                            continue
+                        # atoms of one dictionary-less residue: bonds unknown, no repulsion
+                        if fixed[i] and fixed[j] and residue[i] == residue[j]:
+                            continue
+                        kind = _partner_code(ptr, pidx, pcode, i, j)
+                        if kind == 2 or kind == 3:
                             continue
                         if fill:
                             out_j[pos] = j
+                            out_kind[pos] = kind
+                            out_d0[pos] = _d0(i, j, kind, vdw, hb)
                             pos += 1
                         cnt += 1
         counts[i] = cnt
     return counts
-
-
-@njit(parallel=True, cache=True)
-def _pair_params(pi, pj, n, p14, vdw, hb, d0):
-    for k in prange(pi.shape[0]):
-        i = pi[k]
-        j = pj[k]
-        hi = hb[i]
-        hj = hb[j]
-        if hi == 5 or hj == 5:
-            v = D0_METAL
-        elif (hi == 4 and (hj == 2 or hj == 3)) or (hj == 4 and (hi == 2 or hi == 3)):
-            v = D0_HBOND_H
-        elif ((hi == 1 or hi == 3) and (hj == 2 or hj == 3)) or ((hj == 1 or hj == 3) and (hi == 2 or hi == 3)):
-            v = D0_HBOND
-        else:
-            v = vdw[i] + vdw[j]
-        if _in_sorted(p14, i * n + j):
-            v *= FACTOR_14
-        d0[k] = v
 
 
 class NonbondedList:
@@ -193,6 +232,8 @@ class NonbondedList:
     ----------
     pi, pj : ndarray int32 (M,)
         Candidate pairs (i < j) within ``cutoff`` at the last build.
+    kind : ndarray uint8 (M,)
+        4 for 1-4 pairs, 5 for 1-5 pairs, 0 otherwise.
     d0 : ndarray (M,)
         Repulsion distance of each pair, Å.
     cutoff : float
@@ -207,8 +248,8 @@ class NonbondedList:
         self.cutoff = 2.0 * float(max(r.vdw_radius.max(), 1.9)) + self.buffer if r.n_atoms else 0.0
         self.pi = np.zeros(0, dtype=np.int32)
         self.pj = np.zeros(0, dtype=np.int32)
+        self.kind = np.zeros(0, dtype=np.uint8)
         self.d0 = np.zeros(0)
-        self.is14 = np.zeros(0, dtype=bool)
         self._ref = None
         self.n_builds = 0
 
@@ -230,32 +271,31 @@ class NonbondedList:
         r = self._r
         xyz = np.ascontiguousarray(xyz, dtype=np.float64)
         n = xyz.shape[0]
-        if n < 2:
-            self._ref = xyz.copy()
-            return
-        cell = self.cutoff
-        # keep the cell grid no bigger than a few cells per atom for sparse, huge models
-        while True:
-            ext = xyz.max(axis=0) - xyz.min(axis=0)
-            ncell = np.prod(np.floor(ext / cell) + 1)
-            if ncell <= 8 * n + 1000:
-                break
-            cell *= 1.5
-        lo, dims, order, start = _cell_setup(xyz, cell)
-        dummy = np.zeros(1, dtype=np.int32)
-        offs0 = np.zeros(n, dtype=np.int64)
-        counts = _pair_pass(xyz, self.cutoff, cell, lo, dims, order, start, r.exclusions, r.altloc,
-                            False, offs0, dummy)
-        offs = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts, out=offs[1:])
-        pj = np.empty(offs[-1], dtype=np.int32)
-        _pair_pass(xyz, self.cutoff, cell, lo, dims, order, start, r.exclusions, r.altloc, True, offs[:-1], pj)
-        pi = np.repeat(np.arange(n, dtype=np.int32), counts)
-        d0 = np.empty(pi.shape[0])
-        _pair_params(pi, pj, n, r.pairs14, r.vdw_radius, r.hb_type, d0)
-        self.pi, self.pj, self.d0 = pi, pj, d0
+        if not np.isfinite(xyz).all():
+            raise ValueError("nonbonded list: non-finite coordinates")
         self._ref = xyz.copy()
         self.n_builds += 1
+        if n < 2:
+            return
+        cell = self.cutoff
+        # keep the cell grid at most a few cells per atom for sparse, huge models
+        ext = xyz.max(axis=0) - xyz.min(axis=0)
+        while np.prod(np.floor(ext / cell) + 1) > 8 * n + 1000:
+            cell *= 1.5
+        lo, dims, order, start = _cell_setup(xyz, cell)
+        args = (xyz, self.cutoff, cell, lo, dims, order, start, r.partner_ptr, r.partner_idx, r.partner_code,
+                r.altloc, r.fixed, r.residue, r.vdw_radius, r.hb_type)
+        counts = _pair_pass(*args, False, np.zeros(n, dtype=np.int64), np.zeros(1, dtype=np.int32),
+                            np.zeros(1, dtype=np.uint8), np.zeros(1))
+        offs = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=offs[1:])
+        m = int(offs[-1])
+        pj = np.empty(m, dtype=np.int32)
+        kind = np.empty(m, dtype=np.uint8)
+        d0 = np.empty(m)
+        _pair_pass(*args, True, offs[:-1], pj, kind, d0)
+        self.pi = np.repeat(np.arange(n, dtype=np.int32), counts)
+        self.pj, self.kind, self.d0 = pj, kind, d0
 
 
 @njit(cache=True)
@@ -268,39 +308,33 @@ def _max_disp2(a, b):
     return m
 
 
-@njit(parallel=True, cache=True)
-def nonbonded_kernel(xyz, pi, pj, d0, sigma, weight, gbuf):
+@njit(cache=True)
+def nonbonded_range(xyz, pi, pj, d0, sigma, weight, g, lo, hi):
     """Add the repulsion gradient into ``gbuf`` (chunks, N, 3); return the energy."""
-    nchunk = gbuf.shape[0]
-    m = pi.shape[0]
-    e = np.zeros(nchunk)
     inv = 1.0 / (sigma * sigma)
-    for c in prange(nchunk):
-        g = gbuf[c]
-        acc = 0.0
-        for k in range(c * m // nchunk, (c + 1) * m // nchunk):
-            i = pi[k]
-            j = pj[k]
-            dx = xyz[i, 0] - xyz[j, 0]
-            dy = xyz[i, 1] - xyz[j, 1]
-            dz = xyz[i, 2] - xyz[j, 2]
-            dd = dx * dx + dy * dy + dz * dz
-            t = d0[k]
-            if dd >= t * t:
-                continue
-            d = np.sqrt(dd)
-            u = t - d
-            acc += weight * u * u * inv
-            if d > 1e-12:
-                f = -2.0 * weight * u * inv / d
-                g[i, 0] += f * dx
-                g[i, 1] += f * dy
-                g[i, 2] += f * dz
-                g[j, 0] -= f * dx
-                g[j, 1] -= f * dy
-                g[j, 2] -= f * dz
-        e[c] = acc
-    return e.sum()
+    acc = 0.0
+    for k in range(lo, hi):
+        i = pi[k]
+        j = pj[k]
+        dx = xyz[i, 0] - xyz[j, 0]
+        dy = xyz[i, 1] - xyz[j, 1]
+        dz = xyz[i, 2] - xyz[j, 2]
+        dd = dx * dx + dy * dy + dz * dz
+        t = d0[k]
+        if dd >= t * t:
+            continue
+        d = np.sqrt(dd)
+        u = t - d
+        acc += weight * u * u * inv
+        if d > 1e-12:
+            f = -2.0 * weight * u * inv / d
+            g[i, 0] += f * dx
+            g[i, 1] += f * dy
+            g[i, 2] += f * dz
+            g[j, 0] -= f * dx
+            g[j, 1] -= f * dy
+            g[j, 2] -= f * dz
+    return acc
 
 
 def probe_radii(r) -> np.ndarray:
@@ -312,7 +346,7 @@ def probe_radii(r) -> np.ndarray:
 
 
 @njit(cache=True)
-def count_overlaps(xyz, pi, pj, rad, hb, p14, n, overlap):
+def count_overlaps(xyz, pi, pj, kind, rad, hb, overlap):
     """Pairs (not 1-4, not H-bond donor/acceptor pairs) with ``d < rad_i + rad_j - overlap``."""
     cnt = 0
     for k in range(pi.shape[0]):
@@ -330,8 +364,6 @@ def count_overlaps(xyz, pi, pj, rad, hb, p14, n, overlap):
         dx = xyz[i, 0] - xyz[j, 0]
         dy = xyz[i, 1] - xyz[j, 1]
         dz = xyz[i, 2] - xyz[j, 2]
-        if dx * dx + dy * dy + dz * dz < lim * lim:
-            if _in_sorted(p14, i * n + j):
-                continue
+        if kind[k] != 4 and dx * dx + dy * dy + dz * dz < lim * lim:
             cnt += 1
     return cnt

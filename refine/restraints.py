@@ -162,8 +162,10 @@ class Restraints:
     residue: np.ndarray
     links: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
-    exclusions: np.ndarray | None = None  # sorted int64 keys i*N+j (i<j) of 1-2/1-3 pairs
-    pairs14: np.ndarray | None = None  # sorted int64 keys of 1-4 pairs
+    # bond-path partners j > i of each atom (CSR), code 2..5 = 1-2 … 1-5 (nonbonded.topology_partners)
+    partner_ptr: np.ndarray | None = None
+    partner_idx: np.ndarray | None = None
+    partner_code: np.ndarray | None = None
     nonbonded: object = None
     weights: dict = field(default_factory=lambda: {
         "bond": 1.0, "angle": 1.0, "torsion": 1.0, "chiral": 1.0, "plane": 1.0, "nonbonded": 1.0})
@@ -227,6 +229,35 @@ def _check_duplicates(st: gemmi.Structure, name: str) -> None:
                 seen.add(key)
 
 
+def _choose_puckers(t: TorsionSet, residue: np.ndarray, xyz: np.ndarray) -> int:
+    """Keep one sugar-pucker family of nucleotide torsions per residue.
+
+    The CCP4 dictionaries of nucleotides carry both C2'-endo (``C2e-*``) and C3'-endo
+    (``C3e-*``) variants of the ring and chi torsions; restraining both at once is
+    contradictory. Per residue the family that fits the input coordinates better keeps
+    its sigma, the other gets sigma 0 (kept in the arrays, so counts still match gemmi's
+    topology, but without weight). Returns the number of residues decided.
+    """
+    from .geometry import _torsion_devs  # geometry imports this module at load time
+
+    fam = np.array([2 if lb.startswith("C2e-") else 3 if lb.startswith("C3e-") else 0 for lb in t.label])
+    sel = np.nonzero(fam)[0]
+    if sel.size == 0:
+        return 0
+    dev = _torsion_devs(xyz, t.idx[sel], t.ideal[sel], t.period[sel])
+    chi2 = (dev / np.where(t.sigma[sel] > 0, t.sigma[sel], 1.0)) ** 2
+    res = residue[t.idx[sel, 1]]
+    decided = 0
+    for rid in np.unique(res):
+        m = res == rid
+        e2 = chi2[m & (fam[sel] == 2)].sum()
+        e3 = chi2[m & (fam[sel] == 3)].sum()
+        drop = 2 if e3 <= e2 else 3
+        t.sigma[sel[m & (fam[sel] == drop)]] = 0.0
+        decided += 1
+    return decided
+
+
 def build_restraints(st: gemmi.Structure, monlib_dir: str | os.PathLike, *,
                      nonbonded_buffer: float = 1.0) -> Restraints:
     """Build the restraints of the first model of ``st`` from the monomer library at ``monlib_dir``.
@@ -255,7 +286,7 @@ def build_restraints(st: gemmi.Structure, monlib_dir: str | os.PathLike, *,
     * Residues with missing atoms: restraints that involve the absent atoms are dropped
       (gemmi), a warning lists the residue and missing non-hydrogen atoms.
     """
-    from .nonbonded import NonbondedList, exclusion_keys
+    from .nonbonded import NonbondedList, topology_partners
 
     monlib_dir = os.fspath(monlib_dir)
     label = st.name or "model"
@@ -378,6 +409,9 @@ def build_restraints(st: gemmi.Structure, monlib_dir: str | os.PathLike, *,
         tl.append(t.restr.label)
     torsions = TorsionSet(np.array(ti, dtype=np.int32).reshape(-1, 4), np.array(tv, dtype=np.float64),
                           np.array(ts, dtype=np.float64), np.array(tp, dtype=np.int32), tl)
+    n_pucker = _choose_puckers(torsions, residue, atom_xyz(work))
+    if n_pucker:
+        log.info("%s: sugar pucker chosen for %d nucleotides", label, n_pucker)
 
     ci_, cv, cs, cb = [], [], [], []
     for c in topo.chirs:
@@ -423,15 +457,6 @@ def build_restraints(st: gemmi.Structure, monlib_dir: str | os.PathLike, *,
             continue
         if c1.atom is not None and c2.atom is not None:
             extra_pairs.append((_ix(c1.atom), _ix(c2.atom)))
-    # atoms inside one dictionary-less residue: no bonds known, so do not let them repel each other
-    for rn in missing:
-        pass
-    fixed_groups = []
-    for ch in model:
-        for res in ch:
-            if res.name in missing and len(res) > 1:
-                fixed_groups.append([_ix(a) for a in res])
-
     r = Restraints(n_atoms=n, bonds=bonds, angles=angles, torsions=torsions, chirals=chirals, planes=planes,
                    fixed=fixed, element=element, vdw_radius=vdw, hb_type=hb, altloc=altloc, residue=residue,
                    links=links, warnings=warnings)
@@ -441,8 +466,8 @@ def build_restraints(st: gemmi.Structure, monlib_dir: str | os.PathLike, *,
         for h, o in ((i, j), (j, i)):
             if element[h] == "H" and element[o] in heavy:
                 hb[h] = 4
-    r.exclusions, r.pairs14 = exclusion_keys(n, bonds.idx, np.array(extra_pairs, dtype=np.int64).reshape(-1, 2),
-                                             fixed_groups)
+    r.partner_ptr, r.partner_idx, r.partner_code = topology_partners(
+        n, bonds.idx, np.array(extra_pairs, dtype=np.int64).reshape(-1, 2))
     r.nonbonded = NonbondedList(r, buffer=nonbonded_buffer)
     for w in warnings:
         log.warning(w)

@@ -1,0 +1,119 @@
+"""Benchmark: restraint energy + gradient for 5ME2 and tiled copies of it (about 4.5k, 22k, 49k atoms).
+
+Run: ``/work/main/.venv/bin/python benchmarks/bench_restraints.py``; writes
+``benchmarks/results/restraints.json``. Timings are medians of repeated evaluations after
+numba compilation. Goal (issue 6): one evaluation of all restraints for 50,000 atoms under
+50 ms, cost linear in atom count. A reference run of numpy's ``np.dot`` on a fixed matrix
+is timed in the same process so that noise from other jobs on the machine can be judged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import gemmi
+import numpy as np
+
+from rerefine.refine.geometry import energy_terms, geometry_stats, restraint_energy_gradient
+from rerefine.refine.restraints import atom_xyz, build_restraints
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("RR_TEST_DATA", REPO.parent / "shared" / "data"))
+MODEL = DATA / "maps_models" / "emd_3488_5me2" / "5me2.pdb"
+MONLIB = DATA / "monomers"
+OUT = REPO / "benchmarks" / "results" / "restraints.json"
+
+
+def tiled(st: gemmi.Structure, copies: int, spacing: float = 90.0) -> gemmi.Structure:
+    """A structure with ``copies`` translated copies of the first model (new chain names)."""
+    out = gemmi.Structure()
+    out.name = f"{st.name}x{copies}"
+    out.cell = st.cell
+    model = gemmi.Model(1) if hasattr(gemmi.Model, "__init__") else gemmi.Model("1")
+    side = int(np.ceil(copies ** (1 / 3)))
+    k = 0
+    for a in range(side):
+        for b in range(side):
+            for c in range(side):
+                if k >= copies:
+                    break
+                shift = gemmi.Position(a * spacing, b * spacing, c * spacing)
+                for ch in st[0]:
+                    new = ch.clone()
+                    new.name = f"{ch.name}{k}"
+                    for res in new:
+                        for at in res:
+                            at.pos = at.pos + shift
+                    model.add_chain(new)
+                k += 1
+    out.add_model(model)
+    out.setup_entities()
+    return out
+
+
+def median_time(fn, repeats: int) -> float:
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def main() -> int:
+    base = gemmi.read_structure(str(MODEL))
+    base.setup_entities()
+    rng = np.random.default_rng(0)
+    ref_mat = rng.normal(size=(400, 400))
+    reference_s = median_time(lambda: ref_mat @ ref_mat, 20)
+
+    rows = []
+    for copies in (1, 5, 11):
+        st = base if copies == 1 else tiled(base, copies)
+        t0 = time.perf_counter()
+        r = build_restraints(st, MONLIB)
+        build_s = time.perf_counter() - t0
+        xyz = atom_xyz(st)
+        restraint_energy_gradient(r, xyz)  # compile + first neighbour list
+        full = median_time(lambda: restraint_energy_gradient(r, xyz), 15)
+        # per term, to see where the time goes (weights of other terms set to 0 would skip nothing,
+        # so time the terms through energy_terms with a gradient)
+        g = np.empty((r.n_atoms, 3))
+        terms = median_time(lambda: energy_terms(r, xyz, g), 15)
+        # neighbour-list rebuild cost (forced)
+        rebuild = median_time(lambda: r.nonbonded.build(xyz), 5)
+        stats = geometry_stats(r, xyz)
+        rows.append({
+            "copies": copies, "n_atoms": r.n_atoms, "counts": r.counts(),
+            "build_restraints_s": round(build_s, 3), "energy_gradient_ms": round(full * 1e3, 3),
+            "energy_terms_ms": round(terms * 1e3, 3), "nonbonded_rebuild_ms": round(rebuild * 1e3, 3),
+            "ns_per_atom": round(full * 1e9 / r.n_atoms, 1),
+            "bond_rmsd": round(stats["bond_rmsd"], 4), "angle_rmsd": round(stats["angle_rmsd"], 3),
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    big = rows[-1]
+    result = {
+        "numba_threads": __import__("numba").get_num_threads(),
+        "reference_matmul_400_ms": round(reference_s * 1e3, 3),
+        "sizes": rows,
+        "goal_50k_ms": 50.0,
+        "largest_ms": big["energy_gradient_ms"],
+        "largest_ratio_to_reference": round(big["energy_gradient_ms"] / (reference_s * 1e3), 2),
+        "linearity_ns_per_atom": [row["ns_per_atom"] for row in rows],
+        "peak_rss_mb": round(peak_mb, 1),
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "sizes"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
