@@ -123,11 +123,12 @@ class GzipCheck:
 
 
 class _Digest:
-    """SHA-256 (and optionally a gzip check) of a byte stream, computed on a worker thread.
+    """Writes a download's bytes to its file and computes their SHA-256 (and optionally
+    a gzip check) on a worker thread.
 
-    hashlib and zlib release the GIL on large buffers, so hashing and inflating overlap
-    with reading the socket instead of adding to it. The queue is bounded: memory stays at
-    a few chunks whatever the file size.
+    File writes, hashlib and zlib release the GIL, so this work overlaps with reading the
+    socket instead of adding to it. The queue is bounded: memory stays at a few chunks
+    whatever the file size.
     """
 
     def __init__(self, gzip_check: bool):
@@ -136,24 +137,47 @@ class _Digest:
         self.sha = hashlib.sha256()
         self.gz = GzipCheck() if gzip_check else None
         self.fed = 0
+        self.write_error: OSError | None = None
+        self._fh = None
         self._q: queue.Queue = queue.Queue(maxsize=8)
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
     def _run(self):
         while True:
-            b = self._q.get()
-            if b is None:
-                return
-            self.sha.update(b)
-            if self.gz is not None:
-                self.gz.feed(b)
+            item = self._q.get()
+            try:
+                if item is None:
+                    return
+                if isinstance(item, tuple):  # ("file", handle or None)
+                    self._fh = item[1]
+                    continue
+                if self._fh is not None and self.write_error is None:
+                    try:
+                        self._fh.write(item)
+                    except OSError as exc:
+                        self.write_error = exc
+                self.sha.update(item)
+                if self.gz is not None:
+                    self.gz.feed(item)
+            finally:
+                self._q.task_done()
+
+    def attach(self, fh) -> None:
+        """Following chunks are also written to ``fh``."""
+        self._q.put(("file", fh))
+
+    def drain(self) -> None:
+        """Wait until every queued chunk is written and hashed; detach the file."""
+        self._q.put(("file", None))
+        self._q.join()
 
     def feed(self, b: bytes) -> None:
         self.fed += len(b)
         self._q.put(b)
 
     def feed_file(self, path: Path, start: int, stop: int, chunk: int) -> None:
+        """Hash bytes already on disk (not written again)."""
         with open(path, "rb") as fh:
             fh.seek(start)
             left = stop - start
@@ -439,12 +463,17 @@ class HttpClient:
             got = have
             try:
                 with open(part, mode) as fh:
-                    for chunk in r.raw.stream(self.chunk_size, decode_content=False):
-                        fh.write(chunk)
-                        dig.feed(chunk)
-                        got += len(chunk)
-                        state["sent"] += len(chunk)
-                        bar.update(len(chunk), got)
+                    dig.attach(fh)
+                    try:
+                        for chunk in r.raw.stream(self.chunk_size, decode_content=False):
+                            dig.feed(chunk)
+                            got += len(chunk)
+                            state["sent"] += len(chunk)
+                            bar.update(len(chunk), got)
+                    finally:
+                        dig.drain()  # the .part holds every byte received, even after a drop
+                if dig.write_error is not None:
+                    raise dig.write_error
             except _TRANSIENT + (OSError,) as exc:
                 if isinstance(exc, OSError) and not _is_network(exc):
                     raise ArchiveError(f"{what}: cannot write cache ({_one_line(exc)})") from None
