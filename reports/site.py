@@ -923,10 +923,8 @@ def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = Tr
         v["slug"] = lv["slug"]
         b.page(rel, v, lambda v=v: render_entry(b, v), marker=marker)
     rows.sort(key=lambda r: r["pdb_id"].lower())
-    cols = [c[0] for c in INDEX_COLUMNS] + ["slug"]
-    table = {"columns": [{"key": k, "label": lab, "kind": kind} for k, lab, kind in INDEX_COLUMNS],
-             "rows": [[r.get(c) for c in cols] for r in rows]}
-    b.page("data/index.js", table, lambda: "window.RR_INDEX = " + _script_json(table) + ";\n")
+    table = index_table(rows)
+    b.page("data/index.js", table, lambda: index_script(table))
     first = rows[:PAGE_SIZE_NOSCRIPT]
     statuses = sorted({r["status"] for r in rows})
     verdicts = sorted({r["verdict"] for r in rows if r["verdict"]})
@@ -940,6 +938,18 @@ def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = Tr
     b.finish(started)
     b.report.seconds = time.perf_counter() - t0
     return b.report
+
+
+def index_table(rows: list[dict]) -> dict:
+    """The index data: column descriptions and one list per row (the page name last)."""
+    cols = [c[0] for c in INDEX_COLUMNS] + ["slug"]
+    return {"columns": [{"key": k, "label": lab, "kind": kind} for k, lab, kind in INDEX_COLUMNS],
+            "rows": [[r.get(c) for c in cols] for r in rows]}
+
+
+def index_script(table: dict) -> str:
+    """``data/index.js``: a plain script (not JSON fetched at run time, which ``file://`` forbids)."""
+    return "window.RR_INDEX = " + _script_json(table) + ";\n"
 
 
 def _utcnow_naive() -> str:

@@ -165,9 +165,15 @@
   $("p-next").addEventListener("click", go(function () { return state.page + 1; }));
   $("p-last").addEventListener("click", go(function () { return Math.ceil(view.length / state.size) - 1; }));
 
-  readHash();
-  f.text.value = state.q; f.status.value = state.status; f.verdict.value = state.verdict;
-  f.res.value = state.res; f.size.value = String(state.size);
+  function fromHash() {
+    state = { q: "", status: "", verdict: "", res: "", sort: "pdb_id", dir: 1, page: 0, size: 100 };
+    readHash();
+    f.text.value = state.q; f.status.value = state.status; f.verdict.value = state.verdict;
+    f.res.value = state.res; f.size.value = String(state.size);
+    update(false);
+  }
+  // A link or the back button may change only the fragment: follow it.
+  window.addEventListener("hashchange", fromHash);
   document.documentElement.classList.add("js");
-  update(false);
+  fromHash();
 }());
