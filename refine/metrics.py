@@ -74,7 +74,8 @@ def check_inputs(st: gemmi.Structure, dmap: DensityMap, resolution) -> np.ndarra
     if not (resolution > 0 and math.isfinite(resolution)):
         raise InputError(f"{name}: resolution must be a positive number of Å (got {resolution})")
     modelmap.check_elements(st, name)
-    if not np.all(np.isfinite(dmap.data)):
+    # A sum propagates NaN/inf without a full-size temporary array.
+    if not np.isfinite(np.sum(dmap.data, dtype=np.float64)):
         raise InputError(f"{dmap.name}: map holds NaN or infinite values")
     xyz = np.array([cra.atom.pos.tolist() for cra in st[0].all()], float).reshape(-1, 3)
     if len(xyz) == 0:
@@ -95,6 +96,28 @@ def box_for_cc(dmap: DensityMap, xyz: np.ndarray, resolution: float) -> DensityM
     if np.prod(box.shape) < BOX_FRACTION * np.prod(dmap.shape):
         return box
     return dmap
+
+
+def q_reference(data: np.ndarray) -> tuple[float, float]:
+    """MapQ's reference-Gaussian height and offset from whole-map statistics.
+
+    Same definition as :func:`rerefine.refine.qscore.reference_gaussian` (maxD = min(mean +
+    10 SD, max), minD = max(mean - SD, min), A = maxD - minD, B = minD), computed slab by
+    slab in float64 so that no full-size float64 copy of the map is made.
+    """
+    n = data.size
+    s1 = s2 = 0.0
+    lo, hi = np.inf, -np.inf
+    for slab in data:
+        s1 += float(np.sum(slab, dtype=np.float64))
+        s2 += float(np.sum(np.square(slab, dtype=np.float64)))
+        lo = min(lo, float(slab.min()))
+        hi = max(hi, float(slab.max()))
+    mean = s1 / n
+    sd = math.sqrt(max(s2 / n - mean * mean, 0.0))
+    max_d = min(mean + 10.0 * sd, hi)
+    min_d = max(mean - sd, lo)
+    return max_d - min_d, min_d
 
 
 def _groups(st: gemmi.Structure):
@@ -190,7 +213,7 @@ def compute_metrics(st: gemmi.Structure, dmap: DensityMap, resolution: float, *,
     inc = np.zeros(len(xyz), bool)
     backbone = np.zeros(len(xyz), bool)
     if len(xyz_h):
-        q[heavy] = qscore.atom_q_scores(dmap, xyz_h, sigma=q_sigma)
+        q[heavy] = qscore.atom_q_scores(dmap, xyz_h, sigma=q_sigma, ref=q_reference(dmap.data))
         if contour is None:
             contour = inclusion.default_contour(dmap, xyz_h)
             contour_source = "default: level enclosing 17 Å³ per non-H atom"

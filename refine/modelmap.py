@@ -134,27 +134,26 @@ def model_density_coefficients(st: gemmi.Structure, dmap: DensityMap, d_min: flo
     kx = np.fft.fftfreq(npad[0], 1.0 / npad[0]).astype(np.int64)
     ky = np.fft.fftfreq(npad[1], 1.0 / npad[1]).astype(np.int64)
     kz = np.arange(npad[2] // 2 + 1, dtype=np.int64)
-    sx2 = (kx / cell[0]) ** 2
-    sy2 = (ky / cell[1]) ** 2
-    sz2 = (kz / cell[2]) ** 2
-    s2 = sx2[:, None, None] + sy2[None, :, None] + sz2[None, None, :]
-    keep = s2 < 1.0 / (d_min * d_min)
-    # The Nyquist planes of even-sized axes are ambiguous between grids; drop them
-    # (they lie beyond 1/d_min whenever the voxel is finer than d_min/2).
-    for ax, n in enumerate(npad):
-        if n % 2 == 0 and ax < 2:
-            idx = [slice(None)] * 3
-            idx[ax] = n // 2
-            keep[tuple(idx)] = False
-    if npad[2] % 2 == 0:
-        keep[:, :, npad[2] // 2] = False
-    ix = np.mod(kx, nfine[0])
-    iy = np.mod(ky, nfine[1])
-    iz = kz  # rfft last axis: non-negative only
-    coef = spec[np.ix_(ix, iy, iz)]
+    if np.array_equal(npad, nfine):
+        coef = spec  # same grid: filter in place
+    else:
+        coef = spec[np.ix_(np.mod(kx, nfine[0]), np.mod(ky, nfine[1]), kz)]
     del spec
-    factor = np.exp(blur * s2 / 4.0) * (np.prod(npad) / np.prod(nfine))
-    coef *= np.where(keep, factor, 0.0).astype(np.float32)
+    # The Nyquist planes of even-sized axes are ambiguous between grids; they are dropped
+    # (they lie beyond 1/d_min whenever the voxel is finer than d_min/2).
+    sy2 = np.where((npad[1] % 2 == 0) & (ky == npad[1] // 2), np.inf, (ky / cell[1]) ** 2)
+    sz2 = np.where((npad[2] % 2 == 0) & (kz == npad[2] // 2), np.inf, (kz / cell[2]) ** 2)
+    plane = sy2[:, None] + sz2[None, :]
+    norm = np.prod(npad) / np.prod(nfine)
+    inv_d2 = 1.0 / (d_min * d_min)
+    # Plane by plane: no full-size float64 temporaries (memory stays ~ one complex grid).
+    for i, k in enumerate(kx):
+        if npad[0] % 2 == 0 and k == npad[0] // 2:
+            coef[i] = 0
+            continue
+        s2 = plane + (k / cell[0]) ** 2
+        f = np.where(s2 < inv_d2, np.exp(blur * np.minimum(s2, inv_d2) / 4.0) * norm, 0.0)
+        coef[i] *= f.astype(np.float32)
     return coef.astype(np.complex64, copy=False), p, tuple(int(x) for x in npad)
 
 
