@@ -229,6 +229,30 @@ def _check_duplicates(st: gemmi.Structure, name: str) -> None:
                 seen.add(key)
 
 
+def _drop_all_fixed(fixed, bonds, angles, torsions, chirals, planes):
+    def keep(idx):
+        return ~fixed[idx].all(axis=1)
+
+    k = keep(bonds.idx)
+    bonds = BondSet(bonds.idx[k], bonds.ideal[k], bonds.sigma[k])
+    k = keep(angles.idx)
+    angles = AngleSet(angles.idx[k], angles.ideal[k], angles.sigma[k])
+    k = keep(torsions.idx)
+    torsions = TorsionSet(torsions.idx[k], torsions.ideal[k], torsions.sigma[k], torsions.period[k],
+                          [lb for lb, kk in zip(torsions.label, k) if kk])
+    k = keep(chirals.idx)
+    chirals = ChiralSet(chirals.idx[k], chirals.ideal[k], chirals.sigma[k], chirals.both[k])
+    atoms, offs, sig = [], [0], []
+    for p in range(len(planes)):
+        ids = planes.atoms[planes.offsets[p]:planes.offsets[p + 1]]
+        if not fixed[ids].all():
+            atoms.extend(ids.tolist())
+            offs.append(len(atoms))
+            sig.append(planes.sigma[p])
+    planes = PlaneSet(np.array(atoms, dtype=np.int32), np.array(offs, dtype=np.int64), np.array(sig))
+    return bonds, angles, torsions, chirals, planes
+
+
 def _choose_puckers(t: TorsionSet, residue: np.ndarray, xyz: np.ndarray) -> int:
     """Keep one sugar-pucker family of nucleotide torsions per residue.
 
@@ -282,7 +306,8 @@ def build_restraints(st: gemmi.Structure, monlib_dir: str | os.PathLike, *,
 
     Notes
     -----
-    * Residues without a dictionary: no restraints, atoms fixed, a warning.
+    * Residues without a dictionary: atoms fixed, a warning; restraints among their own atoms
+      are dropped (then counts are below gemmi's), link restraints to neighbours are kept.
     * Residues with missing atoms: restraints that involve the absent atoms are dropped
       (gemmi), a warning lists the residue and missing non-hydrogen atoms.
     """
@@ -437,6 +462,12 @@ def build_restraints(st: gemmi.Structure, monlib_dir: str | os.PathLike, *,
         po.append(len(pa))
         ps.append(p.restr.esd)
     planes = PlaneSet(np.array(pa, dtype=np.int32), np.array(po, dtype=np.int64), np.array(ps, dtype=np.float64))
+
+    # gemmi makes ad-hoc restraints for residues without a dictionary (from the model's own
+    # geometry); on fixed atoms they are constant, so drop those whose atoms are all fixed
+    # (keeps them out of the statistics); links from a fixed to a movable residue stay.
+    if fixed.any():
+        bonds, angles, torsions, chirals, planes = _drop_all_fixed(fixed, bonds, angles, torsions, chirals, planes)
 
     links: dict[str, int] = {}
     for ci in topo.chain_infos:
