@@ -18,6 +18,9 @@ download keeps its ``.part`` and resumes with ``Range: bytes=N-`` (guarded by
 Retries: timeouts, dropped connections, 429 and 5xx answers are retried with
 exponential back-off (``backoff * 2**k``, capped, ``Retry-After`` honoured); 404/410 and
 other 4xx answers are final. Requests to one host are spaced by ``min_interval`` seconds.
+
+Bytes are read from the socket into a ring of reused 1 MiB buffers; a worker thread writes
+them to the ``.part`` file and hashes them, so memory stays flat whatever the file size.
 """
 
 from __future__ import annotations
@@ -428,10 +431,7 @@ class HttpClient:
             validator = meta.get("etag") or meta.get("last_modified")
             if validator:
                 headers["If-Range"] = validator
-        try:
-            r = self._send("GET", url, what, headers=headers, stream=True)
-        except ArchiveError:
-            raise
+        r = self._send("GET", url, what, headers=headers, stream=True)
         with r:
             if r.status_code == 206:
                 start, total = _content_range(r.headers.get("Content-Range", ""))
@@ -465,7 +465,7 @@ class HttpClient:
                 with open(part, mode) as fh:
                     dig.attach(fh)
                     try:
-                        for chunk in r.raw.stream(self.chunk_size, decode_content=False):
+                        for chunk in _chunks(r, self.chunk_size):
                             dig.feed(chunk)
                             got += len(chunk)
                             state["sent"] += len(chunk)
@@ -484,6 +484,29 @@ class HttpClient:
                 raise
             if total is not None and got < total:
                 raise _Transient(f"connection closed at byte {got} of {total}")
+
+
+def _chunks(r: requests.Response, size: int):
+    """Body chunks of a streamed response, read into a ring of reused buffers.
+
+    Reusing buffers avoids a fresh 1 MiB allocation (and its page faults) per read. The
+    ring is longer than the writer's queue plus the chunk in hand, so a buffer is refilled
+    only after the worker is done with it. Falls back to urllib3's iterator when the
+    underlying http.client response is not reachable.
+    """
+    fp = getattr(r.raw, "_fp", None)
+    if fp is None or not hasattr(fp, "readinto") or getattr(fp, "chunked", False):
+        yield from r.raw.stream(size, decode_content=False)
+        return
+    ring = [bytearray(size) for _ in range(12)]
+    i = 0
+    while True:
+        buf = ring[i % len(ring)]
+        n = fp.readinto(buf)
+        if not n:
+            return
+        yield memoryview(buf)[:n]
+        i += 1
 
 
 def _is_network(exc: OSError) -> bool:
