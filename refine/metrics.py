@@ -11,6 +11,9 @@ What is computed (each module states its definition and reference):
 * Atom inclusion (:mod:`.inclusion`, EMDB validation analysis): fraction of non-hydrogen
   atoms (and of backbone atoms) above the contour level.
 
+Per chain means every residue with that chain id (polymer, ligands and waters together;
+phenix.map_model_cc lists a PDB file's separate HETATM blocks of one chain id apart).
+
 Treatment of awkward input (documented, tested):
 
 * resolution missing or <= 0: :class:`InputError`;
