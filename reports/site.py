@@ -188,17 +188,24 @@ def residue_columns(res) -> dict:
 
     Accepts that column dict as is, or a list of row dicts with the same keys
     (``chain, seq, icode, resname, cc_before, cc_after, q_score_before, ...``).
+    Numeric columns become float arrays (missing values NaN).
     """
     if not res:
         return {}
     if isinstance(res, dict):
-        return res
-    keys = []
-    for r in res:
-        for k in r:
-            if k not in keys:
-                keys.append(k)
-    return {k: [r.get(k) for r in res] for k in keys}
+        cols = dict(res)
+    else:
+        keys = list(res[0])
+        if all(len(r) == len(keys) for r in res) and all(list(r) == keys for r in res[:: max(1, len(res) // 16)]):
+            # Same keys in the same order (rows from one packed document): transpose at C speed.
+            cols = dict(zip(keys, (list(c) for c in zip(*(r.values() for r in res)))))
+        else:
+            keys = list(dict.fromkeys(k for r in res for k in r))
+            cols = {k: [r.get(k) for r in res] for k in keys}
+    for k, c in cols.items():
+        if k not in ("chain", "icode", "resname") and not isinstance(c, np.ndarray):
+            cols[k] = plots._arr(c)
+    return cols
 
 
 def entry_view(d: dict) -> dict:
@@ -356,8 +363,11 @@ def _scatter_cc_q(v: dict) -> str | None:
         return None
     series = []
     for when in ("before", "after"):
-        x = plots._arr(res.get("cc_" + when) or [])
-        y = plots._arr(res.get("q_score_" + when) or [])
+        x = res.get("cc_" + when)
+        y = res.get("q_score_" + when)
+        if x is None or y is None:
+            continue
+        x, y = plots._arr(x), plots._arr(y)
         if x.size and x.size == y.size and (np.isfinite(x) & np.isfinite(y)).any():
             series.append(plots.Series(f"{when} ({'deposited' if when == 'before' else 're-refined'})", x, y, when))
     if not series:
@@ -427,12 +437,16 @@ def code_fingerprint() -> str:
 def _json_default(o):
     if hasattr(o, "isoformat"):
         return o.isoformat()
+    if isinstance(o, np.ndarray):
+        # Arrays (per-residue columns) are hashed by their bytes, see data_hash.
+        return ["ndarray", str(o.dtype), list(o.shape), hashlib.sha1(o.tobytes()).hexdigest()]
     if hasattr(o, "item"):
         return o.item()
     return str(o)
 
 
 def data_hash(obj, salt: str) -> str:
+    """Hash of a page's data (plus ``salt``, the code fingerprint); numpy arrays by their bytes."""
     text = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))
     return hashlib.sha256((salt + text).encode()).hexdigest()[:24]
 
@@ -869,7 +883,7 @@ def render_archive(b: SiteBuilder, rows: list[dict]) -> str:
                                              sc_q=sc_q, sc_ai=sc_ai, box_cc=box_cc, box_q=box_q, bins=bins)
 
 
-def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = True) -> BuildReport:
+def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = True, jobs: int = 1) -> BuildReport:
     """Build (or update) the static site in ``out_dir`` from ``source``.
 
     Parameters
@@ -883,6 +897,9 @@ def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = Tr
         Site folder; created if missing.
     full : bool
         Ignore the manifest and rewrite every page.
+    jobs : int
+        Processes that read and render entry pages (``fork`` start method; a
+        :class:`DatabaseSource` opens its own connections in each).
 
     Returns
     -------
@@ -903,6 +920,7 @@ def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = Tr
     b.static()
     since = None if (full or not b.old) else b.old_started
     rows = []
+    todo: list[tuple[dict, str]] = []
     slugs: dict[str, str] = {}
     for item in source.listing(since):
         lv = entry_view(item)
@@ -919,9 +937,8 @@ def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = Tr
         b.report.entries += 1
         if marker is not None and b.keep(rel, marker):
             continue
-        v = entry_view(source.detail(item))
-        v["slug"] = lv["slug"]
-        b.page(rel, v, lambda v=v: render_entry(b, v), marker=marker)
+        todo.append((item, lv["slug"]))
+    _entry_pages(b, source, todo, jobs)
     rows.sort(key=lambda r: r["pdb_id"].lower())
     table = index_table(rows)
     b.page("data/index.js", table, lambda: index_script(table))
@@ -938,6 +955,59 @@ def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = Tr
     b.finish(started)
     b.report.seconds = time.perf_counter() - t0
     return b.report
+
+
+def _one_entry(b: SiteBuilder, source, item: dict, slug: str) -> tuple:
+    v = entry_view(source.detail(item))
+    v["slug"] = slug
+    rel = f"entry/{slug}.html"
+    before = b.report.pages_written
+    b.page(rel, v, lambda: render_entry(b, v), marker=item.get("marker"))
+    return rel, b.new[rel], item.get("marker"), b.report.pages_written > before
+
+
+_WORK: tuple | None = None  # (builder, source) inherited by forked workers
+
+
+def _worker_init() -> None:
+    engine = getattr(_WORK[1], "engine", None)
+    if engine is not None:
+        engine.dispose(close=False)  # connections of the parent must not be shared
+
+
+def _worker_chunk(chunk: list) -> list:
+    b, source = _WORK
+    return [_one_entry(b, source, item, slug) for item, slug in chunk]
+
+
+def _entry_pages(b: SiteBuilder, source, todo: list, jobs: int) -> None:
+    """Read, render and write the entry pages in ``todo`` (serially, or in ``jobs`` forked processes)."""
+    import multiprocessing as mp
+
+    if jobs <= 1 or len(todo) < 64 or "fork" not in mp.get_all_start_methods():
+        for item, slug in todo:
+            _one_entry(b, source, item, slug)
+        return
+    global _WORK
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = max(16, min(200, len(todo) // (jobs * 8)))
+    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+    _WORK = (b, source)
+    try:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("fork"),
+                                 initializer=_worker_init) as pool:
+            for results in pool.map(_worker_chunk, chunks):
+                for rel, h, marker, written in results:
+                    b.new[rel] = h
+                    if marker is not None:
+                        b.markers[rel] = marker
+                    b.report.pages_total += 1
+                    if written:
+                        b.report.pages_written += 1
+                        b.report.written.append(rel)
+    finally:
+        _WORK = None
 
 
 def index_table(rows: list[dict]) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def register(sub) -> None:
     p = sub.add_parser("site", help="static website of the results")
@@ -13,6 +15,8 @@ def register(sub) -> None:
     b.add_argument("--full", action="store_true", help="rewrite every page, ignoring the manifest")
     b.add_argument("--no-files", action="store_true",
                    help="do not link refined models and maps into the site (list them only)")
+    b.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+                   help="processes rendering entry pages (default: CPUs, at most 4)")
     b.add_argument("--json", metavar="OUT|-", help="write the build summary as JSON")
     b.set_defaults(func=run_build)
 
@@ -31,7 +35,7 @@ def run_build(args, settings) -> int:
         if db.current_revision(engine) is None:
             raise InputError(f"{url}: the results database has no schema yet (run `rerefine db upgrade`)")
         report = site.build_site(site.DatabaseSource(engine), out, full=args.full,
-                                 copy_artefacts=not args.no_files)
+                                 copy_artefacts=not args.no_files, jobs=args.jobs)
     finally:
         engine.dispose()
     summary = report.as_dict()
