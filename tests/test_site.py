@@ -123,6 +123,10 @@ def built(tmp_path_factory):
     entries[0]["artefacts"] = [{"kind": "refined model", "path": str(model), "sha256": "ab" * 32},
                                {"kind": "difference map", "path": str(files / "gone.mrc")}]
     entries[1]["title"] = "Wide title " * 30
+    # a radial amplitude profile (ln A falls linearly in s² with slope -B/4)
+    s_vals = [0.02 * k for k in range(1, 15)]
+    entries[0]["sharpening"]["radial"] = {"s": s_vals, "before": [math.exp(-25 * q * q) for q in s_vals],
+                                          "after": [math.exp(-5 * q * q) for q in s_vals]}
     hist_a = make_entries(30, seed=5)
     src = site.DictSource(entries, history={"1.0": hist_a, "1.1": entries},
                           versions=[{"version": "1.0", "parameters": {"cycles": 3}},
@@ -230,9 +234,10 @@ def test_entry_page_content_and_accessibility(built):
     assert f"{e['metrics']['before']['cc_mask']:.3f}" in text and f"{e['metrics']['after']['cc_mask']:.3f}" in text
     assert all(a.get("scope") in ("col", "row") for t, a in tags if t == "th")
     assert sum(t == "caption" for t, _ in tags) >= 2
-    # plots: one per chain plus the CC-vs-Q scatter, each an accessible image
+    # plots: one per chain, the CC-vs-Q scatter and the radial amplitudes, each an accessible image
     svgs = [a for t, a in tags if t == "svg"]
-    assert len(svgs) == 3
+    assert len(svgs) == 4
+    assert "Radial amplitude profile of the map before and after sharpening" in text
     assert all(a.get("role") == "img" and a.get("aria-labelledby") for a in svgs)
     assert sum(t == "title" for t, _ in tags) >= 3 + 1  # page title + one per chart
     assert "expected Q at" in text and "Chain A" in text and "Chain B" in text
@@ -303,6 +308,20 @@ def test_method_impact_counts_follow_the_got_worse_rule():
     assert len(comp["worsened"]) == done_first5
     assert comp["n_both"] == sum(1 for e in a if e["status"] == "done")
     assert not comp["improved"]
+
+
+def test_parallel_build_writes_the_same_pages(tmp_path):
+    entries = make_entries(70, seed=9, n_res=20)
+    a = site.build_site(site.DictSource(entries), tmp_path / "a", jobs=1)
+    b = site.build_site(site.DictSource(entries), tmp_path / "b", jobs=2)
+    assert a.pages_written == b.pages_written == a.pages_total == b.pages_total
+    for f in (tmp_path / "a").rglob("*.html"):
+        assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes(), f
+    import json
+
+    ma, mb = (json.loads((tmp_path / d / site.MANIFEST).read_text()) for d in ("a", "b"))
+    assert ma["pages"] == mb["pages"] and ma["markers"] == mb["markers"]
+    assert site.build_site(site.DictSource(entries), tmp_path / "b", jobs=2).pages_written == 0
 
 
 def test_incremental_build_rewrites_only_changed_pages(tmp_path):
