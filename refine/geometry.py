@@ -386,6 +386,12 @@ def _restraint_pass(xyz, b_idx, b_ideal, b_sigma, a_idx, a_ideal, a_sigma, t_idx
             eterms[c, 5] = 0.0
 
 
+# Same kernel without threads: below PARALLEL_MIN_ATOMS one evaluation takes well under a
+# millisecond and waking worker threads (worse, on a busy machine waiting for them) costs more.
+_restraint_pass_serial = njit(cache=True)(_restraint_pass.py_func)
+PARALLEL_MIN_ATOMS = 20000
+
+
 @njit(cache=True)
 def _reduce(gbuf, fixed, out):
     nchunk = gbuf.shape[0]
@@ -421,7 +427,8 @@ def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None)
     Refreshes the nonbonded neighbour list when needed.
     """
     xyz = _check_xyz(r, xyz)
-    nchunk = max(1, numba.get_num_threads())
+    parallel = r.n_atoms >= PARALLEL_MIN_ATOMS
+    nchunk = max(1, numba.get_num_threads()) if parallel else 1
     gbuf = np.empty((nchunk, r.n_atoms, 3))
     eterms = np.zeros((nchunk, len(TERMS)))
     weights = np.array([float(r.weights[k]) for k in TERMS])
@@ -433,9 +440,10 @@ def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None)
         pi = pj = np.zeros(0, dtype=np.int32)
         d0 = np.zeros(0)
     b, a, t, c, p = r.bonds, r.angles, r.torsions, r.chirals, r.planes
-    _restraint_pass(xyz, b.idx, b.ideal, b.sigma, a.idx, a.ideal, a.sigma, t.idx, t.ideal, t.sigma, t.period,
-                    c.idx, c.ideal, c.sigma, c.both, p.atoms, p.offsets, p.sigma, pi, pj, d0, SIGMA_NB,
-                    weights, gbuf, eterms)
+    kernel = _restraint_pass if parallel else _restraint_pass_serial
+    kernel(xyz, b.idx, b.ideal, b.sigma, a.idx, a.ideal, a.sigma, t.idx, t.ideal, t.sigma, t.period,
+           c.idx, c.ideal, c.sigma, c.both, p.atoms, p.offsets, p.sigma, pi, pj, d0, SIGMA_NB,
+           weights, gbuf, eterms)
     if grad is not None:
         _reduce(gbuf, r.fixed, grad)
     tot = eterms.sum(axis=0)

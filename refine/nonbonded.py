@@ -12,7 +12,7 @@ Repulsion (one-sided harmonic, as the "VDW repulsion" of Refmac/phenix but in sq
     E = Σ_pairs  ((d0 - d) / σ_nb)²   for d < d0, else 0,      σ_nb = 0.2 Å
 
 with ``d0`` the sum of the library's vdW radii (``ener_lib`` ``_lib_atom.vdw_radius`` of each
-atom's energy type), except: H-bond donor–acceptor heavy-atom pairs ``d0 - 0.6`` Å (cctbx's
+atom's energy type; hydrogens 1.1 Å), except: H-bond donor–acceptor heavy-atom pairs ``d0 - 0.6`` Å (cctbx's
 ``const_shrink_donor_acceptor``); polar hydrogen–acceptor 1.75 Å; pairs with a metal ion
 1.9 Å; then 1-4 pairs ``×0.8`` (cctbx's ``vdw_1_4_factor``) and 1-5 pairs ``×0.85`` (our
 choice: peptide O(i)···C(i+1), C(i-1)···N(i+1) and O···Cγ are 1-5 pairs that sit at 2.8-3.1 Å in
@@ -225,6 +225,11 @@ def _pair_pass(xyz, cutoff, cell, lo, dims, order, start, ptr, pidx, pcode, altl
     return counts
 
 
+# serial twin for small models (see geometry.PARALLEL_MIN_ATOMS)
+_pair_pass_serial = njit(cache=True)(_pair_pass.py_func)
+PARALLEL_MIN_ATOMS = 20000
+
+
 class NonbondedList:
     """Cell-list neighbour list of the repulsion term (see module docstring).
 
@@ -285,7 +290,8 @@ class NonbondedList:
         lo, dims, order, start = _cell_setup(xyz, cell)
         args = (xyz, self.cutoff, cell, lo, dims, order, start, r.partner_ptr, r.partner_idx, r.partner_code,
                 r.altloc, r.fixed, r.residue, r.vdw_radius, r.hb_type)
-        counts = _pair_pass(*args, False, np.zeros(n, dtype=np.int64), np.zeros(1, dtype=np.int32),
+        pair_pass = _pair_pass if n >= PARALLEL_MIN_ATOMS else _pair_pass_serial
+        counts = pair_pass(*args, False, np.zeros(n, dtype=np.int64), np.zeros(1, dtype=np.int32),
                             np.zeros(1, dtype=np.uint8), np.zeros(1))
         offs = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(counts, out=offs[1:])
@@ -293,7 +299,7 @@ class NonbondedList:
         pj = np.empty(m, dtype=np.int32)
         kind = np.empty(m, dtype=np.uint8)
         d0 = np.empty(m)
-        _pair_pass(*args, True, offs[:-1], pj, kind, d0)
+        pair_pass(*args, True, offs[:-1], pj, kind, d0)
         self.pi = np.repeat(np.arange(n, dtype=np.int32), counts)
         self.pj, self.kind, self.d0 = pj, kind, d0
 

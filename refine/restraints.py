@@ -204,7 +204,7 @@ def set_xyz(st: gemmi.Structure, xyz: np.ndarray) -> None:
 
 _HB_CODE = {"D": 1, "A": 2, "B": 3, "H": 4}
 # Fallback vdW radii (Å) by element when no energy type is known (same values as ener_lib).
-_VDW_FALLBACK = {"C": 1.7, "N": 1.55, "O": 1.52, "S": 1.8, "P": 1.8, "H": 1.2, "SE": 1.9,
+_VDW_FALLBACK = {"C": 1.7, "N": 1.55, "O": 1.52, "S": 1.8, "P": 1.8, "H": 1.1, "SE": 1.9,
                  "F": 1.47, "CL": 1.75, "BR": 1.85, "I": 1.98}
 
 
@@ -400,6 +400,9 @@ def build_restraints(st: gemmi.Structure, monlib_dir: str | os.PathLike, *,
                 warnings.append(f"{label}: residue {ci.chain_ref.name}/{res.name}{res.seqid.num}"
                                 f"{res.seqid.icode.strip()} misses atoms {' '.join(absent)}: "
                                 "restraints on them are dropped")
+    # Hydrogens: 1.1 Å instead of the library's 1.2 Å, because with riding/ideal H the library
+    # value puts ordinary H···H (2.2-2.4 Å) and C-H···O contacts of well-refined models under repulsion.
+    vdw[element == "H"] = 1.1
     # metal ions: single-atom residues of metallic elements
     for i, c in enumerate(cras):
         if c.atom.element.is_metal and len(c.residue) == 1:

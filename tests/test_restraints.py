@@ -169,3 +169,21 @@ def test_empty_model_is_input_error(monlib):
     st.add_model(gemmi.Model(1))
     with pytest.raises(InputError, match="no atoms"):
         build_restraints(st, monlib)
+
+
+def test_model_with_hydrogens(test_data, monlib):
+    """Hydrogens are kept as in the model: one bond per H, polar H (on N/O) recognised."""
+    st = read_model(test_data / MODELS["3ajo"])
+    st.remove_waters()
+    ml = gemmi.read_monomer_lib(str(monlib), st[0].get_all_residue_names(), ignore_missing=True)
+    gemmi.prepare_topology(st, ml, h_change=gemmi.HydrogenChange.ReAdd, ignore_unknown_links=True)
+    r = build_restraints(st, monlib)
+    is_h = r.element == "H"
+    n_h = int(is_h.sum())
+    assert n_h > 1300  # ~1 H per heavy atom of protein
+    h_bonds = is_h[r.bonds.idx].any(axis=1)
+    assert h_bonds.sum() == n_h
+    partner = np.where(is_h[r.bonds.idx[h_bonds, 0]], r.bonds.idx[h_bonds, 1], r.bonds.idx[h_bonds, 0])
+    assert (r.hb_type == 4).sum() == np.isin(r.element[partner], ["N", "O"]).sum()
+    s = geometry_stats(r, atom_xyz(st))
+    assert s["bond_rmsd"] < 0.02 and s["angle_rmsd"] < 2.0
