@@ -184,6 +184,9 @@ def test_model_with_hydrogens(test_data, monlib):
     h_bonds = is_h[r.bonds.idx].any(axis=1)
     assert h_bonds.sum() == n_h
     partner = np.where(is_h[r.bonds.idx[h_bonds, 0]], r.bonds.idx[h_bonds, 1], r.bonds.idx[h_bonds, 0])
-    assert (r.hb_type == 4).sum() == np.isin(r.element[partner], ["N", "O"]).sum()
+    h_atoms = np.where(is_h[r.bonds.idx[h_bonds, 0]], r.bonds.idx[h_bonds, 0], r.bonds.idx[h_bonds, 1])
+    on_no = np.isin(r.element[partner], ["N", "O"])
+    assert (r.hb_type[h_atoms[on_no]] == 4).all()  # polar
+    assert (r.hb_type[h_atoms[r.element[partner] == "C"]] != 4).all()  # not polar
     s = geometry_stats(r, atom_xyz(st))
     assert s["bond_rmsd"] < 0.02 and s["angle_rmsd"] < 2.0
