@@ -392,7 +392,7 @@ def _sharpening_chart(v: dict) -> str | None:
     return plots.line_panels("sharp", "Radial amplitude profile of the map before and after sharpening",
                              "Natural logarithm of the spherically averaged Fourier amplitude against "
                              "s² (1/Å²), before and after sharpening; sharpening flattens the fall-off.",
-                             "s² (1/Å²)", [plots.Panel("ln amplitude", series)], panel_height=200)
+                             "s² (1/Å²)", [plots.Panel("ln amplitude", series)], width=480, panel_height=220)
 
 
 # --- rendering ------------------------------------------------------------------------------
