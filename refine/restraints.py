@@ -170,6 +170,10 @@ class Restraints:
     weights: dict = field(default_factory=lambda: {
         "bond": 1.0, "angle": 1.0, "torsion": 1.0, "chiral": 1.0, "plane": 1.0, "nonbonded": 1.0})
 
+    def __post_init__(self):
+        # dataclasses.replace() hands the same dict to the copy: give every instance its own
+        self.weights = dict(self.weights)
+
     @property
     def chirality(self) -> ChiralSet:
         """Alias of :attr:`chirals`."""
@@ -503,6 +507,7 @@ def build_restraints(st: gemmi.Structure, monlib_dir: str | os.PathLike, *,
     r.partner_ptr, r.partner_idx, r.partner_code = topology_partners(
         n, bonds.idx, np.array(extra_pairs, dtype=np.int64).reshape(-1, 2))
     r.nonbonded = NonbondedList(r, buffer=nonbonded_buffer)
+    r.nonbonded.build(atom_xyz(work))
     for w in warnings:
         log.warning(w)
     return r

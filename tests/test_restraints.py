@@ -190,3 +190,13 @@ def test_model_with_hydrogens(test_data, monlib):
     assert (r.hb_type[h_atoms[r.element[partner] == "C"]] != 4).all()  # not polar
     s = geometry_stats(r, atom_xyz(st))
     assert s["bond_rmsd"] < 0.02 and s["angle_rmsd"] < 2.0
+
+
+def test_replace_copy_has_own_weights_and_shares_neighbour_list(built):
+    from dataclasses import replace
+
+    st, r = built["3ajo"]
+    assert r.counts()["nonbonded_pairs"] > 1000  # list built with the restraints
+    r2 = replace(r, torsions=r.torsions)
+    r2.weights["nonbonded"] = 5.0
+    assert r.weights["nonbonded"] == 1.0
