@@ -200,3 +200,28 @@ def test_replace_copy_has_own_weights_and_shares_neighbour_list(built):
     r2 = replace(r, torsions=r.torsions)
     r2.weights["nonbonded"] = 5.0
     assert r.weights["nonbonded"] == 1.0
+
+
+def test_alternative_conformers(test_data, monlib):
+    """A side chain in two conformers: restraints for each, no repulsion between A and B."""
+    st = read_model(test_data / MODELS["3ajo"])
+    res = st[0][0][20]
+    assert res.name == "ASN"
+    for a in res:
+        if a.name not in ("N", "CA", "C", "O"):
+            a.altloc = "A"
+            a.occ = 0.5
+    copies = []
+    for a in res:
+        if a.altloc == "A":
+            b = a.clone()
+            b.altloc = "B"
+            b.pos = gemmi.Position(a.pos.x + 0.3, a.pos.y, a.pos.z)
+            copies.append(b)
+    for b in copies:
+        res.add_atom(b)
+    r = build_restraints(st, monlib)
+    assert len(r.bonds) == 1442 + 4  # CA-CB, CB-CG, CG-OD1, CG-ND2 of conformer B
+    nb = r.nonbonded
+    assert not ((r.altloc[nb.pi] == ord("A")) & (r.altloc[nb.pj] == ord("B"))).any()
+    assert geometry_stats(r, atom_xyz(st))["nonbonded_overlaps"] == 0
