@@ -212,10 +212,6 @@ _VDW_FALLBACK = {"C": 1.7, "N": 1.55, "O": 1.52, "S": 1.8, "P": 1.8, "H": 1.1, "
                  "F": 1.47, "CL": 1.75, "BR": 1.85, "I": 1.98}
 
 
-class _WarningSink(io.StringIO):
-    """File-like object handed to gemmi so its topology warnings end up in our list."""
-
-
 def _ix(atom: gemmi.Atom) -> int:
     return int(atom.b_iso)
 
@@ -349,7 +345,7 @@ def build_restraints(st: gemmi.Structure, monlib_dir: str | os.PathLike, *,
     for rn in missing:
         warnings.append(f"{label}: no dictionary for residue {rn}: its atoms are kept fixed")
 
-    sink = _WarningSink()
+    sink = io.StringIO()  # gemmi writes its topology warnings here; they go to our list
     try:
         topo = gemmi.prepare_topology(work, monlib, model_index=0, h_change=gemmi.HydrogenChange.NoChange,
                                       reorder=False, warnings=sink, ignore_unknown_links=True)
@@ -368,12 +364,10 @@ def build_restraints(st: gemmi.Structure, monlib_dir: str | os.PathLike, *,
     hb = np.zeros(n, dtype=np.uint8)
     ener = monlib.ener_lib.atoms
     rserial = 0
-    first_atom = {}  # id(residue) not stable; use (chain idx, residue idx)
-    for ci, ch in enumerate(model):
-        for ri, res in enumerate(ch):
+    for ch in model:
+        for res in ch:
             for a in res:
                 residue[_ix(a)] = rserial
-            first_atom[(ci, ri)] = rserial
             if res.name in missing:
                 for a in res:
                     fixed[_ix(a)] = True
