@@ -21,7 +21,7 @@ from rerefine.flows import __version__
 from rerefine.flows.settings import load_settings
 from rerefine.refine.errors import RerefineError
 
-COMMANDS = ["info", "db", "compare", "sharpen", "metrics", "diffmap", "harvest", "sample_archive"]
+COMMANDS = ["info", "db", "compare", "site", "sharpen", "harvest", "sample_archive", "metrics", "diffmap", "nightly", "refine"]
 
 log = logging.getLogger("rerefine")
 
@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Prefect's client logs every API request at INFO; that is noise on a terminal.
+    for noisy in ("httpx", "httpcore", "distributed", "numba"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

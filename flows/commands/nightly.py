@@ -1,0 +1,54 @@
+"""``rerefine nightly``: harvest new entries, re-refine each, store results, rebuild the site."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("nightly", help="the nightly run: harvest, re-refine, store, publish")
+    p.add_argument("--since", metavar="DATE", help="first release date (default: after the newest entry "
+                   "already in the database; everything in a mirror)")
+    p.add_argument("--until", metavar="DATE", help="last release date")
+    p.add_argument("--mirror", metavar="PATH|URL", help="archive mirror (default: RR_MIRROR or the public archive)")
+    p.add_argument("--limit", type=int, metavar="N", help="process at most N accepted entries")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="entries processed at once on a local multi-process Dask cluster (default: RR_CONCURRENCY)")
+    p.add_argument("--dask-address", metavar="ADDR", help="run entries on this Dask scheduler (e.g. tcp://host:8786)")
+    p.add_argument("--force", action="store_true", help="redo entries already done by this pipeline version")
+    p.add_argument("--no-site", action="store_true", help="do not rebuild the website")
+    p.add_argument("--json", metavar="OUT|-", help="write the run summary as JSON")
+    p.set_defaults(func=run)
+
+
+def print_summary(summary: dict) -> None:
+    print(f"found {summary['found']}, processed {summary['processed']} (improved {summary['improved']}, "
+          f"unchanged {summary['unchanged']}, worse {summary['worse']}), cached {summary['cached']}, "
+          f"rejected {len(summary['rejected'])}, failed {len(summary['failed'])} in {summary['seconds']:.0f} s")
+    for f in summary["failed"]:
+        print(f"  failed  {f['pdb_id']}: {f['reason']}")
+    for r in summary["rejected"]:
+        print(f"  skipped {r['pdb_id']}: {r['reason']}")
+    if summary.get("site"):
+        print(f"site: {summary['site']}")
+
+
+def run(args, settings) -> int:
+    from rerefine.flows.cli import emit_json
+    from rerefine.flows.prefect_env import configure_prefect
+    from rerefine.refine.errors import InputError
+
+    workers = args.workers if args.workers is not None else settings.concurrency
+    if workers < 1:
+        raise InputError("--workers must be at least 1")
+    if args.limit is not None and args.limit < 1:
+        raise InputError("--limit must be at least 1")
+    configure_prefect(settings.data_dir, quiet=args.json == "-")
+    from rerefine.flows.nightly import run_nightly
+
+    mirror = args.mirror if args.mirror is not None else (settings.mirror or None)
+    summary = run_nightly(settings=settings, since=args.since, until=args.until, mirror=mirror, limit=args.limit,
+                          workers=workers, dask_address=args.dask_address, build_site=not args.no_site,
+                          force=args.force)
+    if args.json != "-":
+        print_summary(summary)
+    emit_json(summary, args.json)
+    return 0

@@ -1,0 +1,361 @@
+"""Prefect flows: the per-entry pipeline and the nightly run.
+
+``entry_flow`` runs one entry's stages as Prefect tasks (load, box, sharpen, metrics before,
+refine, metrics after, difference map, store); ``nightly_flow`` harvests new entries and runs
+``entry_flow`` for each on a task runner (threads, a local Dask cluster, or a remote Dask
+scheduler), isolating failures, then rebuilds the site incrementally.
+
+Call :func:`rerefine.flows.prefect_env.configure_prefect` before importing this module so
+Prefect runs without a server, with its home under the data directory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from rerefine.flows import __version__, pipeline
+from rerefine.flows.pipeline import EntryJob, PipelineParams, timed
+from rerefine.refine.errors import ArchiveError, RerefineError
+
+log = logging.getLogger(__name__)
+
+
+def _is_archive_error(task, task_run, state) -> bool:
+    """Retry only network/archive failures; bad input does not get better by retrying."""
+    try:
+        state.result()
+    except ArchiveError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+# ---- per-entry tasks ------------------------------------------------------------------
+
+@task(name="load", retries=0)
+def load_task(job: EntryJob):
+    return pipeline.stage_load(job)
+
+
+@task(name="box")
+def box_task(st, dmap, padding: float):
+    return pipeline.stage_box(st, dmap, padding)
+
+
+@task(name="sharpen")
+def sharpen_task(job: EntryJob, box, resolution: float):
+    halves = pipeline.stage_half_boxes(job, box)
+    return pipeline.stage_sharpen(box, resolution, halves)
+
+
+@task(name="metrics")
+def metrics_task(st, box, resolution: float, job: EntryJob, params: PipelineParams, geometry: dict | None):
+    return pipeline.stage_metrics(st, box, resolution, job, params, geometry)
+
+
+@task(name="refine")
+def refine_task(st, sharpened, resolution: float, monlib, params: PipelineParams):
+    return pipeline.stage_refine(st, sharpened, resolution, monlib, params)
+
+
+@task(name="diffmap")
+def diffmap_task(st, box, resolution: float):
+    return pipeline.stage_diffmap(st, box, resolution)
+
+
+@task(name="fetch", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_is_archive_error)
+def fetch_task(candidate: dict, cache_dir: str, mirror: str | None, files_url: str, emdb_files_url: str):
+    from rerefine.harvester import harvest
+
+    cand = harvest.candidate_from_dict(candidate)
+    fetched = harvest.fetch_entry(cand, cache_dir, mirror=mirror or None, files_url=files_url,
+                                  emdb_files_url=emdb_files_url, progress=False)
+    md = dict(fetched.metadata)
+    return EntryJob(pdb_id=fetched.pdb_id, emdb_id=fetched.emdb_id, model_path=Path(fetched.model_path),
+                    map_path=Path(fetched.map_path), half_map_paths=[Path(p) for p in fetched.half_map_paths],
+                    resolution=cand.resolution or md.get("resolution"),
+                    contour=cand.contour_level if cand.contour_level is not None else md.get("contour"),
+                    metadata={"title": cand.title or md.get("title"),
+                              "release_date": cand.release_date or md.get("release_date"),
+                              "authors": cand.authors or md.get("authors") or []})
+
+
+# ---- the per-entry flow -----------------------------------------------------------------
+
+def entry_record(job: EntryJob) -> dict:
+    """The entry's metadata as the database stores it."""
+    md = job.metadata or {}
+    return {"pdb_id": job.pdb_id, "emdb_id": job.emdb_id, "title": md.get("title"),
+            "release_date": md.get("release_date"), "resolution": job.resolution,
+            "method": "ELECTRON MICROSCOPY",
+            "method_details": {"authors": md.get("authors") or [], "contour": job.contour}}
+
+
+def _residue_b(st) -> dict:
+    out = {}
+    for ch in st[0]:
+        for res in ch:
+            bs = [a.b_iso for a in res if not a.is_hydrogen()] or [a.b_iso for a in res]
+            out[(ch.name, res.seqid.num, res.seqid.icode.strip())] = sum(bs) / len(bs)
+    return out
+
+
+def _with_b(metrics: dict, st) -> dict:
+    bmap = _residue_b(st)
+    for row in metrics.get("per_residue", []):
+        row["b_iso"] = bmap.get((row["chain"], row["seq"], (row.get("icode") or "").strip()))
+    return metrics
+
+
+@flow(name="rerefine-entry", log_prints=False)
+def entry_flow(job_dict: dict, ctx: dict) -> dict:
+    """Run one entry end to end and store the result; never raises for a bad entry.
+
+    ``ctx`` holds ``database``, ``out_root``, ``monlib``, ``version``, ``params`` (dict) and
+    ``force`` (bool). Returns a summary dict with ``pdb_id``, ``status``, ``verdict``,
+    ``reason``, ``timings``.
+    """
+    from rerefine.reports import db, store
+
+    job = EntryJob.from_dict(job_dict)
+    params = PipelineParams(**ctx.get("params", {}))
+    engine = db.make_engine(ctx["database"])
+    entry = entry_record(job)
+    timings: dict = {}
+    started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    try:
+        with timed(timings, "checksums"):
+            files = pipeline.input_files(job)
+    except OSError as exc:
+        reason = f"{job.pdb_id}: cannot read input files ({exc.strerror or exc})"
+        store.store_result(engine, entry=entry, pipeline_version=ctx["version"], params=params.to_dict(),
+                           status="failed", reason=reason)
+        return {"pdb_id": job.pdb_id, "status": "failed", "reason": reason, "timings": timings}
+    if not ctx.get("force") and store.is_done(engine, pdb_id=job.pdb_id, pipeline_version=ctx["version"],
+                                              params=params.to_dict(), input_files=files):
+        return {"pdb_id": job.pdb_id, "status": "cached", "reason": "", "timings": timings}
+    store.mark_running(engine, entry=entry, pipeline_version=ctx["version"], params=params.to_dict(),
+                       input_files=files, host=socket.gethostname())
+    try:
+        with timed(timings, "load"):
+            st, dmap, res = load_task(job)
+        job.resolution = res
+        entry["resolution"] = res
+        with timed(timings, "box"):
+            box = box_task(st, dmap, params.box_padding)
+        del dmap
+        with timed(timings, "sharpen"):
+            sharp = sharpen_task(job, box, res)
+        with timed(timings, "refine"):
+            ref = refine_task(st, sharp.map, res, ctx.get("monlib"), params)
+        with timed(timings, "metrics_before"):
+            before = _with_b(metrics_task(st, box, res, job, params, ref.geometry_before), st)
+        with timed(timings, "metrics_after"):
+            after = _with_b(metrics_task(ref.structure, box, res, job, params, ref.geometry_after), ref.structure)
+        for m in (before, after):
+            m.update({"b_iso_before": sharp.b_iso_before, "b_iso_after": sharp.b_iso_after,
+                      "b_sharpen": sharp.b_sharpen, "sharpen_method": sharp.method})
+        after["refinement"] = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles,
+                               "rmsd_moved": ref.rmsd_moved, "warnings": list(ref.warnings)[:20]}
+        with timed(timings, "diffmap"):
+            diff, peaks = diffmap_task(ref.structure, box, res)
+        after["difference_peaks"] = peaks
+        outdir = pipeline.entry_dir(Path(ctx["out_root"]), job.pdb_id)
+        with timed(timings, "write"):
+            arts = pipeline.write_artefacts(outdir, job.pdb_id, ref.structure,
+                                            sharp.map if params.keep_maps else None,
+                                            diff if params.keep_maps else None, version=ctx["version"])
+        with timed(timings, "store"):
+            sharpening = {k: v for k, v in sharp.as_dict().items()
+                          if isinstance(v, (int, float, str)) or v is None}
+            store.store_result(engine, entry=entry, pipeline_version=ctx["version"], params=params.to_dict(),
+                               status="done", timings=timings, metrics_before=before, metrics_after=after,
+                               artefacts=arts, input_files=files, sharpening=sharpening,
+                               started_at=started)
+        from rerefine.reports.verdict import decide
+
+        verdict = decide(before, after).verdict
+        return {"pdb_id": job.pdb_id, "status": "done", "verdict": verdict, "reason": "", "timings": timings,
+                "cc_mask_before": before["cc_mask"], "cc_mask_after": after["cc_mask"]}
+    except RerefineError as exc:
+        reason = str(exc)
+    except MemoryError:
+        reason = f"{job.pdb_id}: out of memory"
+    except OSError as exc:  # e.g. a full disk while writing outputs
+        reason = f"{job.pdb_id}: {exc.strerror or exc} ({getattr(exc, 'filename', '') or 'I/O'})"
+    except Exception as exc:  # a bug must not stop the nightly run; keep its cause on record
+        log.error("%s: internal error\n%s", job.pdb_id, traceback.format_exc())
+        reason = f"{job.pdb_id}: internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+    store.store_result(engine, entry=entry, pipeline_version=ctx["version"], params=params.to_dict(),
+                       status="failed", reason=reason, timings=timings, input_files=files, started_at=started)
+    return {"pdb_id": job.pdb_id, "status": "failed", "reason": reason, "timings": timings}
+
+
+@task(name="process-entry")
+def process_entry_task(candidate: dict, ctx: dict) -> dict:
+    """Fetch one accepted candidate, then run its per-entry flow (a sub-flow of the nightly run)."""
+    from rerefine.reports import db, store
+
+    t0 = time.perf_counter()
+    try:
+        job = fetch_task(candidate, ctx["cache_dir"], ctx.get("mirror"), ctx["files_url"],
+                         ctx["emdb_files_url"])
+    except RerefineError as exc:
+        reason = str(exc)
+        engine = db.make_engine(ctx["database"])
+        store.store_result(engine, entry={"pdb_id": candidate["pdb_id"], "emdb_id": candidate.get("emdb_id"),
+                                          "title": candidate.get("title"),
+                                          "resolution": candidate.get("resolution"),
+                                          "release_date": candidate.get("release_date")},
+                           pipeline_version=ctx["version"], params=ctx.get("params", {}),
+                           status="failed", reason=reason)
+        return {"pdb_id": candidate["pdb_id"], "status": "failed", "reason": reason,
+                "timings": {"fetch": time.perf_counter() - t0}}
+    fetch_s = time.perf_counter() - t0
+    out = entry_flow(job.to_dict(), ctx)
+    out.setdefault("timings", {})["fetch"] = round(fetch_s, 3)
+    return out
+
+
+def make_task_runner(workers: int, dask_address: str | None):
+    """Threads for one worker, a local multi-process Dask cluster for more, or a remote scheduler."""
+    if dask_address or workers > 1:
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
+                                              "processes": True, "dashboard_address": None})
+    return ThreadPoolTaskRunner(max_workers=1)
+
+
+def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, workers=1,
+                dask_address=None, build_site=True, force=False, params: PipelineParams | None = None,
+                accept_unknown_resolution=None) -> dict:
+    """Harvest, process every accepted entry, rebuild the site; return the summary dict."""
+    params = params or PipelineParams()
+    runner = make_task_runner(workers, dask_address)
+    nightly = nightly_flow.with_options(task_runner=runner)
+    return nightly(settings_dict=_settings_dict(settings), since=since, until=until, mirror=mirror,
+                   limit=limit, build_site=build_site, force=force, params=params.to_dict(),
+                   accept_unknown_resolution=accept_unknown_resolution)
+
+
+def _settings_dict(settings) -> dict:
+    return {
+        "database": settings.database, "downloads": str(settings.downloads), "site_dir": str(settings.site_dir),
+        "monlib": str(settings.monomer_library) if settings.monomer_library else None,
+        "data_dir": str(Path(settings.data_dir).resolve()),
+        "search_url": settings.rcsb_search_url, "data_url": settings.rcsb_data_url,
+        "files_url": settings.rcsb_files_url, "emdb_api_url": settings.emdb_api_url,
+        "emdb_files_url": settings.emdb_files_url, "max_resolution": settings.max_resolution,
+        "max_map_mb": settings.max_map_mb,
+    }
+
+
+def default_since(engine) -> dt.date:
+    """The day after the newest release date already processed; a week ago on an empty database."""
+    from sqlalchemy import func, select
+
+    from rerefine.reports import db
+
+    with engine.connect() as conn:
+        newest = conn.execute(select(func.max(db.T_ENTRIES.c.release_date))).scalar()
+    if newest:
+        if isinstance(newest, str):
+            newest = dt.date.fromisoformat(newest[:10])
+        return newest
+    return dt.date.today() - dt.timedelta(days=7)
+
+
+@task(name="harvest", retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=_is_archive_error)
+def harvest_task(s: dict, since, until, mirror, limit, accept_unknown_resolution):
+    from rerefine.harvester import harvest
+
+    return harvest.discover(since, until, search_url=None if mirror else s["search_url"],
+                            data_url=s["data_url"], emdb_api_url=s["emdb_api_url"], mirror=mirror or None,
+                            max_resolution=s["max_resolution"], max_map_mb=s["max_map_mb"], limit=limit,
+                            accept_unknown_resolution=accept_unknown_resolution, cache_dir=s["downloads"])
+
+
+@task(name="build-site")
+def site_task(database: str, out: str) -> str:
+    from rerefine.reports import db, site
+
+    engine = db.make_engine(database)
+    try:
+        site.build_site(site.DatabaseSource(engine), Path(out))
+    finally:
+        engine.dispose()
+    return str(Path(out) / "index.html")
+
+
+@flow(name="rerefine-nightly", log_prints=False)
+def nightly_flow(settings_dict: dict, since=None, until=None, mirror=None, limit=None, build_site=True,
+                 force=False, params: dict | None = None, accept_unknown_resolution=None) -> dict:
+    """Harvest new EM entries, re-refine each (failures isolated), rebuild the site, summarise."""
+    from rerefine.reports import db, store
+
+    t0 = time.perf_counter()
+    s = settings_dict
+    db.upgrade(s["database"])
+    engine = db.make_engine(s["database"])
+    store.recover_interrupted(engine, host=socket.gethostname())
+    if since is None and not mirror:
+        since = default_since(engine)
+    accept_unknown_resolution = bool(accept_unknown_resolution)
+    candidates = harvest_task(s, since, until, mirror, limit, accept_unknown_resolution)
+    ctx = {"database": s["database"], "out_root": s["data_dir"], "monlib": s["monlib"], "version": __version__,
+           "params": params or {}, "force": force, "cache_dir": s["downloads"], "mirror": str(mirror or ""),
+           "files_url": s["files_url"], "emdb_files_url": s["emdb_files_url"]}
+    summary = {"found": len(candidates), "processed": 0, "cached": 0, "improved": 0, "unchanged": 0,
+               "worse": 0, "failed": [], "rejected": [], "entries": [], "site": None}
+    accepted = []
+    for c in candidates:
+        if c.status == "accepted":
+            accepted.append(asdict(c))
+        else:
+            summary["rejected"].append({"pdb_id": c.pdb_id, "reason": c.reason})
+            store.store_result(engine, entry={"pdb_id": c.pdb_id, "emdb_id": c.emdb_id, "title": c.title,
+                                              "resolution": c.resolution, "release_date": c.release_date},
+                               pipeline_version=__version__, params=params or {},
+                               status="skipped" if c.status == "rejected" else "failed",
+                               reason=c.reason or c.status)
+    futures = [process_entry_task.submit(c, ctx) for c in accepted]
+    for fut in futures:
+        try:
+            res = fut.result()
+        except Exception as exc:  # a crashed worker: record and go on
+            res = {"pdb_id": "?", "status": "failed", "reason": f"worker crashed: {exc}".splitlines()[0]}
+        summary["entries"].append(res)
+        if res["status"] == "done":
+            summary["processed"] += 1
+            v = res.get("verdict") or "unchanged"
+            summary[v if v in ("improved", "unchanged", "worse") else "unchanged"] += 1
+        elif res["status"] == "cached":
+            summary["cached"] += 1
+        else:
+            summary["failed"].append({"pdb_id": res["pdb_id"], "reason": res.get("reason", "")})
+    if build_site:
+        summary["site"] = site_task(s["database"], s["site_dir"])
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    summary["stage_seconds"] = _sum_stages(summary["entries"])
+    return summary
+
+
+def _sum_stages(entries: list[dict]) -> dict:
+    out: dict = {}
+    for e in entries:
+        for k, v in (e.get("timings") or {}).items():
+            out[k] = round(out.get(k, 0.0) + float(v), 3)
+    return out
