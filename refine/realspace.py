@@ -1,0 +1,454 @@
+"""Real-space refinement of a model against a cryo-EM map: coordinates, then B factors.
+
+Method (after phenix.real_space_refine, Afonine et al. 2018, Acta Cryst. D74:531):
+
+* target ``T = w * T_map + T_restraints`` where ``T_map = -sum_i w_i rho(x_i)`` is the
+  weighted sum of the (low-pass filtered, normalised) map at the atom centres
+  (:mod:`.maptarget`) and ``T_restraints`` the library geometry restraints with
+  nonbonded repulsion (:mod:`.restraints`, :mod:`.geometry`);
+* minimised by L-BFGS (scipy) in macro-cycles; atoms of residues without a dictionary
+  (``Restraints.fixed``) are not parameters and stay where they are;
+* **automatic weight**: the first ``w`` is the ratio of the restraint and map gradient
+  norms (the restraint gradient taken at a probe shake of the input, so that an ideal
+  input model does not give a zero ratio); after each macro-cycle ``w`` is scaled until
+  the RMS deviations from ideal bond lengths and angles approach the targets
+  (0.01 Å, 1.0 deg: the values Phenix aims at). With ``per_chain=True`` each chain gets
+  its own factor on top of the global weight, adjusted from its own RMSDs (Afonine:
+  the weight "can be local");
+* then (``adp=True``) B factors, per residue then per atom, against the map (:mod:`.adp`).
+
+A macro-cycle whose target or coordinates become non-finite stops the refinement; the
+input model is returned unchanged with the reason in ``RefinementResult.status``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import gemmi
+import numpy as np
+from scipy import optimize
+
+from .errors import InputError, RefinementError
+from .mapio import DensityMap, fraction_inside
+from .maptarget import MapTarget, scattering_weights
+
+log = logging.getLogger(__name__)
+
+#: Geometry the automatic weight aims at (Phenix's defaults for real-space refinement).
+TARGET_BOND_RMSD = 0.01
+TARGET_ANGLE_RMSD = 1.0
+
+
+@dataclass
+class RefinementResult:
+    """What :func:`refine_model` did.
+
+    Attributes
+    ----------
+    structure : gemmi.Structure
+        The refined model (a copy; the input is untouched). The input model itself when
+        the refinement diverged.
+    status : str
+        ``"ok"`` or ``"diverged: <reason>"``.
+    weight : float
+        Final map weight ``w`` (the global one; see ``chain_weights`` for per-chain factors).
+    cycles : int
+        Macro-cycles of coordinate refinement run.
+    geometry_before, geometry_after : dict
+        :func:`rerefine.refine.geometry.geometry_stats` of the input and refined model.
+    map_before, map_after : float
+        Mean weighted map value at the atoms (sd units of the filtered map).
+    rmsd_moved : float
+        RMS coordinate change, Å.
+    adp : object
+        :class:`rerefine.refine.adp.AdpResult` or None.
+    history : list of dict
+        Per macro-cycle: weight, iterations, bond/angle RMSD, map term.
+    warnings : list of str
+        From the restraints (unknown residues fixed, ...) and the refinement.
+    seconds : float
+        Wall time, restraint set-up included.
+    """
+
+    structure: gemmi.Structure
+    status: str = "ok"
+    weight: float = float("nan")
+    cycles: int = 0
+    geometry_before: dict = field(default_factory=dict)
+    geometry_after: dict = field(default_factory=dict)
+    map_before: float = float("nan")
+    map_after: float = float("nan")
+    rmsd_moved: float = 0.0
+    adp: object = None
+    history: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    chain_weights: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+#: Torsion labels not restrained during refinement: backbone phi/psi of the peptide links
+#: carry one generic value (e.g. psi 160 deg) that would drag helices towards strands;
+#: Phenix restrains them only through optional Ramachandran restraints.
+UNRESTRAINED_TORSIONS = ("phi", "psi")
+#: Torsions kept at their library sigma; the others (side-chain chi and the generic ``sp3_sp3``
+#: / ``sp2_sp3`` torsions of ligands) get ``TORSION_SIGMA_SCALE`` times theirs. The library's
+#: 10 deg on a staggered chi pulls side chains off their density: minimising the restraints
+#: alone moves the deposited 5ME2 by 0.42 Å RMS, 0.16 Å without torsions (measured).
+FULL_WEIGHT_TORSIONS = ("omega",)
+TORSION_SIGMA_SCALE = 2.5
+
+
+def _ring_bonds(n: int, bonds: np.ndarray, max_ring: int = 8) -> set:
+    """Bonds (i, j), i < j, that close a ring of at most ``max_ring`` atoms."""
+    adj: list[list[int]] = [[] for _ in range(n)]
+    for i, j in bonds.tolist():
+        adj[i].append(j)
+        adj[j].append(i)
+    ring = set()
+    for i, j in bonds.tolist():
+        # breadth-first search from i to j without the bond i-j itself
+        frontier = {i}
+        seen = {i}
+        found = False
+        for _ in range(max_ring - 1):
+            nxt = set()
+            for a in frontier:
+                for b in adj[a]:
+                    if (a == i and b == j) or b in seen:
+                        continue
+                    if b == j:
+                        found = True
+                        break
+                    nxt.add(b)
+                if found:
+                    break
+            if found or not nxt:
+                break
+            seen |= nxt
+            frontier = nxt
+        if found:
+            ring.add((min(i, j), max(i, j)))
+    return ring
+
+
+def refinement_restraints(r):
+    """The restraints as used for refinement: same arrays, but no weight on some torsions.
+
+    Torsions get ``sigma = 0`` (the geometry kernels skip them) when their label is in
+    :data:`UNRESTRAINED_TORSIONS`, or when their central bond lies in a ring: ring
+    conformations (proline puckers, porphyrins) are fixed by bonds, angles and planes, and
+    the library's generic staggered values for ring torsions (``sp3_sp3_*`` of acedrg
+    dictionaries) contradict ring closure. Other torsions except omega are loosened by
+    :data:`TORSION_SIGMA_SCALE`. Returns a shallow copy; ``r`` is not changed.
+    """
+    from dataclasses import replace
+
+    from .restraints import TorsionSet
+
+    t = r.torsions
+    sigma = np.array(t.sigma, dtype=np.float64, copy=True)
+    if len(sigma):
+        ring = _ring_bonds(r.n_atoms, np.asarray(r.bonds.idx))
+        for k in range(len(sigma)):
+            lab = t.label[k] if k < len(t.label) else ""
+            j, l = int(t.idx[k, 1]), int(t.idx[k, 2])
+            if lab in UNRESTRAINED_TORSIONS or (min(j, l), max(j, l)) in ring:
+                sigma[k] = 0.0
+            elif lab not in FULL_WEIGHT_TORSIONS:
+                sigma[k] *= TORSION_SIGMA_SCALE
+    tors = TorsionSet(t.idx, t.ideal, sigma, t.period, list(t.label))
+    return replace(r, torsions=tors)
+
+
+#: Below this many atoms numba kernels run on one thread: thread start-up costs more than the
+#: work, and on a loaded machine spinning threads slow everything down.
+PARALLEL_MIN_ATOMS = 20000
+
+
+@contextlib.contextmanager
+def thread_limits(n_atoms: int):
+    """One BLAS thread (L-BFGS-B's small dense algebra runs 10x slower with OpenBLAS threads
+    competing with numba's) and, for small models, one numba thread. Restored on exit."""
+    import numba
+
+    old = numba.get_num_threads()
+    if n_atoms < PARALLEL_MIN_ATOMS:
+        numba.set_num_threads(1)
+    try:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # optional: without it BLAS keeps its own thread count
+            threadpool_limits = None
+        if threadpool_limits is None:
+            yield
+        else:
+            with threadpool_limits(limits=1, user_api="blas"):
+                yield
+    finally:
+        numba.set_num_threads(old)
+
+
+def _chain_index(st: gemmi.Structure) -> tuple[np.ndarray, list[str]]:
+    """Chain serial of each atom (``st[0].all()`` order) and the chain names."""
+    idx = []
+    names = []
+    for ci, ch in enumerate(st[0]):
+        names.append(ch.name)
+        for res in ch:
+            idx.extend([ci] * len(res))
+    return np.array(idx, dtype=np.int64), names
+
+
+def _adjust(w: float, bond: float, angle: float, tb: float, ta: float) -> float:
+    """New weight from the RMSDs after a cycle: shrink when geometry is loose, grow when tight.
+
+    The larger of the two relative excesses decides. Steps are bounded so one noisy cycle
+    cannot swing the weight by more than a factor 4 down or 2 up.
+    """
+    excess = max(bond / tb, angle / ta)
+    if excess > 1.25:
+        return w * max(0.25, 1.0 / excess ** 2)
+    if excess < 0.8:
+        return w * min(2.0, 1.0 / max(excess, 0.05))
+    return w
+
+
+def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monlib_dir, *,
+                 adp: bool = True, cycles: int = 3, weight: float | None = None,
+                 b_sharpen: float = 0.0, target_bond: float = TARGET_BOND_RMSD,
+                 target_angle: float = TARGET_ANGLE_RMSD, max_iter: int = 150,
+                 per_chain: bool = False, restraints=None, max_extra_cycles: int = 3,
+                 adp_max_iter: int = 25, nonbonded_weight: float = 5.0) -> RefinementResult:
+    """Refine coordinates (and B factors) of the first model of ``st`` against ``dmap``.
+
+    Parameters
+    ----------
+    st : gemmi.Structure
+        Model in the frame of the map; not modified.
+    dmap : DensityMap
+        Experimental (optionally already sharpened) map.
+    resolution : float
+        Å; the map is low-pass filtered to it for the coordinate target.
+    monlib_dir : path
+        CCP4 monomer library.
+    adp : bool
+        Refine isotropic B after the coordinates.
+    cycles : int
+        Macro-cycles of coordinate refinement; up to ``max_extra_cycles`` more are run while
+        the geometry is outside 1.5 x the targets (a cycle that overshoots is undone and
+        repeated with a lower weight).
+    weight : float, optional
+        Fixed map weight; disables the automatic weight.
+    b_sharpen : float
+        Å², sharpening (> 0) or blurring (< 0) applied to the map for the coordinate target.
+    target_bond, target_angle : float
+        RMSD targets (Å, degrees) of the automatic weight.
+    max_iter : int
+        L-BFGS iterations per macro-cycle.
+    per_chain : bool
+        Separate weight factors per chain.
+    restraints : Restraints, optional
+        Pre-built restraints (else built from ``monlib_dir``).
+    nonbonded_weight : float
+        Multiplier of the nonbonded repulsion during refinement: the map pulls atoms of
+        neighbouring residues into one blob at low resolution, the library weight lets
+        clashes appear.
+
+    Raises
+    ------
+    InputError
+        Bad resolution, model outside the map, no atom with occupancy.
+    """
+    with thread_limits(st[0].count_atom_sites() if len(st) else 0):
+        return _refine_model(st, dmap, resolution, monlib_dir, adp=adp, cycles=cycles, weight=weight,
+                             b_sharpen=b_sharpen, target_bond=target_bond, target_angle=target_angle,
+                             max_iter=max_iter, per_chain=per_chain, restraints=restraints,
+                             max_extra_cycles=max_extra_cycles, adp_max_iter=adp_max_iter,
+                             nonbonded_weight=nonbonded_weight)
+
+
+def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, free: np.ndarray,
+                   target_bond: float = TARGET_BOND_RMSD, scale: float = 0.15) -> float:
+    """First map weight: ``scale * |H_r d| / |g_map|``.
+
+    ``H_r d`` is the change of the restraint gradient under a random displacement ``d``
+    whose bond-length RMS is ``target_bond`` (a finite-difference Hessian-vector product),
+    i.e. the restraint force that geometry at the target RMSD produces, whatever the strain
+    of the input model; ``g_map`` is the map gradient at the input. ``scale`` (0.15) was
+    calibrated on 5ME2/EMD-3488 (the weight giving 0.01 Å / 1 deg there is 0.1-0.2 of the
+    raw ratio); the macro-cycles correct it.
+    """
+    from .geometry import restraint_energy_gradient
+
+    rng = np.random.default_rng(0)
+    delta = np.zeros_like(xyz)
+    delta[free] = rng.normal(0.0, target_bond / np.sqrt(2.0), (int(free.sum()), 3))
+    _, g1 = restraint_energy_gradient(r, xyz + delta)
+    _, g0 = restraint_energy_gradient(r, xyz)
+    _, gm = target.energy_gradient(xyz, w_atom)
+    num = float(np.linalg.norm((g1 - g0)[free]))
+    den = float(np.linalg.norm(gm[free]))
+    if not (np.isfinite(num) and np.isfinite(den)) or den <= 0 or num <= 0:
+        return 1.0
+    return scale * num / den
+
+
+def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sharpen, target_bond,
+                  target_angle, max_iter, per_chain, restraints, max_extra_cycles, adp_max_iter,
+                  nonbonded_weight) -> RefinementResult:
+    from .geometry import geometry_stats, restraint_energy_gradient
+    from .restraints import atom_xyz, build_restraints, set_xyz
+
+    t0 = time.perf_counter()
+    if not (resolution and np.isfinite(resolution) and resolution > 0):
+        raise InputError(f"{dmap.name}: resolution must be a positive number of Å (got {resolution})")
+    work = st.clone()
+    while len(work) > 1:
+        del work[len(work) - 1]
+    xyz0 = atom_xyz(work)
+    if len(xyz0) == 0:
+        raise InputError(f"{st.name or 'model'}: model has no atoms")
+    inside = fraction_inside(dmap, xyz0)
+    if inside < 0.5:
+        raise InputError(f"{st.name or 'model'}: only {100 * inside:.0f}% of the atoms lie inside map "
+                         f"{dmap.name} (box too small or wrong frame)")
+    r_full = restraints if restraints is not None else build_restraints(work, monlib_dir)
+    r = refinement_restraints(r_full)
+    r.weights = dict(r_full.weights)
+    r.weights["nonbonded"] = r_full.weights.get("nonbonded", 1.0) * nonbonded_weight
+    result = RefinementResult(structure=work, warnings=list(r.warnings))
+    if inside < 1.0:
+        result.warnings.append(f"{100 * (1 - inside):.1f}% of the atoms lie outside the map box")
+
+    target = MapTarget.from_map(dmap, resolution, b_sharpen=b_sharpen)
+    w_atom = scattering_weights(work, resolution)
+    if not np.any(w_atom > 0):
+        raise InputError(f"{st.name or 'model'}: every atom has zero occupancy; nothing to fit")
+    free = ~np.asarray(r.fixed, bool)
+    if not free.any():
+        result.warnings.append("every atom is fixed (no dictionaries): coordinates not refined")
+    chain_of, chain_names = _chain_index(work)
+    nchain = len(chain_names)
+    chain_factor = np.ones(nchain)
+
+    result.geometry_before = geometry_stats(r_full, xyz0)
+    result.map_before = float(np.dot(w_atom, target.values(xyz0)) / w_atom.sum())
+
+    auto = weight is None
+    w = initial_weight(r, target, xyz0, w_atom, free, target_bond) if auto else float(weight)
+    if not np.isfinite(w) or w <= 0:
+        w = 1.0
+
+    xyz = xyz0.copy()
+    nfree = int(free.sum())
+
+    def fg(p, wa):
+        x = xyz.copy()
+        x[free] = p.reshape(-1, 3)
+        em, gmap = target.energy_gradient(x, wa)
+        er, grr = restraint_energy_gradient(r, x)
+        g = gmap + grr
+        return em + er, g[free].ravel()
+
+    ncycle = 0
+    total_cycles = cycles
+    while ncycle < total_cycles and nfree:
+        ncycle += 1
+        wa = w_atom * (w * chain_factor[chain_of] if per_chain else w)
+        p0 = xyz[free].ravel()
+        try:
+            with np.errstate(all="ignore"):
+                sol = optimize.minimize(fg, p0, args=(wa,), jac=True, method="L-BFGS-B",
+                                        options={"maxiter": max_iter, "maxcor": 20})
+        except (FloatingPointError, ValueError, ZeroDivisionError, RefinementError) as exc:
+            return _diverged(st, result, f"cycle {ncycle}: {exc}", t0)
+        if not (np.isfinite(sol.fun) and np.all(np.isfinite(sol.x))):
+            return _diverged(st, result, f"cycle {ncycle}: target became non-finite (weight {w:.3g})", t0)
+        trial = xyz.copy()
+        trial[free] = sol.x.reshape(-1, 3)
+        stats = geometry_stats(r_full, trial)
+        mterm = float(np.dot(w_atom, target.values(trial)) / w_atom.sum())
+        loose = stats["bond_rmsd"] > 1.5 * target_bond or stats["angle_rmsd"] > 1.5 * target_angle
+        result.history.append({"cycle": ncycle, "weight": w, "iterations": int(sol.nit),
+                               "bond_rmsd": stats["bond_rmsd"], "angle_rmsd": stats["angle_rmsd"],
+                               "map_value": mterm, "accepted": not (loose and auto)})
+        log.debug("cycle %d: w=%.4g it=%d bond=%.4f angle=%.3f map=%.4f", ncycle, w, sol.nit,
+                  stats["bond_rmsd"], stats["angle_rmsd"], mterm)
+        if loose and auto:
+            # overshoot: undo the cycle (the distortion would seed wrong local minima) and retry lower
+            if total_cycles < cycles + max_extra_cycles:
+                total_cycles += 1
+        else:
+            xyz = trial
+        if not auto:
+            continue
+        if per_chain and nchain > 1 and not loose:
+            for c in range(nchain):
+                sel = chain_of == c
+                if not (sel & free).any():
+                    continue
+                cs = _chain_rmsd(r_full, xyz, sel)
+                if cs is not None:
+                    chain_factor[c] = _adjust(chain_factor[c], cs[0], cs[1], stats["bond_rmsd"] or target_bond,
+                                              stats["angle_rmsd"] or target_angle)
+            chain_factor /= np.exp(np.mean(np.log(chain_factor)))  # the global w carries the scale
+        w = _adjust(w, stats["bond_rmsd"], stats["angle_rmsd"], target_bond, target_angle)
+
+    accepted = [h for h in result.history if h["accepted"]]
+    result.weight = float(accepted[-1]["weight"]) if accepted else float(w)
+    result.cycles = ncycle
+    result.chain_weights = ({n: float(result.weight * f) for n, f in zip(chain_names, chain_factor)}
+                            if per_chain else {})
+    set_xyz(work, xyz)
+    result.geometry_after = geometry_stats(r_full, xyz)
+    result.map_after = float(np.dot(w_atom, target.values(xyz)) / w_atom.sum())
+    result.rmsd_moved = float(np.sqrt(np.mean(np.sum((xyz - xyz0) ** 2, axis=1))))
+
+    if adp:
+        from .adp import refine_adp
+
+        if dmap.is_orthogonal:
+            try:
+                result.adp = refine_adp(work, dmap, resolution, xyz=xyz, pairs=np.asarray(r.bonds.idx, np.int64),
+                                        fixed=r.fixed, max_iter=adp_max_iter)
+            except (InputError, ValueError) as exc:
+                result.warnings.append(f"B factors not refined: {exc}")
+        else:
+            result.warnings.append("B factors not refined: the map cell is not orthogonal")
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _chain_rmsd(r, xyz: np.ndarray, sel: np.ndarray) -> tuple[float, float] | None:
+    """Bond and angle RMSD (Å, deg) of the restraints whose first atom is selected."""
+    from .geometry import _angle_devs, _bond_devs
+
+    bsel = sel[r.bonds.idx[:, 0]]
+    asel = sel[r.angles.idx[:, 0]]
+    if not bsel.any() or not asel.any():
+        return None
+    bd = _bond_devs(xyz, np.ascontiguousarray(r.bonds.idx[bsel]), r.bonds.ideal[bsel])
+    ad = _angle_devs(xyz, np.ascontiguousarray(r.angles.idx[asel]), r.angles.ideal[asel])
+    return float(np.sqrt(np.mean(bd ** 2))), float(np.sqrt(np.mean(ad ** 2)))
+
+
+def _diverged(st: gemmi.Structure, result: RefinementResult, reason: str, t0: float) -> RefinementResult:
+    """Keep the input model and say why the refinement stopped."""
+    log.warning("refinement stopped, input model kept: %s", reason)
+    work = st.clone()
+    while len(work) > 1:
+        del work[len(work) - 1]
+    result.structure = work
+    result.status = f"diverged: {reason}"
+    result.geometry_after = dict(result.geometry_before)
+    result.map_after = result.map_before
+    result.rmsd_moved = 0.0
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+__all__ = ["RefinementResult", "refine_model", "RefinementError"]
