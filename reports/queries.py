@@ -32,7 +32,7 @@ import math
 from collections import Counter
 from typing import Iterable, Sequence
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 
 from rerefine.refine.errors import InputError
@@ -43,7 +43,7 @@ FINISHED = ("done", "failed", "skipped")
 #: Default resolution bins (Å) of :func:`distributions`.
 RESOLUTION_BINS = (0.0, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, math.inf)
 
-E, V, R, M = db.T_ENTRIES, db.T_VERSIONS, db.T_RUNS, db.T_METRICS
+E, V, R, M, MF = db.T_ENTRIES, db.T_VERSIONS, db.T_RUNS, db.T_METRICS, db.T_METRICS_FULL
 _METRIC_COLS = [M.c[f"{n}_{s}"] for n in db.METRIC_COLUMNS for s in ("before", "after")]
 _SHARP_COLS = [M.c.b_iso_before, M.c.b_iso_after, M.c.b_sharpen, M.c.sharpening_method]
 _ENTRY_COLS = [E.c.pdb_id, E.c.emdb_id, E.c.title, E.c.resolution, E.c.release_date]
@@ -79,17 +79,26 @@ def _latest_run_subquery(version_id: int | None = None, finished_only: bool = Fa
     """Subquery (entry_id, run_id) of the latest run per entry.
 
     Latest = the newest finished run (done/failed/skipped); an entry with no finished run
-    shows its newest queued/running one, unless ``finished_only``.
+    shows its newest queued/running one, unless ``finished_only``. (A GROUP BY over the
+    ``runs.entry_id`` index: much cheaper than a window function on SQLite.)
     """
-    finished_first = case((R.c.status.in_(FINISHED), 0), else_=1)
-    rn = func.row_number().over(partition_by=R.c.entry_id, order_by=(finished_first, R.c.id.desc()))
-    stmt = select(R.c.entry_id, R.c.id.label("run_id"), rn.label("rn"))
+    if finished_only:
+        stmt = select(R.c.entry_id, func.max(R.c.id).label("run_id")).where(R.c.status.in_(FINISHED))
+    else:
+        newest_finished = func.max(case((R.c.status.in_(FINISHED), R.c.id)))
+        stmt = select(R.c.entry_id, func.coalesce(newest_finished, func.max(R.c.id)).label("run_id"))
     if version_id is not None:
         stmt = stmt.where(R.c.pipeline_version_id == version_id)
-    if finished_only:
-        stmt = stmt.where(R.c.status.in_(FINISHED))
-    inner = stmt.subquery()
-    return select(inner.c.entry_id, inner.c.run_id).where(inner.c.rn == 1).subquery()
+    return stmt.group_by(R.c.entry_id).subquery()
+
+
+def _dicts(result) -> list[dict]:
+    """Rows as plain dicts (zip over the keys: cheaper than RowMapping for 10,000s of rows)."""
+    keys = list(result.keys())
+    return [dict(zip(keys, row)) for row in result.all()]
+
+
+_DELTA_COLS = [(M.c[f"{n}_after"] - M.c[f"{n}_before"]).label(f"d_{n}") for n in db.METRIC_COLUMNS]
 
 
 # ----------------------------------------------------------------------------- index
@@ -109,7 +118,7 @@ def latest_results(engine: Engine, *, version: str | None = None, status: str | 
     with engine.connect() as conn:
         vid = _resolve_version(conn, version)["id"] if version else None
         latest = _latest_run_subquery(vid)
-        stmt = (select(*_ENTRY_COLS, *_RUN_COLS, *_METRIC_COLS, *_SHARP_COLS)
+        stmt = (select(*_ENTRY_COLS, *_RUN_COLS, *_METRIC_COLS, *_DELTA_COLS, *_SHARP_COLS)
                 .select_from(E.join(latest, latest.c.entry_id == E.c.id)
                              .join(R, R.c.id == latest.c.run_id)
                              .join(V, V.c.id == R.c.pipeline_version_id)
@@ -123,7 +132,7 @@ def latest_results(engine: Engine, *, version: str | None = None, status: str | 
             stmt = stmt.limit(limit).offset(offset)
         elif offset:
             stmt = stmt.offset(offset)
-        return [_add_deltas(dict(r)) for r in conn.execute(stmt).mappings()]
+        return _dicts(conn.execute(stmt))
 
 
 # ----------------------------------------------------------------------------- entry page
@@ -190,8 +199,9 @@ def entry_detail(engine: Engine, pdb_id: str, *, version: str | None = None,
         if run_id is not None:
             row = conn.execute(
                 select(*_RUN_COLS, R.c.timings, R.c.host, R.c.started_at, V.c.git_commit, V.c.params,
-                       *_METRIC_COLS, *_SHARP_COLS, M.c.before, M.c.after)
-                .select_from(R.join(V, V.c.id == R.c.pipeline_version_id).outerjoin(M, M.c.run_id == R.c.id))
+                       *_METRIC_COLS, *_SHARP_COLS, MF.c.before, MF.c.after)
+                .select_from(R.join(V, V.c.id == R.c.pipeline_version_id).outerjoin(M, M.c.run_id == R.c.id)
+                             .outerjoin(MF, MF.c.run_id == R.c.id))
                 .where(R.c.id == run_id, R.c.entry_id == eid)).mappings().first()
             if row is not None:
                 run = _add_deltas(dict(row))
@@ -241,19 +251,34 @@ def versions(engine: Engine) -> list[dict]:
     return rows
 
 
-def _done_rows(conn, version_id: int | None) -> list[dict]:
+def _done_stmt(version_id: int | None, metrics: Sequence[str], parts: Sequence[str]):
+    """Latest ``done`` run per entry (of a version): pdb_id, title, resolution, verdict, then
+    for each metric the parts asked for (``<m>_before``, ``<m>_after``, ``d_<m>``)."""
     latest = _latest_run_subquery(version_id, finished_only=True)
-    stmt = (select(E.c.pdb_id, E.c.resolution, R.c.verdict, *_METRIC_COLS)
+    cols = []
+    for n in metrics:
+        if "before" in parts:
+            cols.append(M.c[f"{n}_before"])
+        if "after" in parts:
+            cols.append(M.c[f"{n}_after"])
+        if "delta" in parts:
+            cols.append((M.c[f"{n}_after"] - M.c[f"{n}_before"]).label(f"d_{n}"))
+    return (select(E.c.pdb_id, E.c.title, E.c.resolution, R.c.verdict, *cols)
             .select_from(E.join(latest, latest.c.entry_id == E.c.id).join(R, R.c.id == latest.c.run_id)
                          .join(M, M.c.run_id == R.c.id))
             .where(R.c.status == "done"))
-    return [_add_deltas(dict(r)) for r in conn.execute(stmt).mappings()]
+
+
+def _done_rows(conn, version_id: int | None, metrics: Sequence[str] = db.METRIC_COLUMNS,
+               parts: Sequence[str] = ("before", "after", "delta")) -> list[dict]:
+    return _dicts(conn.execute(_done_stmt(version_id, metrics, parts)))
 
 
 def _summary(values: Sequence[float]) -> dict:
     import numpy as np
 
-    v = np.asarray([x for x in values if x is not None], dtype=float)
+    v = np.asarray(values, dtype=float)  # None becomes NaN
+    v = v[np.isfinite(v)]
     if v.size == 0:
         return {"n": 0, "mean": None, "median": None, "q25": None, "q75": None, "min": None, "max": None}
     q25, med, q75 = np.percentile(v, [25, 50, 75])
@@ -292,7 +317,7 @@ def distributions(engine: Engine, version: str | None = None, *,
             raise InputError(f"unknown metric {m!r} (known: {', '.join(db.METRIC_COLUMNS)})")
     with engine.connect() as conn:
         vid = _resolve_version(conn, version)["id"] if version else None
-        rows = _done_rows(conn, vid)
+        rows = _done_rows(conn, vid, sorted(set(metrics) | {"cc_mask"}))
     out: dict = {"version": version, "n": len(rows), "pdb_ids": [r["pdb_id"] for r in rows],
                  "resolution": [r["resolution"] for r in rows],
                  "verdicts": dict(Counter(r["verdict"] for r in rows if r["verdict"])), "metrics": {}}
@@ -346,35 +371,36 @@ def compare_versions(engine: Engine, version_a: str, version_b: str, *, margin: 
     """
     with engine.connect() as conn:
         va, vb = _resolve_version(conn, version_a), _resolve_version(conn, version_b)
-        la = _latest_run_subquery(va["id"], finished_only=True).alias("la")
-        lb = _latest_run_subquery(vb["id"], finished_only=True).alias("lb")
-        ra, rb = R.alias("ra"), R.alias("rb")
-        ma, mb = M.alias("ma"), M.alias("mb")
-        cols = [E.c.pdb_id, E.c.title, E.c.resolution, ra.c.verdict.label("verdict_a"),
-                rb.c.verdict.label("verdict_b")]
-        for n in db.METRIC_COLUMNS:
-            cols += [ma.c[f"{n}_after"].label(f"{n}_a"), mb.c[f"{n}_after"].label(f"{n}_b")]
-        stmt = (select(*cols)
-                .select_from(E.join(la, la.c.entry_id == E.c.id).join(lb, lb.c.entry_id == E.c.id)
-                             .join(ra, ra.c.id == la.c.run_id).join(rb, rb.c.id == lb.c.run_id)
-                             .join(ma, ma.c.run_id == ra.c.id).join(mb, mb.c.run_id == rb.c.id))
-                .where(and_(ra.c.status == "done", rb.c.status == "done"))
-                .order_by(E.c.pdb_id))
-        rows = [dict(r) for r in conn.execute(stmt).mappings()]
-    worse = []
-    for r in rows:
-        for n in db.METRIC_COLUMNS:
-            a, b = r[f"{n}_a"], r[f"{n}_b"]
-            r[f"d_{n}"] = b - a if a is not None and b is not None else None
-        why = got_worse({"cc_mask_after": r["cc_mask_a"], "verdict": r["verdict_a"]},
-                        {"cc_mask_after": r["cc_mask_b"], "verdict": r["verdict_b"]}, margin)
+        # Two plain per-version queries joined here by PDB id: joining two grouped
+        # subqueries in SQL makes SQLite fall back to nested loops over 10,000s of rows.
+        ta = conn.execute(_done_stmt(va["id"], db.METRIC_COLUMNS, ("after",))).all()
+        tb = conn.execute(_done_stmt(vb["id"], db.METRIC_COLUMNS, ("after",))).all()
+    # Tuples, not dicts, until the final rows: this is the hot loop of the comparison page.
+    by_pdb = {t[0]: t for t in ta}
+    names = db.METRIC_COLUMNS
+    keys = (["pdb_id", "title", "resolution", "verdict_a", "verdict_b"] + [f"{n}_a" for n in names]
+            + [f"{n}_b" for n in names] + [f"d_{n}" for n in names])
+    i_cc = 4 + names.index("cc_mask")
+    rows, deltas, worse = [], [], []
+    for b_ in sorted(tb):
+        a_ = by_pdb.get(b_[0])
+        if a_ is None:
+            continue
+        av, bv = a_[4:], b_[4:]
+        d = tuple(y - x if x is not None and y is not None else None for x, y in zip(av, bv))
+        row = dict(zip(keys, (b_[0], b_[1], b_[2], a_[3], b_[3], *av, *bv, *d)))
+        rows.append(row)
+        deltas.append(d)
+        why = got_worse({"cc_mask_after": a_[i_cc], "verdict": a_[3]},
+                        {"cc_mask_after": b_[i_cc], "verdict": b_[3]}, margin)
         if why:
-            worse.append({**r, "why": why})
+            worse.append({**row, "why": why})
+    dcols = list(zip(*deltas)) if deltas else [() for _ in names]
     return {
         "version_a": {"version": va["version"], "params_hash": va["params_hash"]},
         "version_b": {"version": vb["version"], "params_hash": vb["params_hash"]},
         "n_common": len(rows), "rows": rows,
-        "summary": {n: _summary([r[f"d_{n}"] for r in rows]) for n in db.METRIC_COLUMNS},
+        "summary": {n: _summary(dcols[j]) for j, n in enumerate(names)},
         "verdicts_a": dict(Counter(r["verdict_a"] for r in rows if r["verdict_a"])),
         "verdicts_b": dict(Counter(r["verdict_b"] for r in rows if r["verdict_b"])),
         "worse": worse,

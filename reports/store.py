@@ -22,6 +22,8 @@ import math
 import socket
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -243,7 +245,7 @@ def mark_running(engine: Engine, *, entry: Mapping, pipeline_version: str, param
 
 
 def _clear_children(conn: Connection, run_id: int) -> None:
-    for t in (db.T_METRICS, db.T_RESIDUES, db.T_ARTEFACTS, db.T_INPUTS):
+    for t in (db.T_METRICS, db.T_METRICS_FULL, db.T_RESIDUES, db.T_ARTEFACTS, db.T_INPUTS):
         conn.execute(delete(t).where(t.c.run_id == run_id))
 
 
@@ -273,19 +275,36 @@ def _sharpening(sharpening: Mapping | None, after: Mapping | None, before: Mappi
 
 def metrics_row(run_id: int, before: Mapping | None, after: Mapping | None,
                 sharpening: Mapping | None = None) -> dict:
-    """The ``metrics`` row of a run: scalar columns, sharpening and the full dicts as JSON."""
+    """The ``metrics`` row of a run: scalar columns and sharpening."""
     row: dict = {"run_id": run_id}
     for stage, d in (("before", before), ("after", after)):
-        full = {k: v for k, v in (d or {}).items() if k != "per_residue"}
-        row[stage] = jsonable(full) if d is not None else None
         for name in db.METRIC_COLUMNS:
             row[f"{name}_{stage}"] = _float((d or {}).get(name))
     row.update(_sharpening(sharpening, after, before))
     return row
 
 
-def _residue_key(r: Mapping) -> tuple:
-    return (str(r.get("chain", "")), int(r.get("seq", 0)), str(r.get("icode") or "").strip())
+def metrics_full_row(run_id: int, before: Mapping | None, after: Mapping | None) -> dict:
+    """The ``metrics_full`` row: the whole metric dicts (without ``per_residue``) as JSON."""
+    row: dict = {"run_id": run_id}
+    for stage, d in (("before", before), ("after", after)):
+        row[stage] = jsonable({k: v for k, v in d.items() if k != "per_residue"}) if d is not None else None
+    return row
+
+
+def _residue_keys(rows: Sequence[Mapping]) -> list[tuple]:
+    return [(str(r.get("chain", "")), int(r.get("seq", 0)), str(r.get("icode") or "").strip()) for r in rows]
+
+
+def _column(rows: Sequence[Mapping], field: str) -> "np.ndarray":
+    """Float array of one field (NaN where missing or not a finite number)."""
+    vals = [r.get(field) for r in rows]
+    try:
+        arr = np.array(vals, dtype=float)  # None becomes NaN
+    except (TypeError, ValueError):
+        arr = np.array([_float(v) for v in vals], dtype=float)
+    arr[~np.isfinite(arr)] = np.nan
+    return arr
 
 
 def pack_residues(before: Sequence[Mapping] | None, after: Sequence[Mapping] | None) -> dict | None:
@@ -298,45 +317,50 @@ def pack_residues(before: Sequence[Mapping] | None, after: Sequence[Mapping] | N
          "cc_before": [...], "cc_after": [...], "q_score_before": [...], ...}
 
     Fields: :data:`rerefine.reports.db.RESIDUE_FIELDS`; a field absent on both sides
-    is left out, a value absent on one side is ``null``. Returns ``None`` when both
+    is left out, a value absent on one side (or not finite) is ``null``. Values are
+    rounded (CC, Q-score, inclusion to 1e-4; B to 0.01 Å²). Returns ``None`` when both
     lists are empty.
     """
     before, after = list(before or ()), list(after or ())
     if not before and not after:
         return None
-    order: dict[tuple, int] = {}
-    ids: list[Mapping] = []
-    where: dict[str, list[int]] = {}
-    for stage, rows in (("before", before), ("after", after)):
-        idx = where[stage] = []
-        for r in rows:
-            k = _residue_key(r)
-            j = order.get(k)
-            if j is None:
-                j = order[k] = len(ids)
-                ids.append(r)
-            idx.append(j)
-    n = len(ids)
+    kb, ka = _residue_keys(before), _residue_keys(after)
+    if kb == ka or not ka:
+        keys, ids = kb, before
+        where = {"before": None, "after": None}  # identity: same order on both sides
+    else:
+        order: dict[tuple, int] = {}
+        ids = []
+        where = {}
+        for stage, rows, ks in (("before", before, kb), ("after", after, ka)):
+            idx = []
+            for r, k in zip(rows, ks):
+                j = order.get(k)
+                if j is None:
+                    j = order[k] = len(ids)
+                    ids.append(r)
+                idx.append(j)
+            where[stage] = np.asarray(idx, dtype=np.intp)
+        keys = list(order)
+    n = len(keys)
     out: dict[str, list] = {
-        "chain": [k[0] for k in order], "seq": [k[1] for k in order],
-        "icode": [k[2] for k in order], "resname": [str(r.get("resname", "")) for r in ids],
+        "chain": [k[0] for k in keys], "seq": [k[1] for k in keys],
+        "icode": [k[2] for k in keys], "resname": [str(r.get("resname", "")) for r in ids],
     }
     for stage, rows in (("before", before), ("after", after)):
-        idx = where[stage]
+        if not rows:
+            continue
         for f in db.RESIDUE_FIELDS:
-            col: list = [None] * n
-            seen = False
-            digits = _RESIDUE_DIGITS[f]
-            for j, r in zip(idx, rows):
-                v = r.get(f)
-                if v is None:
-                    continue
-                v = _float(v)
-                if v is not None:
-                    col[j] = round(v, digits)
-                    seen = True
-            if seen:
-                out[f"{f}_{stage}"] = col
+            vals = _column(rows, f)
+            if np.isnan(vals).all():
+                continue
+            if where[stage] is not None:
+                col = np.full(n, np.nan)
+                col[where[stage]] = vals
+            else:
+                col = vals
+            col = np.round(col, _RESIDUE_DIGITS[f]).tolist()
+            out[f"{f}_{stage}"] = [None if v != v else v for v in col]
     return out
 
 
@@ -418,6 +442,7 @@ def store_result(engine: Engine, *, entry: Mapping, pipeline_version: str, param
         _insert_inputs(conn, rid, input_files)
         if metrics_before is not None or metrics_after is not None or sharpening:
             conn.execute(db.T_METRICS.insert(), [metrics_row(rid, metrics_before, metrics_after, sharpening)])
+            conn.execute(db.T_METRICS_FULL.insert(), [metrics_full_row(rid, metrics_before, metrics_after)])
         if packed is not None:
             conn.execute(db.T_RESIDUES.insert(), [{"run_id": rid, "n_residues": len(packed["seq"]),
                                                    "data": packed}])

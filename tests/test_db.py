@@ -520,3 +520,65 @@ def test_cli_db_upgrade_stats_and_compare(tmp_path, capsys):
     assert "pipeline version '3.0' is not in the database (known: 1.0, 2.0)" in capsys.readouterr().err
     assert main(["db", "--url", db.sqlite_url(tmp_path / "empty.sqlite"), "stats"]) == 1
     assert "run `rerefine db upgrade` first" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- packaging, concurrency
+
+def test_migrations_ship_as_package_data_and_run_from_any_cwd(tmp_path):
+    """Every migration file matches the pyproject package-data globs (so a non-editable
+    install carries it), and `rerefine db upgrade` needs no alembic.ini in the cwd."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "rerefine.reports"]
+    files = [p.relative_to(root / "reports").as_posix() for p in (root / "reports" / "migrations").rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]
+    assert "migrations/env.py" in files and any(f.startswith("migrations/versions/") for f in files)
+    assert all(any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs) for f in files)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    url = db.sqlite_url(tmp_path / "x.sqlite")
+    r = subprocess.run([sys.executable, "-m", "rerefine.flows.cli", "db", "--url", url, "upgrade"],
+                       cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "-> 0001_initial" in r.stdout and not list(cwd.iterdir())
+
+
+CONCURRENT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from test_db import store_one
+    from rerefine.reports import db
+    engine = db.make_engine({url!r})
+    for i in range({start}, {start} + 25):
+        store_one(engine, i, n_res=50)
+""")
+
+
+def test_two_concurrent_writers(engine, url, tmp_path):
+    procs = []
+    for k in range(2):
+        script = tmp_path / f"w{k}.py"
+        script.write_text(CONCURRENT.format(tests=str(Path(__file__).parent), url=url, start=25 * k))
+        procs.append(subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    rows = queries.latest_results(engine)
+    assert len(rows) == 50 and all(r["status"] == "done" for r in rows)
+    assert count(engine, db.T_VERSIONS) == 1 and count(engine, db.T_RESIDUES) == 50
+
+
+def test_pack_residues_matches_by_residue_and_keeps_model_order():
+    b = [{"chain": "A", "seq": 1, "icode": "", "resname": "ALA", "cc": 0.5, "q_score": None},
+         {"chain": "A", "seq": 2, "icode": "", "resname": "GLY", "cc": float("nan"), "q_score": 0.3}]
+    a = [{"chain": "A", "seq": 2, "icode": "", "resname": "GLY", "cc": 0.61234, "q_score": 0.4},
+         {"chain": "B", "seq": 1, "icode": "A", "resname": "HOH", "cc": 0.2, "q_score": 0.1}]
+    p = store.pack_residues(b, a)
+    assert list(zip(p["chain"], p["seq"], p["icode"], p["resname"])) == [
+        ("A", 1, "", "ALA"), ("A", 2, "", "GLY"), ("B", 1, "A", "HOH")]
+    assert p["cc_before"] == [0.5, None, None] and p["q_score_before"] == [None, 0.3, None]
+    assert p["cc_after"] == [None, 0.6123, 0.2] and "b_iso_before" not in p and "atom_inclusion_after" not in p
+    assert store.pack_residues([], None) is None

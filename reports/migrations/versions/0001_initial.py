@@ -1,4 +1,4 @@
-"""Initial schema: entries, pipeline versions, runs, input files, metrics, residue metrics, artefacts.
+"""Initial schema: entries, pipeline versions, runs, input files, metrics (+ full JSON), residue metrics, artefacts.
 
 Revision ID: 0001_initial
 Revises:
@@ -76,8 +76,8 @@ def upgrade() -> None:
         sa.CheckConstraint("verdict IS NULL OR verdict IN ('improved','unchanged','worse')",
                            name="ck_run_verdict"),
     )
-    op.create_index("ix_runs_entry_id", "runs", ["entry_id"])
-    op.create_index("ix_runs_version_status", "runs", ["pipeline_version_id", "status"])
+    op.create_index("ix_runs_entry_status", "runs", ["entry_id", "status"])
+    op.create_index("ix_runs_version_entry_status", "runs", ["pipeline_version_id", "entry_id", "status"])
 
     op.create_table(
         "input_files",
@@ -95,8 +95,6 @@ def upgrade() -> None:
         "metrics",
         sa.Column("run_id", sa.Integer(), sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
         sa.Column("sharpening_method", sa.String(64)),
-        sa.Column("before", JSONType),
-        sa.Column("after", JSONType),
         *metric_cols,
         sa.Column("b_iso_before", sa.Float()),
         sa.Column("b_iso_after", sa.Float()),
@@ -104,6 +102,13 @@ def upgrade() -> None:
     )
     op.create_index("ix_metrics_cc_mask_after", "metrics", ["cc_mask_after"])
     op.create_index("ix_metrics_q_score_after", "metrics", ["q_score_after"])
+
+    op.create_table(
+        "metrics_full",
+        sa.Column("run_id", sa.Integer(), sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("before", JSONType),
+        sa.Column("after", JSONType),
+    )
 
     op.create_table(
         "residue_metrics",
@@ -125,5 +130,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for name in ("artefacts", "residue_metrics", "metrics", "input_files", "runs", "pipeline_versions", "entries"):
+    for name in ("artefacts", "residue_metrics", "metrics_full", "metrics", "input_files", "runs", "pipeline_versions", "entries"):
         op.drop_table(name)
