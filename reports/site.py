@@ -1013,8 +1013,13 @@ def _entry_pages(b: SiteBuilder, source, todo: list, jobs: int) -> None:
 def index_table(rows: list[dict]) -> dict:
     """The index data: column descriptions and one list per row (the page name last)."""
     cols = [c[0] for c in INDEX_COLUMNS] + ["slug"]
+
+    def cell(v):
+        # Five decimals are more than any column shows (at most four) and halve the file.
+        return round(v, 5) if isinstance(v, float) else v
+
     return {"columns": [{"key": k, "label": lab, "kind": kind} for k, lab, kind in INDEX_COLUMNS],
-            "rows": [[r.get(c) for c in cols] for r in rows]}
+            "rows": [[cell(r.get(c)) for c in cols] for r in rows]}
 
 
 def index_script(table: dict) -> str:
