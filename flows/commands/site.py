@@ -32,8 +32,12 @@ def run_build(args, settings) -> int:
     out = Path(args.out) if args.out else settings.site_dir
     engine = db.make_engine(url)
     try:
-        if db.current_revision(engine) is None:
+        current, head = db.current_revision(engine), db.head_revision()
+        if current is None:
             raise InputError(f"{url}: the results database has no schema yet (run `rerefine db upgrade`)")
+        if current != head:
+            raise InputError(f"{url}: the results database schema is at revision {current}, this rerefine "
+                             f"needs {head} (run `rerefine db upgrade`)")
         report = site.build_site(site.DatabaseSource(engine), out, full=args.full,
                                  copy_artefacts=not args.no_files, jobs=args.jobs)
     finally:
