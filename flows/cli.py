@@ -21,7 +21,7 @@ from rerefine.flows import __version__
 from rerefine.flows.settings import load_settings
 from rerefine.refine.errors import RerefineError
 
-COMMANDS = ["info", "db", "compare", "site", "sharpen", "metrics", "diffmap", "harvest", "sample_archive", "nightly"]
+COMMANDS = ["info", "db", "compare", "site", "sharpen", "harvest", "sample_archive", "metrics", "diffmap", "nightly", "entry", "serve", "refine"]
 
 log = logging.getLogger("rerefine")
 

@@ -359,3 +359,31 @@ def _sum_stages(entries: list[dict]) -> dict:
         for k, v in (e.get("timings") or {}).items():
             out[k] = round(out.get(k, 0.0) + float(v), 3)
     return out
+
+
+@flow(name="rerefine-one-entry", log_prints=False)
+def single_entry_flow(candidate: dict, ctx: dict) -> dict:
+    """``rerefine entry``: fetch one judged entry and run its per-entry flow."""
+    return process_entry_task(candidate, ctx)
+
+
+def run_single(*, settings, pdb_id: str, mirror=None, resolution: float | None = None, force: bool = False,
+               params: PipelineParams | None = None) -> dict:
+    """Judge, fetch and re-refine one entry; returns the entry summary (status, verdict, reason, timings)."""
+    from rerefine.harvester import harvest
+    from rerefine.reports import db
+
+    s = _settings_dict(settings)
+    params = params or PipelineParams()
+    cand = harvest.candidate_for(pdb_id, data_url=s["data_url"], emdb_api_url=s["emdb_api_url"], mirror=mirror,
+                                 max_resolution=s["max_resolution"], max_map_mb=s["max_map_mb"],
+                                 accept_unknown_resolution=resolution is not None, cache_dir=s["downloads"])
+    if resolution is not None:
+        cand.resolution = float(resolution)
+    if cand.status != "accepted":
+        return {"pdb_id": cand.pdb_id, "status": cand.status, "reason": cand.reason, "timings": {}}
+    db.upgrade(s["database"])
+    ctx = {"database": s["database"], "out_root": s["data_dir"], "monlib": s["monlib"], "version": __version__,
+           "params": params.to_dict(), "force": force, "cache_dir": s["downloads"], "mirror": str(mirror or ""),
+           "files_url": s["files_url"], "emdb_files_url": s["emdb_files_url"]}
+    return single_entry_flow(asdict(cand), ctx)

@@ -230,6 +230,32 @@ def discover(since=None, until=None, *, search_url: str | None = None, data_url:
     return out
 
 
+def candidate_for(pdb_id: str, *, data_url: str | None = None, emdb_api_url: str | None = None, mirror=None,
+                  max_resolution: float = 5.0, max_map_mb: float = 2048.0, session=None,
+                  accept_unknown_resolution: bool = False, cache_dir=None) -> Candidate:
+    """Judge one named entry by the same rules as :func:`discover` (for ``rerefine entry``).
+
+    The model record comes from the mirror when one is given, else from the RCSB Data API.
+    """
+    pid = ids.pdb_id(pdb_id)
+    client = _client(session)
+    mir = _as_mirror(mirror)
+    cand = Candidate(pdb_id=pid, source="mirror" if mir else "rcsb")
+    try:
+        if mir is not None:
+            cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "rerefine-harvest-cache"
+            info = model_record(_model_file(mir, pid, client, cache, progress=False)[0], pid)
+        else:
+            if not data_url:
+                raise InputError(f"{pid}: no RCSB Data API URL and no mirror to look the entry up in")
+            info = rcsb.fetch_entry_info(client, data_url, pid)
+    except RerefineError as exc:
+        return _failed(cand, exc)
+    _judge(cand, info, client, mir, emdb_api_url, max_resolution=max_resolution,
+           max_map_bytes=max_map_mb * MiB, accept_unknown_resolution=accept_unknown_resolution)
+    return cand
+
+
 def _failed(cand: Candidate, exc: Exception) -> Candidate:
     cand.status, cand.reason = "failed", str(exc)
     return cand

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# The README's main job: run rerefine on its embedded defaults against the sample
-# archive made from ../shared/data (or RR_TEST_DATA) when it is there.
+# The README's main job on the embedded defaults: SQLite under rerefine-data/, Prefect without a
+# server, local files. Runs against the sample archive made from ../shared/data (or RR_TEST_DATA)
+# when it is there, and against the public archive otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 DATA="${RR_TEST_DATA:-../shared/data}"
-if [ ! -d "$DATA/maps_models" ]; then
-    echo "No sample data at $DATA; set RR_TEST_DATA or run against the public archive." >&2
-    exit 1
+export RR_DATA_DIR="${RR_DATA_DIR:-rerefine-data}"
+export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba-cache}"
+if [ -d "$DATA/maps_models" ]; then
+    $BIN/rerefine sample-archive --data "$DATA" --out "$RR_DATA_DIR/sample-archive"
+    $BIN/rerefine nightly --mirror "$RR_DATA_DIR/sample-archive" --json "$RR_DATA_DIR/nightly-summary.json"
+else
+    echo "No sample data at $DATA: running against the public archive." >&2
+    $BIN/rerefine nightly --json "$RR_DATA_DIR/nightly-summary.json"
 fi
-M="$DATA/maps_models"
-mkdir -p rerefine-data/demo
-$BIN/rerefine info "$M/emd_3488_5me2/5me2.pdb" "$M/emd_3488_5me2/emd_3488.mrc" --json rerefine-data/demo/info_5me2.json
-$BIN/rerefine info "$M/emd_30342_zone_7cec_chainA/390_7cec_A.cif" "$M/emd_30342_zone_7cec_chainA/390_emd_30342_A_z4.mrc" --json rerefine-data/demo/info_7cec.json
-$BIN/rerefine info "$M/emd_20026_box_3ajo_refined/3ajo_fitted_refined.pdb" "$M/emd_20026_box_3ajo_refined/emd20026_prot.mrc" --json rerefine-data/demo/info_3ajo.json
-echo "Demo results are in rerefine-data/demo/"
+echo "Open $RR_DATA_DIR/site/index.html in a browser (summary: $RR_DATA_DIR/nightly-summary.json)."

@@ -1,0 +1,40 @@
+"""``rerefine entry PDB_ID``: run the per-entry flow for one entry (for users and for debugging)."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("entry", help="re-refine one entry end to end and store the result")
+    p.add_argument("pdb_id", help="PDB id (or a mirror's local id)")
+    p.add_argument("--mirror", metavar="PATH|URL", help="archive mirror (default: RR_MIRROR or the public archive)")
+    p.add_argument("--resolution", type=float, metavar="Å",
+                   help="use this resolution (needed when the archive states none)")
+    p.add_argument("--force", action="store_true", help="redo the entry even if this version already did it")
+    p.add_argument("--json", metavar="OUT|-", help="write the entry's summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args, settings) -> int:
+    from rerefine.flows.cli import emit_json
+    from rerefine.flows.prefect_env import configure_prefect
+    from rerefine.refine.errors import InputError
+
+    if args.resolution is not None and args.resolution <= 0:
+        raise InputError("--resolution must be positive")
+    configure_prefect(settings.data_dir, quiet=args.json == "-")
+    from rerefine.flows.nightly import run_single
+
+    mirror = args.mirror if args.mirror is not None else (settings.mirror or None)
+    out = run_single(settings=settings, pdb_id=args.pdb_id, mirror=mirror, resolution=args.resolution,
+                     force=args.force)
+    if args.json != "-":
+        line = f"{out['pdb_id']}: {out['status']}"
+        if out.get("verdict"):
+            line += f" ({out['verdict']}; CCmask {out['cc_mask_before']:.3f} -> {out['cc_mask_after']:.3f})"
+        if out.get("reason"):
+            line += f": {out['reason']}"
+        print(line)
+        if out.get("timings"):
+            print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in out["timings"].items()))
+    emit_json(out, args.json)
+    return 0 if out["status"] in ("done", "cached") else 1
