@@ -500,3 +500,19 @@ def is_done(engine: Engine, *, pdb_id: str, pipeline_version: str, params: Mappi
     with engine.connect() as conn:
         status = conn.execute(stmt).scalar()
     return status in ("done", "skipped")
+
+
+def recompute_verdicts(engine: Engine) -> int:
+    """Re-apply :func:`rerefine.reports.verdict.decide` to every ``done`` run (after the rule
+    changed); returns how many verdicts changed. One transaction."""
+    t, mf = db.T_RUNS, db.T_METRICS_FULL
+    changed = 0
+    with db.writer(engine) as conn, conn.begin():
+        rows = conn.execute(select(t.c.id, t.c.verdict, mf.c.before, mf.c.after)
+                            .join(mf, mf.c.run_id == t.c.id).where(t.c.status == "done")).all()
+        for rid, old, before, after in rows:
+            new = decide(before, after).verdict
+            if new != old:
+                conn.execute(update(t).where(t.c.id == rid).values(verdict=new, updated_at=_utcnow()))
+                changed += 1
+    return changed

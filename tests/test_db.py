@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from rerefine.refine.errors import InputError
 from rerefine.reports import db, queries, store
@@ -348,7 +348,7 @@ def test_verdict_rule():
     tight = {"cc_mask": 0.70, "bond_rmsd": 0.003, "angle_rmsd": 0.5}
     assert decide(tight, {"cc_mask": 0.75, "bond_rmsd": 0.011, "angle_rmsd": 1.15}).verdict == "improved"
     assert decide(tight, {"cc_mask": 0.75, "bond_rmsd": 0.013, "angle_rmsd": 1.0}).verdict == "worse"
-    assert decide({"cc_mask": 0.7}, {"cc_mask": None}).verdict is None
+    assert decide({"cc_mask": 0.7}, {"cc_mask": None}).verdict is None  # no CCmask, no verdict
     assert decide({"cc_mask": 0.7}, {"cc_mask": float("nan")}).verdict is None
     assert got_worse({"cc_mask_after": 0.80, "verdict": "improved"}, {"cc_mask_after": 0.79, "verdict": "improved"})
     assert not got_worse({"cc_mask_after": 0.80, "verdict": "improved"},
@@ -390,6 +390,14 @@ def test_compare_versions_finds_exactly_the_regressions(engine):
     assert len(latest) == 120 and {r["version"] for r in latest} == {"1.0", "2.0"}
     assert len(queries.latest_results(engine, verdict="worse")) == 16
     assert len(queries.latest_results(engine, limit=50, offset=100)) == 20
+
+
+def test_recompute_verdicts(engine):
+    store_one(engine, 1, cc0=0.70, cc1=0.75)
+    with db.writer(engine) as c, c.begin():
+        c.execute(db.T_RUNS.update().values(verdict="worse"))
+    assert store.recompute_verdicts(engine) == 1 and store.recompute_verdicts(engine) == 0
+    assert queries.latest_results(engine)[0]["verdict"] == "improved"
 
 
 def test_distributions_versions_stats(engine):
