@@ -429,7 +429,12 @@ def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None)
     xyz = _check_xyz(r, xyz)
     parallel = r.n_atoms >= PARALLEL_MIN_ATOMS
     nchunk = max(1, numba.get_num_threads()) if parallel else 1
-    gbuf = np.empty((nchunk, r.n_atoms, 3))
+    # reuse the per-thread gradient buffers between calls: a fresh multi-MB array costs page
+    # faults on every evaluation (the kernel zeroes them itself)
+    gbuf = getattr(r, "_gbuf", None)
+    if gbuf is None or gbuf.shape != (nchunk, r.n_atoms, 3):
+        gbuf = np.empty((nchunk, r.n_atoms, 3))
+        r._gbuf = gbuf
     eterms = np.zeros((nchunk, len(TERMS)))
     weights = np.array([float(r.weights[k]) for k in TERMS])
     nb = r.nonbonded
