@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import gemmi
 import numpy as np
+from numba import njit
 from scipy import optimize
 
 from .errors import InputError, RefinementError
@@ -192,6 +193,86 @@ def thread_limits(n_atoms: int):
         numba.set_num_threads(old)
 
 
+@njit(cache=True)
+def _clash_guard_kernel(xyz, pi, pj, lim, sigma, fixed, grad):
+    """``sum ((lim - d)/sigma)^2`` over pairs closer than ``lim``; gradient added into ``grad``."""
+    e = 0.0
+    inv = 1.0 / (sigma * sigma)
+    for k in range(pi.shape[0]):
+        i = pi[k]
+        j = pj[k]
+        dx = xyz[i, 0] - xyz[j, 0]
+        dy = xyz[i, 1] - xyz[j, 1]
+        dz = xyz[i, 2] - xyz[j, 2]
+        dd = dx * dx + dy * dy + dz * dz
+        t = lim[k]
+        if dd >= t * t:
+            continue
+        d = np.sqrt(dd)
+        u = t - d
+        e += u * u * inv
+        if d > 1e-9:
+            f = -2.0 * u * inv / d
+            if not fixed[i]:
+                grad[i, 0] += f * dx
+                grad[i, 1] += f * dy
+                grad[i, 2] += f * dz
+            if not fixed[j]:
+                grad[j, 0] -= f * dx
+                grad[j, 1] -= f * dy
+                grad[j, 2] -= f * dz
+    return e
+
+
+class ClashGuard:
+    """Extra repulsion keeping pairs out of the MolProbity clash range during refinement.
+
+    The library repulsion lets 1-5 pairs (C(i)...N(i+2), O...CG) come to 0.85 x the vdW
+    sum, closer than the Probe radii minus 0.4 Å that ``nonbonded_overlaps`` counts as a
+    clash (Word et al. 1999): the map pull at low resolution then creates clashes by the
+    hundred. This term repels every pair that the clash count would consider (same pair list,
+    not 1-4, not H-bond donor/acceptor, not metal) once closer than that limit + ``margin``.
+    """
+
+    def __init__(self, r, margin: float = 0.1, sigma: float = 0.03):
+        from .nonbonded import CLASH_OVERLAP, probe_radii
+
+        self.r = r
+        self.rad = probe_radii(r)
+        self.overlap = CLASH_OVERLAP - margin
+        self.sigma = sigma
+        self.fixed = np.asarray(r.fixed, np.bool_)
+        self._builds = -1
+        self._pi = self._pj = self._lim = None
+
+    def _refresh(self):
+        nb = self.r.nonbonded
+        hb = self.r.hb_type
+        pi, pj = nb.pi, nb.pj
+        hi, hj = hb[pi], hb[pj]
+        don = (hi == 1) | (hi == 3)
+        acc = (hi == 2) | (hi == 3)
+        donj = (hj == 1) | (hj == 3)
+        accj = (hj == 2) | (hj == 3)
+        hbond = (don & accj) | (donj & acc) | ((hi == 4) & accj) | ((hj == 4) & acc)
+        keep = ~hbond & (hi != 5) & (hj != 5)
+        kind = getattr(nb, "kind", None)
+        if kind is not None and len(kind) == len(pi):
+            keep &= kind != 4
+        self._pi = np.ascontiguousarray(pi[keep])
+        self._pj = np.ascontiguousarray(pj[keep])
+        self._lim = self.rad[self._pi] + self.rad[self._pj] - self.overlap
+        self._builds = nb.n_builds
+
+    def energy_gradient(self, xyz: np.ndarray, grad: np.ndarray) -> float:
+        """Energy; adds the gradient into ``grad``. Call after the restraint term (list is fresh)."""
+        if self.r.nonbonded is None:
+            return 0.0
+        if self._builds != self.r.nonbonded.n_builds:
+            self._refresh()
+        return float(_clash_guard_kernel(xyz, self._pi, self._pj, self._lim, self.sigma, self.fixed, grad))
+
+
 def _chain_index(st: gemmi.Structure) -> tuple[np.ndarray, list[str]]:
     """Chain serial of each atom (``st[0].all()`` order) and the chain names."""
     idx = []
@@ -222,7 +303,8 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                  b_sharpen: float = 0.0, target_bond: float = TARGET_BOND_RMSD,
                  target_angle: float = TARGET_ANGLE_RMSD, max_iter: int = 150,
                  per_chain: bool = False, restraints=None, max_extra_cycles: int = 3,
-                 adp_max_iter: int = 25, nonbonded_weight: float = 5.0) -> RefinementResult:
+                 adp_max_iter: int = 25, nonbonded_weight: float = 5.0,
+                 clash_guard: bool = True) -> RefinementResult:
     """Refine coordinates (and B factors) of the first model of ``st`` against ``dmap``.
 
     Parameters
@@ -257,6 +339,8 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
         Multiplier of the nonbonded repulsion during refinement: the map pulls atoms of
         neighbouring residues into one blob at low resolution, the library weight lets
         clashes appear.
+    clash_guard : bool
+        Add :class:`ClashGuard` (repulsion below the MolProbity clash distance).
 
     Raises
     ------
@@ -268,7 +352,7 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                              b_sharpen=b_sharpen, target_bond=target_bond, target_angle=target_angle,
                              max_iter=max_iter, per_chain=per_chain, restraints=restraints,
                              max_extra_cycles=max_extra_cycles, adp_max_iter=adp_max_iter,
-                             nonbonded_weight=nonbonded_weight)
+                             nonbonded_weight=nonbonded_weight, clash_guard=clash_guard)
 
 
 def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, free: np.ndarray,
@@ -299,7 +383,7 @@ def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, fr
 
 def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sharpen, target_bond,
                   target_angle, max_iter, per_chain, restraints, max_extra_cycles, adp_max_iter,
-                  nonbonded_weight) -> RefinementResult:
+                  nonbonded_weight, clash_guard) -> RefinementResult:
     from .geometry import geometry_stats, restraint_energy_gradient
     from .restraints import atom_xyz, build_restraints, set_xyz
 
@@ -345,6 +429,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
 
     xyz = xyz0.copy()
     nfree = int(free.sum())
+    guard = ClashGuard(r) if clash_guard else None
 
     def fg(p, wa):
         x = xyz.copy()
@@ -352,7 +437,8 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
         em, gmap = target.energy_gradient(x, wa)
         er, grr = restraint_energy_gradient(r, x)
         g = gmap + grr
-        return em + er, g[free].ravel()
+        ec = guard.energy_gradient(x, g) if guard is not None else 0.0
+        return em + er + ec, g[free].ravel()
 
     ncycle = 0
     total_cycles = cycles
