@@ -424,7 +424,8 @@ def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None)
     """Per-term restraint energies (dimensionless, weights applied); optional gradient into ``grad``.
 
     Keys ``bond``, ``angle``, ``torsion``, ``chiral``, ``plane``, ``nonbonded``.
-    Refreshes the nonbonded neighbour list when needed.
+    Refreshes the nonbonded neighbour list when needed. Not re-entrant for one ``r``: the
+    per-thread gradient buffers are kept on ``r`` between calls (use one Restraints per thread).
     """
     xyz = _check_xyz(r, xyz)
     parallel = r.n_atoms >= PARALLEL_MIN_ATOMS
