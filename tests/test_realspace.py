@@ -247,6 +247,11 @@ def test_bad_inputs(p3ajo, p5me2, monlib):
     # 5ME2 lies outside the EMD-20026 box: clear message, not a crash
     with pytest.raises(InputError, match="inside map"):
         refine_model(p5me2[0], dmap, res, monlib)
+    dup = st.clone()
+    res0 = dup[0][0][3]
+    res0[1].name = res0[0].name
+    with pytest.raises(InputError, match="duplicate atom"):
+        refine_model(dup, dmap, res, monlib)
     zero = st.clone()
     for c in zero[0].all():
         c.atom.occ = 0.0
