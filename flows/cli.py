@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.debug else (logging.WARNING if args.quiet else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # Prefect's client logs every API request at INFO; that is noise on a terminal.
-    for noisy in ("httpx", "httpcore", "distributed", "numba"):
+    for noisy in ("httpx", "httpcore", "distributed", "numba", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     if not getattr(args, "func", None):
         parser.print_help()

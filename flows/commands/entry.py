@@ -11,6 +11,9 @@ def register(sub) -> None:
                    help="use this resolution (needed when the archive states none)")
     p.add_argument("--force", action="store_true", help="redo the entry even if this version already did it")
     p.add_argument("--json", metavar="OUT|-", help="write the entry's summary as JSON")
+    from rerefine.flows.commands.nightly import add_pipeline_options
+
+    add_pipeline_options(p)
     p.set_defaults(func=run)
 
 
@@ -22,11 +25,12 @@ def run(args, settings) -> int:
     if args.resolution is not None and args.resolution <= 0:
         raise InputError("--resolution must be positive")
     configure_prefect(settings.data_dir, quiet=args.json == "-")
+    from rerefine.flows.commands.nightly import pipeline_params
     from rerefine.flows.nightly import run_single
 
     mirror = args.mirror if args.mirror is not None else (settings.mirror or None)
     out = run_single(settings=settings, pdb_id=args.pdb_id, mirror=mirror, resolution=args.resolution,
-                     force=args.force)
+                     force=args.force, params=pipeline_params(args))
     if args.json != "-":
         line = f"{out['pdb_id']}: {out['status']}"
         if out.get("verdict"):

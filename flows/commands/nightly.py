@@ -15,8 +15,34 @@ def register(sub) -> None:
     p.add_argument("--dask-address", metavar="ADDR", help="run entries on this Dask scheduler (e.g. tcp://host:8786)")
     p.add_argument("--force", action="store_true", help="redo entries already done by this pipeline version")
     p.add_argument("--no-site", action="store_true", help="do not rebuild the website")
+    add_pipeline_options(p)
     p.add_argument("--json", metavar="OUT|-", help="write the run summary as JSON")
     p.set_defaults(func=run)
+
+
+def add_pipeline_options(p) -> None:
+    """Options that change the pipeline's parameters (they are hashed into the run's pipeline record)."""
+    p.add_argument("--cycles", type=int, metavar="N", help="refinement macro-cycles (default 5)")
+    p.add_argument("--no-adp", action="store_true", help="do not refine B factors")
+    p.add_argument("--q-sigma", type=float, metavar="Å", help="Q-score reference width (default 0.6)")
+
+
+def pipeline_params(args):
+    from rerefine.flows.pipeline import PipelineParams
+    from rerefine.refine.errors import InputError
+
+    p = PipelineParams()
+    if args.cycles is not None:
+        if args.cycles < 1:
+            raise InputError("--cycles must be at least 1")
+        p.macro_cycles = args.cycles
+    if args.no_adp:
+        p.refine_adp = False
+    if args.q_sigma is not None:
+        if args.q_sigma <= 0:
+            raise InputError("--q-sigma must be positive")
+        p.q_sigma = args.q_sigma
+    return p
 
 
 def print_summary(summary: dict) -> None:
@@ -47,7 +73,7 @@ def run(args, settings) -> int:
     mirror = args.mirror if args.mirror is not None else (settings.mirror or None)
     summary = run_nightly(settings=settings, since=args.since, until=args.until, mirror=mirror, limit=args.limit,
                           workers=workers, dask_address=args.dask_address, build_site=not args.no_site,
-                          force=args.force)
+                          force=args.force, params=pipeline_params(args))
     if args.json != "-":
         print_summary(summary)
     emit_json(summary, args.json)

@@ -1,0 +1,170 @@
+"""The Prefect flows end to end on the sample archive made from the real test data.
+
+Every run goes through the real CLI in a subprocess: Prefect's ephemeral mode, its home and the
+database live under the test's own data directory, so no test shares global state. Refinement is
+cut to one macro-cycle without ADP to keep the suite quick; the full pipeline is the benchmark's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from rerefine.flows.commands.serve import next_run
+from rerefine.flows.pipeline import EntryJob, entry_dir
+from rerefine.harvester import sample_archive
+from rerefine.refine.errors import InputError
+
+FAST = ["--cycles", "1", "--no-adp"]
+
+
+def _env(data_dir: Path) -> dict:
+    env = dict(os.environ)
+    for k in list(env):
+        if k.startswith(("PREFECT_", "RR_")):
+            del env[k]
+    env["RR_DATA_DIR"] = str(data_dir)
+    env["RR_TEST_DATA"] = os.environ.get("RR_TEST_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    env.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba-cache"))
+    return env
+
+
+def _rerefine(args: list[str], data_dir: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rerefine.flows.cli", *args], env=_env(data_dir),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture()
+def mirror(test_data, tmp_path) -> Path:
+    out = tmp_path / "archive"
+    sample_archive.build(out, test_data)
+    return out
+
+
+def _runs(data_dir: Path) -> dict:
+    eng = sa.create_engine(f"sqlite:///{data_dir / 'rerefine.sqlite'}")
+    with eng.connect() as c:
+        rows = c.execute(sa.text(
+            "SELECT e.pdb_id, r.status, r.reason, r.verdict FROM runs r JOIN entries e ON e.id = r.entry_id"
+        )).all()
+    eng.dispose()
+    return {r[0].lower(): {"status": r[1], "reason": r[2], "verdict": r[3]} for r in rows}
+
+
+def test_entry_dir_validates_ids(tmp_path):
+    assert entry_dir(tmp_path, "7cec").name == "7cec"
+    for bad in ("../etc", "a/b", "", "x" * 100):
+        with pytest.raises(InputError):
+            entry_dir(tmp_path, bad)
+
+
+def test_entry_job_roundtrip(tmp_path):
+    job = EntryJob("7cec", "EMD-30342", tmp_path / "m.cif", tmp_path / "x.map", [tmp_path / "h1.map"], 3.9, 0.02,
+                   {"title": "t"})
+    assert EntryJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+
+
+def test_cron_next_run():
+    assert next_run("0 2 * * *", dt.datetime(2026, 11, 25, 21, 0)) == dt.datetime(2026, 11, 26, 2, 0)
+    assert next_run("30 1 * * 1", dt.datetime(2026, 11, 25, 0, 0)) == dt.datetime(2026, 11, 30, 1, 30)
+    with pytest.raises(InputError):
+        next_run("61 2 * * *", dt.datetime(2026, 11, 25))
+
+
+@pytest.mark.slow
+def test_nightly_isolates_a_bad_entry_and_skips_finished_work(mirror, tmp_path, pairs):
+    # Truncate 5ME2's map in the mirror: that entry must fail with its reason, the rest go on.
+    bad = mirror / "emdb/structures/EMD-3488/map/emd_3488.map.gz"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    data_dir = tmp_path / "data"
+    summary_path = tmp_path / "summary.json"
+    r = _rerefine(["nightly", "--mirror", str(mirror), "--workers", "1", *FAST, "--json", str(summary_path)],
+                  data_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(summary_path.read_text())
+    for key in ("found", "processed", "improved", "unchanged", "worse", "failed", "seconds", "site"):
+        assert key in s
+    assert s["found"] == 4 and s["processed"] == 1
+    assert [f["pdb_id"] for f in s["failed"]] == ["5me2"]
+    assert "5me2" in s["failed"][0]["reason"] and "\n" not in s["failed"][0]["reason"]
+    rejected = {x["pdb_id"]: x["reason"] for x in s["rejected"]}
+    assert "no associated EMDB map" in rejected["5ni1"]
+    assert "resolution" in rejected["loc_3ajo_fitted"]
+    runs = _runs(data_dir)
+    assert runs["7cec"]["status"] == "done" and runs["7cec"]["verdict"] in ("improved", "unchanged", "worse")
+    assert runs["5me2"]["status"] == "failed"
+    assert runs["5ni1"]["status"] == "skipped"
+    # metrics before refinement are the deposited model's: CCmask as cctbx reports it (0.8077)
+    eng = sa.create_engine(f"sqlite:///{data_dir / 'rerefine.sqlite'}")
+    with eng.connect() as c:
+        cc_before = c.execute(sa.text("SELECT cc_mask_before FROM metrics")).scalar()
+    eng.dispose()
+    assert cc_before == pytest.approx(0.8077, abs=0.01)
+    site = Path(s["site"])
+    assert site.is_file() and "7cec" in site.read_text().lower()
+    outdir = data_dir / "entries" / "7cec"
+    assert (outdir / "7cec_rerefined.cif").is_file() and (outdir / "7cec_diff.mrc.gz").is_file()
+    assert not list(data_dir.rglob(".tmp-*"))
+
+    # A second run finds 7cec done by this version with the same inputs and skips it.
+    r2 = _rerefine(["nightly", "--mirror", str(mirror), "--workers", "1", *FAST, "--no-site", "--json", "-"],
+                   data_dir)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    s2 = json.loads(r2.stdout)
+    assert s2["cached"] == 1 and s2["processed"] == 0
+
+
+@pytest.mark.slow
+def test_nightly_killed_midway_resumes_on_a_dask_cluster(mirror, tmp_path):
+    data_dir = tmp_path / "data"
+    env = _env(data_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "rerefine.flows.cli", "nightly", "--mirror", str(mirror),
+                             "--workers", "1", *FAST, "--no-site"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 900
+    done_first = None
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(1.0)
+            if (data_dir / "rerefine.sqlite").exists():
+                try:
+                    runs = _runs(data_dir)
+                except sa.exc.OperationalError:
+                    continue  # schema not there yet
+                done = [k for k, v in runs.items() if v["status"] == "done"]
+                if done:
+                    done_first = done[0]
+                    break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the flow and Prefect's temporary server with it
+        proc.wait()
+    assert done_first is not None, "the first entry never finished"
+    before = _runs(data_dir)
+    assert sum(v["status"] == "done" for v in before.values()) == 1
+
+    r = _rerefine(["nightly", "--mirror", str(mirror), "--workers", "2", *FAST, "--no-site", "--json", "-"],
+                  data_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(r.stdout)
+    assert s["cached"] == 1  # the entry finished before the kill is not redone
+    assert s["processed"] == 1 and not s["failed"]
+    after = _runs(data_dir)
+    assert after["5me2"]["status"] == "done" and after["7cec"]["status"] == "done"
+
+
+def test_entry_command_reports_rejection(mirror, tmp_path):
+    r = _rerefine(["entry", "5ni1", "--mirror", str(mirror)], tmp_path / "data", timeout=300)
+    assert r.returncode == 1
+    assert "no associated EMDB map" in r.stdout
+    assert "Traceback" not in r.stderr
