@@ -169,6 +169,9 @@ def bench_backend(name: str, url: str, n: int, n_res: int, repeats: int, ref_n: 
     out["insert_v1_s"] = insert_all(engine, n, "1.0", rng, pool)
     out["insert_v1_per_entry_ms"] = 1000 * out["insert_v1_s"] / n
     out["insert_v2_s"] = insert_all(engine, n, "1.1", rng, pool)
+    t0 = time.perf_counter()
+    db.analyze(engine)  # what autovacuum (PostgreSQL) would do after the bulk load; timed separately
+    out["analyze_s"] = time.perf_counter() - t0
     print(f"[{name}] inserted {n} entries: {out['insert_v1_s']:.1f} s (v1.0), {out['insert_v2_s']:.1f} s (v1.1)",
           flush=True)
     ids = [r["pdb_id"] for r in queries.latest_results(engine, limit=n)]

@@ -336,3 +336,11 @@ def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def analyze(engine: Engine) -> None:
+    """Refresh the planner statistics (``ANALYZE``) — worth doing after a large batch of
+    results: PostgreSQL plans the index and comparison queries badly until its statistics
+    know the tables' sizes (autovacuum gets there eventually)."""
+    with writer(engine) as conn, conn.begin():
+        conn.exec_driver_sql("ANALYZE")

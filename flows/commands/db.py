@@ -42,6 +42,7 @@ def run_upgrade(args, settings) -> int:
     try:
         before = db.current_revision(engine)
         after = db.upgrade(engine)
+        db.analyze(engine)  # fresh planner statistics; cheap, and upgrade is run after big changes
     finally:
         engine.dispose()
     if before == after:
