@@ -354,6 +354,37 @@ def plane_range(xyz, atoms, offsets, sigma, weight, g, lo, hi):
     return acc
 
 
+@njit(cache=True)
+def _pass_chunk(c, nchunk, xyz, b_idx, b_ideal, b_sigma, a_idx, a_ideal, a_sigma, t_idx, t_ideal, t_sigma,
+                t_period, c_idx, c_ideal, c_sigma, c_both, p_atoms, p_offsets, p_sigma, nb_pi, nb_pj, nb_d0,
+                sigma_nb, weights, gbuf, eterms):
+    """Chunk ``c`` of ``nchunk`` of every restraint term, gradient into gbuf[c], energies into eterms[c]."""
+    g = gbuf[c]
+    g[:, :] = 0.0
+    m = b_ideal.shape[0]
+    eterms[c, 0] = bond_range(xyz, b_idx, b_ideal, b_sigma, weights[0], g, c * m // nchunk, (c + 1) * m // nchunk)
+    m = a_ideal.shape[0]
+    eterms[c, 1] = angle_range(xyz, a_idx, a_ideal, a_sigma, weights[1], g, c * m // nchunk,
+                               (c + 1) * m // nchunk)
+    m = t_ideal.shape[0]
+    eterms[c, 2] = torsion_range(xyz, t_idx, t_ideal, t_sigma, t_period, weights[2], g, c * m // nchunk,
+                                 (c + 1) * m // nchunk)
+    m = c_ideal.shape[0]
+    eterms[c, 3] = chiral_range(xyz, c_idx, c_ideal, c_sigma, c_both, weights[3], g, c * m // nchunk,
+                                (c + 1) * m // nchunk)
+    m = p_sigma.shape[0]
+    eterms[c, 4] = plane_range(xyz, p_atoms, p_offsets, p_sigma, weights[4], g, c * m // nchunk,
+                               (c + 1) * m // nchunk)
+    m = nb_d0.shape[0]
+    if weights[5] != 0.0:
+        eterms[c, 5] = nonbonded_range(xyz, nb_pi, nb_pj, nb_d0, sigma_nb, weights[5], g, c * m // nchunk,
+                                       (c + 1) * m // nchunk)
+    else:
+        eterms[c, 5] = 0.0
+
+
+# Two drivers with distinct names (numba's on-disk cache is keyed by function name and line,
+# so one py_func compiled twice, parallel and serial, would share -- and confuse -- a cache entry).
 @njit(parallel=True, cache=True)
 def _restraint_pass(xyz, b_idx, b_ideal, b_sigma, a_idx, a_ideal, a_sigma, t_idx, t_ideal, t_sigma, t_period,
                     c_idx, c_ideal, c_sigma, c_both, p_atoms, p_offsets, p_sigma, nb_pi, nb_pj, nb_d0, sigma_nb,
@@ -361,34 +392,27 @@ def _restraint_pass(xyz, b_idx, b_ideal, b_sigma, a_idx, a_ideal, a_sigma, t_idx
     """All restraint terms in one parallel region; chunk c of every term goes to gbuf[c]."""
     nchunk = gbuf.shape[0]
     for c in prange(nchunk):
-        g = gbuf[c]
-        g[:, :] = 0.0
-        m = b_ideal.shape[0]
-        eterms[c, 0] = bond_range(xyz, b_idx, b_ideal, b_sigma, weights[0], g, c * m // nchunk,
-                                  (c + 1) * m // nchunk)
-        m = a_ideal.shape[0]
-        eterms[c, 1] = angle_range(xyz, a_idx, a_ideal, a_sigma, weights[1], g, c * m // nchunk,
-                                   (c + 1) * m // nchunk)
-        m = t_ideal.shape[0]
-        eterms[c, 2] = torsion_range(xyz, t_idx, t_ideal, t_sigma, t_period, weights[2], g, c * m // nchunk,
-                                     (c + 1) * m // nchunk)
-        m = c_ideal.shape[0]
-        eterms[c, 3] = chiral_range(xyz, c_idx, c_ideal, c_sigma, c_both, weights[3], g, c * m // nchunk,
-                                    (c + 1) * m // nchunk)
-        m = p_sigma.shape[0]
-        eterms[c, 4] = plane_range(xyz, p_atoms, p_offsets, p_sigma, weights[4], g, c * m // nchunk,
-                                   (c + 1) * m // nchunk)
-        m = nb_d0.shape[0]
-        if weights[5] != 0.0:
-            eterms[c, 5] = nonbonded_range(xyz, nb_pi, nb_pj, nb_d0, sigma_nb, weights[5], g, c * m // nchunk,
-                                           (c + 1) * m // nchunk)
-        else:
-            eterms[c, 5] = 0.0
+        _pass_chunk(c, nchunk, xyz, b_idx, b_ideal, b_sigma, a_idx, a_ideal, a_sigma, t_idx, t_ideal, t_sigma,
+                    t_period, c_idx, c_ideal, c_sigma, c_both, p_atoms, p_offsets, p_sigma, nb_pi, nb_pj, nb_d0,
+                    sigma_nb, weights, gbuf, eterms)
 
 
-# Same kernel without threads: below PARALLEL_MIN_ATOMS one evaluation takes well under a
-# millisecond and waking worker threads (worse, on a busy machine waiting for them) costs more.
-_restraint_pass_serial = njit(cache=True)(_restraint_pass.py_func)
+@njit(cache=True)
+def _restraint_pass_serial(xyz, b_idx, b_ideal, b_sigma, a_idx, a_ideal, a_sigma, t_idx, t_ideal, t_sigma,
+                           t_period, c_idx, c_ideal, c_sigma, c_both, p_atoms, p_offsets, p_sigma, nb_pi, nb_pj,
+                           nb_d0, sigma_nb, weights, gbuf, eterms):
+    """Same as :func:`_restraint_pass` on the calling thread only.
+
+    Below PARALLEL_MIN_ATOMS one evaluation takes well under a millisecond and waking worker
+    threads (worse, on a busy machine waiting for them) costs more than it saves.
+    """
+    nchunk = gbuf.shape[0]
+    for c in range(nchunk):
+        _pass_chunk(c, nchunk, xyz, b_idx, b_ideal, b_sigma, a_idx, a_ideal, a_sigma, t_idx, t_ideal, t_sigma,
+                    t_period, c_idx, c_ideal, c_sigma, c_both, p_atoms, p_offsets, p_sigma, nb_pi, nb_pj, nb_d0,
+                    sigma_nb, weights, gbuf, eterms)
+
+
 PARALLEL_MIN_ATOMS = 20000
 
 

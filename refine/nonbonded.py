@@ -172,76 +172,97 @@ def _cell_setup(xyz, cell):
     return lo, dims, order, start
 
 
+@njit(cache=True)
+def _pair_atom(i, xyz, c2, cell, lo, dims, order, rank, start, ptr, pidx, pcode, altloc, fixed, residue,
+               vdw, hb, fill, offs, out_j, out_kind, out_d0):
+    """Close partners of atom ``i`` (half-shell stencil); count them, and write them if ``fill``.
+
+    Each unordered pair is seen once, from the atom whose cell comes first (own cell: the
+    atom earlier in cell order), so only 13.5 of the 27 neighbour cells are scanned.
+    """
+    cx = int((xyz[i, 0] - lo[0]) / cell)
+    cy = int((xyz[i, 1] - lo[1]) / cell)
+    cz = int((xyz[i, 2] - lo[2]) / cell)
+    cnt = 0
+    pos = offs[i] if fill else 0
+    for dx in range(0, 2):
+        x = cx + dx
+        if x >= dims[0]:
+            continue
+        for dy in range(-1, 2):
+            if dx == 0 and dy < 0:
+                continue
+            y = cy + dy
+            if y < 0 or y >= dims[1]:
+                continue
+            for dz in range(-1, 2):
+                if dx == 0 and dy == 0 and dz < 0:
+                    continue
+                z = cz + dz
+                if z < 0 or z >= dims[2]:
+                    continue
+                c = (x * dims[1] + y) * dims[2] + z
+                t0 = start[c]
+                if dx == 0 and dy == 0 and dz == 0:
+                    t0 = rank[i] + 1
+                for t in range(t0, start[c + 1]):
+                    j = order[t]
+                    ddx = xyz[j, 0] - xyz[i, 0]
+                    ddy = xyz[j, 1] - xyz[i, 1]
+                    ddz = xyz[j, 2] - xyz[i, 2]
+                    if ddx * ddx + ddy * ddy + ddz * ddz >= c2:
+                        continue
+                    if altloc[i] != 0 and altloc[j] != 0 and altloc[i] != altloc[j]:
+                        continue
+                    # atoms of one dictionary-less residue: bonds unknown, no repulsion
+                    if fixed[i] and fixed[j] and residue[i] == residue[j]:
+                        continue
+                    if i < j:
+                        kind = _partner_code(ptr, pidx, pcode, i, j)
+                    else:
+                        kind = _partner_code(ptr, pidx, pcode, j, i)
+                    if kind == 2 or kind == 3:
+                        continue
+                    if fill:
+                        out_j[pos] = j
+                        out_kind[pos] = kind
+                        out_d0[pos] = _d0(i, j, kind, vdw, hb)
+                        pos += 1
+                    cnt += 1
+    return cnt
+
+
+# Parallel and serial drivers with distinct names (numba's disk cache is keyed by name and line).
 @njit(parallel=True, cache=True)
 def _pair_pass(xyz, cutoff, cell, lo, dims, order, start, ptr, pidx, pcode, altloc, fixed, residue,
                vdw, hb, fill, offs, out_j, out_kind, out_d0):
-    """Count (fill=False) or write (fill=True) the close partners of every atom i.
-
-    Half-shell stencil: each unordered pair is seen once, from the atom whose cell comes
-    first (own cell: the atom earlier in cell order), so only 13.5 of the 27 cells are scanned.
-    """
+    """Count (fill=False) or write (fill=True) the close partners of every atom, threaded."""
     n = xyz.shape[0]
-    c2 = cutoff * cutoff
-    counts = np.zeros(n, dtype=np.int64)
     rank = np.empty(n, dtype=np.int64)
     for t in range(n):
         rank[order[t]] = t
+    counts = np.zeros(n, dtype=np.int64)
     for i in prange(n):
-        cx = int((xyz[i, 0] - lo[0]) / cell)
-        cy = int((xyz[i, 1] - lo[1]) / cell)
-        cz = int((xyz[i, 2] - lo[2]) / cell)
-        cnt = 0
-        pos = offs[i] if fill else 0
-        for dx in range(0, 2):
-            x = cx + dx
-            if x >= dims[0]:
-                continue
-            for dy in range(-1, 2):
-                if dx == 0 and dy < 0:
-                    continue
-                y = cy + dy
-                if y < 0 or y >= dims[1]:
-                    continue
-                for dz in range(-1, 2):
-                    if dx == 0 and dy == 0 and dz < 0:
-                        continue
-                    z = cz + dz
-                    if z < 0 or z >= dims[2]:
-                        continue
-                    c = (x * dims[1] + y) * dims[2] + z
-                    t0 = start[c]
-                    if dx == 0 and dy == 0 and dz == 0:
-                        t0 = rank[i] + 1
-                    for t in range(t0, start[c + 1]):
-                        j = order[t]
-                        ddx = xyz[j, 0] - xyz[i, 0]
-                        ddy = xyz[j, 1] - xyz[i, 1]
-                        ddz = xyz[j, 2] - xyz[i, 2]
-                        if ddx * ddx + ddy * ddy + ddz * ddz >= c2:
-                            continue
-                        if altloc[i] != 0 and altloc[j] != 0 and altloc[i] != altloc[j]:
-                            continue
-                        # atoms of one dictionary-less residue: bonds unknown, no repulsion
-                        if fixed[i] and fixed[j] and residue[i] == residue[j]:
-                            continue
-                        if i < j:
-                            kind = _partner_code(ptr, pidx, pcode, i, j)
-                        else:
-                            kind = _partner_code(ptr, pidx, pcode, j, i)
-                        if kind == 2 or kind == 3:
-                            continue
-                        if fill:
-                            out_j[pos] = j
-                            out_kind[pos] = kind
-                            out_d0[pos] = _d0(i, j, kind, vdw, hb)
-                            pos += 1
-                        cnt += 1
-        counts[i] = cnt
+        counts[i] = _pair_atom(i, xyz, cutoff * cutoff, cell, lo, dims, order, rank, start, ptr, pidx, pcode,
+                               altloc, fixed, residue, vdw, hb, fill, offs, out_j, out_kind, out_d0)
     return counts
 
 
-# serial twin for small models (see geometry.PARALLEL_MIN_ATOMS)
-_pair_pass_serial = njit(cache=True)(_pair_pass.py_func)
+@njit(cache=True)
+def _pair_pass_serial(xyz, cutoff, cell, lo, dims, order, start, ptr, pidx, pcode, altloc, fixed, residue,
+                      vdw, hb, fill, offs, out_j, out_kind, out_d0):
+    """:func:`_pair_pass` on the calling thread (small models)."""
+    n = xyz.shape[0]
+    rank = np.empty(n, dtype=np.int64)
+    for t in range(n):
+        rank[order[t]] = t
+    counts = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        counts[i] = _pair_atom(i, xyz, cutoff * cutoff, cell, lo, dims, order, rank, start, ptr, pidx, pcode,
+                               altloc, fixed, residue, vdw, hb, fill, offs, out_j, out_kind, out_d0)
+    return counts
+
+
 PARALLEL_MIN_ATOMS = 20000
 
 
