@@ -1,0 +1,98 @@
+"""Benchmark: the nightly flow end to end on the sample archive (issue 10's figures).
+
+Runs ``rerefine nightly --mirror <sample archive>`` in a fresh data directory (full default
+pipeline parameters; ``--workers`` as given) and reports wall time per entry and per stage, the
+fraction of the run spent outside our stages (Prefect, Dask and process start-up), entries per
+core-hour, and the cluster size needed to re-refine an archive of N entries in a week.
+
+    python benchmarks/bench_nightly.py [--workers 1] [--repeat 1] [--archive-size 30000]
+
+Results: benchmarks/results/nightly.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_run(workers: int, data: Path) -> dict:
+    with tempfile.TemporaryDirectory(prefix="rr-bench-nightly-") as tmp:
+        tmp = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RR_"))}
+        env.update(RR_DATA_DIR=str(tmp / "data"), RR_TEST_DATA=str(data))
+        env.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba-cache"))
+        cli = [sys.executable, "-m", "rerefine.flows.cli"]
+        subprocess.run(cli + ["sample-archive", "--data", str(data), "--out", str(tmp / "archive")], env=env,
+                       check=True, capture_output=True)
+        t0 = time.perf_counter()
+        r = subprocess.run(cli + ["nightly", "--mirror", str(tmp / "archive"), "--workers", str(workers),
+                                  "--json", str(tmp / "s.json")], env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise SystemExit(r.stderr[-3000:])
+        s = json.loads((tmp / "s.json").read_text())
+    done = [e for e in s["entries"] if e["status"] == "done"]
+    stage_total = sum(sum(e["timings"].values()) for e in done)
+    return {
+        "wall_seconds": wall,
+        "flow_seconds": s["seconds"],
+        "entries_done": len(done),
+        "per_entry": {e["pdb_id"]: {"seconds": round(sum(e["timings"].values()), 2), "verdict": e.get("verdict"),
+                                    "cc_mask_before": e.get("cc_mask_before"), "cc_mask_after": e.get("cc_mask_after"),
+                                    "timings": e["timings"]} for e in done},
+        "stage_seconds": s["stage_seconds"],
+        "failed": s["failed"],
+        "rejected": s["rejected"],
+        # Everything outside our stages: Prefect's ephemeral server and task bookkeeping, Dask,
+        # interpreter start-up, harvest and the site build.
+        # (one worker only: with several, stages overlap in time)
+        "fraction_outside_stages": 1.0 - stage_total / wall if workers == 1 else None,
+        "fraction_outside_stages_of_flow": 1.0 - stage_total / s["seconds"] if workers == 1 else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--archive-size", type=int, default=30000, help="EM entries with a model to re-refine")
+    ap.add_argument("--data", default=os.environ.get("RR_TEST_DATA", str(ROOT.parent / "shared" / "data")))
+    args = ap.parse_args()
+    runs = [one_run(args.workers, Path(args.data)) for _ in range(args.repeat)]
+    walls = [r["wall_seconds"] for r in runs]
+    per_entry = statistics.median(
+        [v["seconds"] for r in runs for v in r["per_entry"].values()]) if runs[0]["per_entry"] else None
+    cores_per_entry = 1  # one entry is one single-process task
+    entries_per_core_hour = 3600.0 / per_entry / cores_per_entry if per_entry else None
+    week_core_hours = args.archive_size / entries_per_core_hour if entries_per_core_hour else None
+    out = {
+        "workers": args.workers,
+        "runs": runs,
+        "wall_seconds_median": statistics.median(walls),
+        "median_seconds_per_entry": per_entry,
+        "entries_per_core_hour": entries_per_core_hour,
+        "archive_size": args.archive_size,
+        "core_hours_for_archive": week_core_hours,
+        "cores_for_archive_in_one_week": week_core_hours / (7 * 24) if week_core_hours else None,
+    }
+    res = ROOT / "benchmarks" / "results"
+    res.mkdir(parents=True, exist_ok=True)
+    (res / "nightly.json").write_text(json.dumps(out, indent=2))
+    print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=2))
+    for r in runs:
+        print(json.dumps({k: r[k] for k in ("wall_seconds", "flow_seconds", "stage_seconds",
+                                             "fraction_outside_stages", "per_entry")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
