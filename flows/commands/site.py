@@ -15,8 +15,9 @@ def register(sub) -> None:
     b.add_argument("--full", action="store_true", help="rewrite every page, ignoring the manifest")
     b.add_argument("--no-files", action="store_true",
                    help="do not link refined models and maps into the site (list them only)")
-    b.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
-                   help="processes rendering entry pages (default: CPUs, at most 4)")
+    # One process by default: on the shared 2-core machine two were not faster (bench_site.py).
+    b.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help=f"processes rendering entry pages (default 1; this machine has {os.cpu_count()} CPUs)")
     b.add_argument("--json", metavar="OUT|-", help="write the build summary as JSON")
     b.set_defaults(func=run_build)
 
