@@ -25,6 +25,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+STARTUP = """
+import time, sys
+t0 = time.perf_counter()
+import rerefine.flows.cli, rerefine.flows.pipeline, rerefine.refine.metrics, rerefine.refine.realspace
+t1 = time.perf_counter()
+if sys.argv[1] == "prefect":
+    from rerefine.flows.prefect_env import configure_prefect
+    configure_prefect(sys.argv[2])
+    from prefect import flow
+    @flow
+    def empty():
+        return 1
+    empty()
+print(time.perf_counter() - t0, t1 - t0)
+"""
+
+
+def startup_seconds(with_prefect: bool, data_dir: Path) -> float:
+    """Process start, imports and (optionally) Prefect's temporary server and one empty flow run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RR_"))}
+    r = subprocess.run([sys.executable, "-c", STARTUP, "prefect" if with_prefect else "bare", str(data_dir)],
+                       env=env, capture_output=True, text=True, check=True)
+    return float(r.stdout.split()[-2])
+
+
 def one_run(workers: int, data: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="rr-bench-nightly-") as tmp:
         tmp = Path(tmp)
@@ -43,7 +68,18 @@ def one_run(workers: int, data: Path) -> dict:
         s = json.loads((tmp / "s.json").read_text())
     done = [e for e in s["entries"] if e["status"] == "done"]
     stage_total = sum(sum(e["timings"].values()) for e in done)
+    with tempfile.TemporaryDirectory(prefix="rr-bench-prefect-") as t2:
+        bare = startup_seconds(False, Path(t2))
+        with_prefect = startup_seconds(True, Path(t2))
+    in_flow_overhead = s["seconds"] - stage_total - s["harvest_seconds"] - s["site_seconds"]
+    prefect_s = (with_prefect - bare) + in_flow_overhead
     return {
+        "prefect_seconds": round(prefect_s, 2),
+        "prefect_fraction": prefect_s / wall,
+        "prefect_startup_seconds": round(with_prefect - bare, 2),
+        "prefect_in_flow_seconds": round(in_flow_overhead, 2),
+        "harvest_seconds": s["harvest_seconds"],
+        "site_seconds": s["site_seconds"],
         "wall_seconds": wall,
         "flow_seconds": s["seconds"],
         "entries_done": len(done),
@@ -90,7 +126,9 @@ def main() -> None:
     (res / "nightly.json").write_text(json.dumps(out, indent=2))
     print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=2))
     for r in runs:
-        print(json.dumps({k: r[k] for k in ("wall_seconds", "flow_seconds", "stage_seconds",
+        print(json.dumps({k: r[k] for k in ("wall_seconds", "flow_seconds", "stage_seconds", "harvest_seconds",
+                                             "site_seconds", "prefect_seconds", "prefect_fraction",
+                                             "prefect_startup_seconds", "prefect_in_flow_seconds",
                                              "fraction_outside_stages", "per_entry")}, indent=1))
 
 

@@ -314,7 +314,9 @@ def nightly_flow(settings_dict: dict, since=None, until=None, mirror=None, limit
     if since is None and not mirror:
         since = default_since(engine)
     accept_unknown_resolution = bool(accept_unknown_resolution)
+    t_h = time.perf_counter()
     candidates = harvest_task(s, since, until, mirror, limit, accept_unknown_resolution)
+    harvest_s = time.perf_counter() - t_h
     ctx = {"database": s["database"], "out_root": s["data_dir"], "monlib": s["monlib"], "version": __version__,
            "params": params or {}, "force": force, "cache_dir": s["downloads"], "mirror": str(mirror or ""),
            "files_url": s["files_url"], "emdb_files_url": s["emdb_files_url"]}
@@ -346,9 +348,14 @@ def nightly_flow(settings_dict: dict, since=None, until=None, mirror=None, limit
             summary["cached"] += 1
         else:
             summary["failed"].append({"pdb_id": res["pdb_id"], "reason": res.get("reason", "")})
+    site_s = 0.0
     if build_site:
+        t_s = time.perf_counter()
         summary["site"] = site_task(s["database"], s["site_dir"])
+        site_s = time.perf_counter() - t_s
     summary["seconds"] = round(time.perf_counter() - t0, 2)
+    summary["harvest_seconds"] = round(harvest_s, 3)
+    summary["site_seconds"] = round(site_s, 3)
     summary["stage_seconds"] = _sum_stages(summary["entries"])
     return summary
 

@@ -21,5 +21,7 @@ def configure_prefect(data_dir: Path, *, quiet: bool = False) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # Results of our tasks live in the project's database, not in Prefect's result storage.
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+    # Dask workers are separate processes: our CLI's logging set-up does not reach them.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     if quiet:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
