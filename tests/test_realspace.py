@@ -146,13 +146,43 @@ def test_restraint_selection_drops_phi_psi_and_ring_torsions(p5me2, monlib):
     assert r.torsions.sigma is not rr.torsions.sigma  # input untouched
 
 
+def test_rerefinement_stays_near_deposited_and_moves_towards_later_model(p5me2, monlib, test_data):
+    """5ME2/EMD-3488: the reference-position restraint keeps the re-refined model near the input.
+
+    Without it the map-value target moved the deposited model 0.81 Å RMS (backbone 0.71).
+    Reference figures: the deposited coordinates, and 5NI1 (the same authors' later model in the
+    same map, CC_mask 0.87 vs 0.74 for 5ME2; RMSD 1.47 Å to 5ME2 over 4467 matched atoms):
+    what the refinement moves must move towards 5NI1 (measured 1.466 -> 1.40 Å).
+    """
+    from rerefine.refine.realspace import refine_model
+    from rerefine.refine.restraints import atom_xyz
+
+    st, dmap, res = p5me2
+    other = modelio.read_model(test_data / "maps_models" / "emd_3488_5me2" / "5ni1_updated.cif")
+    pos = {(c.chain.name, c.residue.seqid.num, c.atom.name): c.atom.pos.tolist() for c in other[0].all()}
+    keys = [(c.chain.name, c.residue.seqid.num, c.atom.name) for c in st[0].all()]
+    idx = np.array([i for i, k in enumerate(keys) if k in pos])
+    ref = np.array([pos[keys[i]] for i in idx])
+    x0 = atom_xyz(st)
+    out = refine_model(st, dmap, res, monlib, adp=False)
+    x1 = atom_xyz(out.structure)
+    assert out.status == "ok"
+    assert out.rmsd_moved < 0.3  # measured 0.20 Å
+    before = np.sqrt(((x0[idx] - ref) ** 2).sum(1).mean())
+    after = np.sqrt(((x1[idx] - ref) ** 2).sum(1).mean())
+    assert before == pytest.approx(1.466, abs=0.01)
+    assert after < before - 0.03
+
+
 @pytest.mark.slow
 def test_recovery_of_shaken_model(p3ajo, monlib):
     """Shake 3AJO/EMD-20026 (0.5 Å RMS, flat B) and refine: issue 6 recovery figures.
 
-    Measured (see benchmarks/bench_refine.py): RMSD 0.50 -> 0.36 Å (not halved: waters and
-    flipped peptides stay in wrong density), CC_mask within 0.02 of the deposited model's,
-    bonds 0.002 Å, angles 1.0 deg.
+    Measured (benchmarks/bench_refine.py): RMSD 0.50 -> 0.25 Å (0.38 without the reference-position
+    restraint; the same shake refined against the deposited model's own noisy model map ends at
+    0.22 Å, so the real map is not what limits it: twisted peptides (omega pushed near cis by
+    the shake) and trapped N atoms are), CC_mask 0.827 vs the deposited 0.818, bonds 0.003 Å,
+    angles 1.3 deg.
     """
     from rerefine.refine.realspace import refine_model
     from rerefine.refine.restraints import atom_xyz, set_xyz
@@ -171,7 +201,7 @@ def test_recovery_of_shaken_model(p3ajo, monlib):
     x1 = atom_xyz(out.structure)
     rmsd0 = np.sqrt(((xs - x0) ** 2).sum(1).mean())
     rmsd1 = np.sqrt(((x1 - x0) ** 2).sum(1).mean())
-    assert rmsd1 < 0.8 * rmsd0
+    assert rmsd1 < 0.6 * rmsd0
     assert _cc_mask(out.structure, dmap, res) > cc_dep - 0.02
     assert out.geometry_after["bond_rmsd"] <= 0.02
     assert out.geometry_after["angle_rmsd"] <= 2.0
