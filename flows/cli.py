@@ -12,13 +12,12 @@ import importlib
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from rerefine.flows import __version__
 from rerefine.flows.settings import load_settings
+from rerefine.refine.atomicfile import write_atomic
 from rerefine.refine.errors import RerefineError
 
 COMMANDS = ["info", "db", "compare", "site", "sharpen", "harvest", "sample_archive", "metrics", "diffmap", "nightly", "entry", "serve", "refine"]
@@ -52,12 +51,7 @@ def emit_json(obj, dest: str | None) -> None:
     if dest == "-":
         sys.stdout.write(text)
         return
-    path = Path(dest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_atomic(dest, text)
 
 
 def build_parser() -> argparse.ArgumentParser:

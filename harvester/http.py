@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 import zlib
@@ -41,6 +40,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from rerefine.refine.atomicfile import write_atomic
 from rerefine.refine.errors import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -544,12 +544,7 @@ def _read_json(path: Path):
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj))
 
 
 def _cached(cache: Path, rec_path: Path):

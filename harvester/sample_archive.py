@@ -44,9 +44,9 @@ import io
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
+from rerefine.refine.atomicfile import write_atomic
 from rerefine.refine.errors import InputError
 
 from . import ids
@@ -71,19 +71,6 @@ SAMPLE = [
 _MODES = {0: "IMAGE STORED AS SIGNED BYTE", 1: "IMAGE STORED AS SIGNED INTEGER (2 BYTES)",
           2: "IMAGE STORED AS FLOATING POINT NUMBER (4 BYTES)"}
 _MONTHS = {m: i + 1 for i, m in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split())}
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _gzip(data: bytes) -> bytes:
@@ -218,7 +205,7 @@ def build(out_dir: str | os.PathLike, data_dir: str | os.PathLike) -> list[dict]
             pid, res = _cif_facts(src)
             cif_bytes = src.read_bytes()  # already mmCIF with its own records: keep as is
         model_rel = Mirror.model_rel(pid)
-        _write_atomic(out / model_rel, _gzip(cif_bytes))
+        write_atomic(out / model_rel, _gzip(cif_bytes))
         rec = {"pdb_id": pid, "emdb_id": emdb_id, "model": model_rel, "source": f"{sub}/{model_name}"}
         if map_name:
             eid = ids.emdb_id(emdb_id)
@@ -226,7 +213,7 @@ def build(out_dir: str | os.PathLike, data_dir: str | os.PathLike) -> list[dict]
             map_src = mm / sub / map_name
             fname = f"emd_{n}.map.gz"
             map_rel = Mirror.map_rel(eid, fname)
-            _write_atomic(out / map_rel, _gzip(map_src.read_bytes()))
+            write_atomic(out / map_rel, _gzip(map_src.read_bytes()))
             header = {"emdb_id": eid, "admin": {}, "map": {**_map_header(map_src), "file": fname},
                       "crossreferences": {"pdb_list": {"pdb_reference": [{"pdb_id": pid}]}}}
             if res is not None:
@@ -236,7 +223,7 @@ def build(out_dir: str | os.PathLike, data_dir: str | os.PathLike) -> list[dict]
             header["_rerefine_sample"] = {"map_source": f"{sub}/{map_name}", "model_source": f"{sub}/{model_name}",
                                           "note": note}
             json_rel = Mirror.header_rels(eid)[1]
-            _write_atomic(out / json_rel, (json.dumps(header, indent=2, ensure_ascii=False) + "\n").encode())
+            write_atomic(out / json_rel, (json.dumps(header, indent=2, ensure_ascii=False) + "\n").encode())
             rec.update(map=map_rel, header=json_rel, resolution=res)
         records.append(rec)
     return records

@@ -34,7 +34,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -44,6 +43,7 @@ import jinja2
 import numpy as np
 
 from rerefine.reports import plots
+from rerefine.refine.atomicfile import write_atomic
 from rerefine.refine.errors import InputError
 from rerefine.reports.verdict import CC_MARGIN, got_worse
 
@@ -449,25 +449,6 @@ def data_hash(obj, salt: str) -> str:
     """Hash of a page's data (plus ``salt``, the code fingerprint); numpy arrays by their bytes."""
     text = json.dumps(obj, sort_keys=True, default=_json_default, separators=(",", ":"))
     return hashlib.sha256((salt + text).encode()).hexdigest()[:24]
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: readers never see half a page."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _script_json(obj) -> str:

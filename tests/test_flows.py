@@ -8,7 +8,6 @@ cut to one macro-cycle without ADP to keep the suite quick; the full pipeline is
 from __future__ import annotations
 
 import datetime as dt
-import gzip
 import json
 import os
 import signal

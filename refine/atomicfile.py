@@ -1,0 +1,29 @@
+"""Atomic file writes: a temporary file in the destination folder, then ``os.replace``.
+
+Readers (and a crash) never see half a file: either the old content or the new one.
+Used by every stage that writes outputs (maps, models, site pages, caches, JSON summaries).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str, *, mode: int = 0o644) -> Path:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; returns the path."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
