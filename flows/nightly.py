@@ -54,7 +54,13 @@ def box_task(st, dmap, padding: float):
 
 @task(name="sharpen")
 def sharpen_task(job: EntryJob, box, resolution: float):
-    halves = pipeline.stage_half_boxes(job, box)
+    try:
+        halves = pipeline.stage_half_boxes(job, box)
+    except RerefineError as exc:
+        # Unusable half-maps cost the FSC weighting, not the entry: sharpen the primary map alone.
+        log.warning("%s; sharpening without half-maps", exc)
+        job.metadata.setdefault("warnings", []).append(f"{exc}; sharpened without half-maps")
+        halves = []
     return pipeline.stage_sharpen(box, resolution, halves)
 
 
@@ -166,7 +172,8 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
             m.update({"b_iso_before": sharp.b_iso_before, "b_iso_after": sharp.b_iso_after,
                       "b_sharpen": sharp.b_sharpen, "sharpen_method": sharp.method})
         after["refinement"] = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles,
-                               "rmsd_moved": ref.rmsd_moved, "warnings": list(ref.warnings)[:20]}
+                               "rmsd_moved": ref.rmsd_moved,
+                               "warnings": (job.metadata.get("warnings", []) + list(ref.warnings))[:20]}
         with timed(timings, "diffmap"):
             diff, peaks = diffmap_task(ref.structure, box, res)
         after["difference_peaks"] = peaks

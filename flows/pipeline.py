@@ -132,7 +132,9 @@ def stage_half_boxes(job: EntryJob, box: mapio.DensityMap) -> list[mapio.Density
         h = mapio.read_map(p)
         lo = np.array(box.start) - np.array(h.start)
         hi = lo + np.array(box.shape)
-        if np.any(lo < 0) or np.any(hi > np.array(h.shape)) or h.sampling != box.sampling:
+        same_frame = h.sampling == box.sampling and np.allclose(h.origin_shift, box.origin_shift, atol=1e-3) \
+            and np.allclose(h.voxel_size, box.voxel_size, rtol=1e-4)
+        if not same_frame or np.any(lo < 0) or np.any(hi > np.array(h.shape)):
             raise InputError(f"{job.pdb_id}: half-map {p.name} is not on the primary map's grid")
         out.append(box.with_data(h.data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]))
     return out

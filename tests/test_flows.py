@@ -167,3 +167,22 @@ def test_entry_command_reports_rejection(mirror, tmp_path):
     assert r.returncode == 1
     assert "no associated EMDB map" in r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_half_maps_are_cut_to_the_primary_box(pairs, tmp_path):
+    from rerefine.flows import pipeline
+    from rerefine.refine import mapio
+
+    model, mp, res = pairs["emd_30342_zone_7cec_chainA"]
+    job = EntryJob("7cec", "EMD-30342", model, mp, [mp, mp], res)
+    st, dmap, _ = pipeline.stage_load(job)
+    box = pipeline.stage_box(st, dmap)
+    halves = pipeline.stage_half_boxes(job, box)
+    assert len(halves) == 2 and (halves[0].data == box.data).all()
+    # a half-map on another grid (here: every other voxel) is refused with the entry named
+    coarse = mapio.read_map(mp)
+    coarse = mapio.DensityMap(coarse.data[::2, ::2, ::2].copy(), coarse.cell,
+                              tuple(s // 2 for s in coarse.sampling), (0, 0, 0), coarse.origin_shift, "coarse")
+    other = mapio.write_map(tmp_path / "coarse.mrc", coarse)
+    with pytest.raises(InputError, match="7cec: half-map coarse.mrc"):
+        pipeline.stage_half_boxes(EntryJob("7cec", "EMD-30342", model, mp, [other, other], res), box)
