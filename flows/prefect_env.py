@@ -21,6 +21,8 @@ def configure_prefect(data_dir: Path, *, quiet: bool = False) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # Results of our tasks live in the project's database, not in Prefect's result storage.
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+    # The ephemeral server is an API for this process only; its web UI is never opened.
+    os.environ.setdefault("PREFECT_UI_ENABLED", "false")
     # Dask workers are separate processes: our CLI's logging set-up does not reach them.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     if quiet:
