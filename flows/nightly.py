@@ -172,6 +172,8 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
         for m in (before, after):
             m.update({"b_iso_before": sharp.b_iso_before, "b_iso_after": sharp.b_iso_after,
                       "b_sharpen": sharp.b_sharpen, "sharpen_method": sharp.method})
+        with timed(timings, "sharpen"):
+            after["sharpening"] = {"radial": pipeline.radial_profiles(box, sharp.map)}
         after["refinement"] = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles,
                                "rmsd_moved": ref.rmsd_moved,
                                "warnings": (job.metadata.get("warnings", []) + list(ref.warnings))[:20]}

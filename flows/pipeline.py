@@ -161,6 +161,17 @@ def stage_sharpen(box: mapio.DensityMap, resolution: float, halves: list[mapio.D
     return sharpen.auto_sharpen(box, resolution, half_maps=tuple(halves) if len(halves) == 2 else None)
 
 
+def radial_profiles(before: mapio.DensityMap, after: mapio.DensityMap) -> dict:
+    """RMS Fourier amplitude per resolution shell of a map before and after sharpening (for the site)."""
+    from rerefine.refine.fsc import map_profile
+
+    p0, p1 = map_profile(before), map_profile(after)
+    keep = p0.count > 0
+    return {"s": [round(float(x), 5) for x in p0.s_mid[keep]],
+            "before": [float(x) for x in p0.amplitude[keep]],
+            "after": [float(x) for x in p1.amplitude[keep]]}
+
+
 def stage_metrics(st, box: mapio.DensityMap, resolution: float, job: EntryJob, params: PipelineParams,
                   geometry: dict | None = None) -> dict:
     """All fit metrics on the deposited (boxed, unsharpened) map, plus the geometry figures."""

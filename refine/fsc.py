@@ -255,6 +255,13 @@ def radial_profile(coeffs: np.ndarray, a: np.ndarray, shape, *, s_max: float, n_
     return ShellProfile(lo, hi, power, cnt)
 
 
+def map_profile(dmap: DensityMap, n_shells: int | None = None) -> ShellProfile:
+    """Radial profile of a map's Fourier amplitudes, shells out to the grid's Nyquist limit."""
+    coeffs = rfft_map(dmap.data)
+    return radial_profile(coeffs, frequency_matrix(dmap), dmap.shape, s_max=nyquist_s(dmap),
+                          n_shells=n_shells or default_shells(dmap.shape))
+
+
 @dataclass
 class FSCCurve:
     """Fourier shell correlation between two maps (see module docstring for the definition)."""

@@ -147,10 +147,7 @@ def b_iso_from_profile(profile: fscmod.ShellProfile, resolution: float, d_max: f
 def estimate_b_iso(dmap: DensityMap, resolution: float, d_max: float = D_MAX_WILSON) -> float:
     """Overall B_iso of a map (Å²), defined in the module docstring."""
     check_inputs(dmap, resolution)
-    c = fscmod.rfft_map(dmap.data)
-    a = fscmod.frequency_matrix(dmap)
-    prof = fscmod.radial_profile(c, a, dmap.shape, s_max=fscmod.nyquist_s(dmap),
-                                 n_shells=fscmod.default_shells(dmap.shape))
+    prof = fscmod.map_profile(dmap)
     return b_iso_from_profile(prof, resolution, d_max)
 
 
