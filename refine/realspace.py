@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 
 import gemmi
 import numpy as np
-from numba import njit
 from scipy import optimize
 
 from .errors import InputError, RefinementError
 from .mapio import DensityMap, fraction_inside
 from .maptarget import MapTarget, scattering_weights
+from .nonbonded import nonbonded_range
 
 log = logging.getLogger(__name__)
 
@@ -205,37 +205,6 @@ def thread_limits(n_atoms: int):
         numba.set_num_threads(old)
 
 
-@njit(cache=True)
-def _clash_guard_kernel(xyz, pi, pj, lim, sigma, fixed, grad):
-    """``sum ((lim - d)/sigma)^2`` over pairs closer than ``lim``; gradient added into ``grad``."""
-    e = 0.0
-    inv = 1.0 / (sigma * sigma)
-    for k in range(pi.shape[0]):
-        i = pi[k]
-        j = pj[k]
-        dx = xyz[i, 0] - xyz[j, 0]
-        dy = xyz[i, 1] - xyz[j, 1]
-        dz = xyz[i, 2] - xyz[j, 2]
-        dd = dx * dx + dy * dy + dz * dz
-        t = lim[k]
-        if dd >= t * t:
-            continue
-        d = np.sqrt(dd)
-        u = t - d
-        e += u * u * inv
-        if d > 1e-9:
-            f = -2.0 * u * inv / d
-            if not fixed[i]:
-                grad[i, 0] += f * dx
-                grad[i, 1] += f * dy
-                grad[i, 2] += f * dz
-            if not fixed[j]:
-                grad[j, 0] -= f * dx
-                grad[j, 1] -= f * dy
-                grad[j, 2] -= f * dz
-    return e
-
-
 class ClashGuard:
     """Extra repulsion keeping pairs out of the MolProbity clash range during refinement.
 
@@ -282,7 +251,12 @@ class ClashGuard:
             return 0.0
         if self._builds != self.r.nonbonded.n_builds:
             self._refresh()
-        return float(_clash_guard_kernel(xyz, self._pi, self._pj, self._lim, self.sigma, self.fixed, grad))
+        # The same harmonic repulsion as the library's nonbonded term, with the clash limits.
+        g = np.zeros_like(grad)
+        e = nonbonded_range(xyz, self._pi, self._pj, self._lim, self.sigma, 1.0, g, 0, len(self._pi))
+        g[self.fixed] = 0.0
+        grad += g
+        return float(e)
 
 
 def _chain_index(st: gemmi.Structure) -> tuple[np.ndarray, list[str]]:
