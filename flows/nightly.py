@@ -136,9 +136,10 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
 
     job = EntryJob.from_dict(job_dict)
     params = PipelineParams(**ctx.get("params", {}))
-    engine = db.make_engine(ctx["database"])
-    entry = entry_record(job)
     timings: dict = {}
+    with timed(timings, "bookkeeping"):
+        engine = db.make_engine(ctx["database"])
+    entry = entry_record(job)
     started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     try:
         with timed(timings, "checksums"):
@@ -148,11 +149,12 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
         store.store_result(engine, entry=entry, pipeline_version=ctx["version"], params=params.to_dict(),
                            status="failed", reason=reason)
         return {"pdb_id": job.pdb_id, "status": "failed", "reason": reason, "timings": timings}
-    if not ctx.get("force") and store.is_done(engine, pdb_id=job.pdb_id, pipeline_version=ctx["version"],
-                                              params=params.to_dict(), input_files=files):
-        return {"pdb_id": job.pdb_id, "status": "cached", "reason": "", "timings": timings}
-    store.mark_running(engine, entry=entry, pipeline_version=ctx["version"], params=params.to_dict(),
-                       input_files=files, host=socket.gethostname())
+    with timed(timings, "bookkeeping"):
+        if not ctx.get("force") and store.is_done(engine, pdb_id=job.pdb_id, pipeline_version=ctx["version"],
+                                                  params=params.to_dict(), input_files=files):
+            return {"pdb_id": job.pdb_id, "status": "cached", "reason": "", "timings": timings}
+        store.mark_running(engine, entry=entry, pipeline_version=ctx["version"], params=params.to_dict(),
+                           input_files=files, host=socket.gethostname())
     try:
         with timed(timings, "load"):
             st, dmap, res = load_task(job)
