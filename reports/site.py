@@ -46,6 +46,7 @@ from rerefine.reports import plots
 from rerefine.refine.atomicfile import write_atomic
 from rerefine.refine.errors import InputError
 from rerefine.reports.verdict import CC_MARGIN, got_worse
+from rerefine.reports.verdict import finite_float as _f
 
 log = logging.getLogger(__name__)
 
@@ -154,17 +155,6 @@ INDEX_COLUMNS = [
 ]
 
 RESOLUTION_BINS = [(0, 2.0), (2.0, 2.5), (2.5, 3.0), (3.0, 3.5), (3.5, 4.0), (4.0, 5.0), (5.0, 99.0)]
-
-
-def _f(v):
-    """Finite float or None."""
-    if v is None:
-        return None
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
 
 
 def _delta(a, b):

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from rerefine.refine.errors import InputError
 from rerefine.reports import db
-from rerefine.reports.verdict import decide
+from rerefine.reports.verdict import decide, finite_float
 
 FINISHED = ("done", "failed", "skipped")
 _ENTRY_KEYS = ("pdb_id", "emdb_id", "title", "release_date", "resolution", "method",
@@ -107,16 +107,6 @@ def _date(v) -> dt.date | None:
         raise InputError(f"release date {v!r} is not an ISO date") from None
 
 
-def _float(v) -> float | None:
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _entry_row(entry: Mapping) -> dict:
     pdb_id = normalise_pdb_id(entry.get("pdb_id") or entry.get("pdb"))
     extra = {k: v for k, v in entry.items() if k not in _ENTRY_KEYS and k != "pdb"}
@@ -127,7 +117,7 @@ def _entry_row(entry: Mapping) -> dict:
         "emdb_id": normalise_emdb_id(entry.get("emdb_id")),
         "title": entry.get("title"),
         "release_date": _date(entry.get("release_date")),
-        "resolution": _float(entry.get("resolution")),
+        "resolution": finite_float(entry.get("resolution")),
         "method": entry.get("method"),
         "method_details": jsonable(details) or None,
         "deposited": jsonable(entry.get("deposited")) if entry.get("deposited") else None,
@@ -266,9 +256,9 @@ def _sharpening(sharpening: Mapping | None, after: Mapping | None, before: Mappi
             src.update(d["sharpening"])
     src.update(sharpening or {})
     return {
-        "b_iso_before": _float(src.get("b_iso_before")),
-        "b_iso_after": _float(src.get("b_iso_after")),
-        "b_sharpen": _float(src.get("b_sharpen")),
+        "b_iso_before": finite_float(src.get("b_iso_before")),
+        "b_iso_after": finite_float(src.get("b_iso_after")),
+        "b_sharpen": finite_float(src.get("b_sharpen")),
         "sharpening_method": src.get("method") or src.get("sharpening_method"),
     }
 
@@ -279,7 +269,7 @@ def metrics_row(run_id: int, before: Mapping | None, after: Mapping | None,
     row: dict = {"run_id": run_id}
     for stage, d in (("before", before), ("after", after)):
         for name in db.METRIC_COLUMNS:
-            row[f"{name}_{stage}"] = _float((d or {}).get(name))
+            row[f"{name}_{stage}"] = finite_float((d or {}).get(name))
     row.update(_sharpening(sharpening, after, before))
     return row
 
@@ -302,7 +292,7 @@ def _column(rows: Sequence[Mapping], field: str) -> "np.ndarray":
     try:
         arr = np.array(vals, dtype=float)  # None becomes NaN
     except (TypeError, ValueError):
-        arr = np.array([_float(v) for v in vals], dtype=float)
+        arr = np.array([finite_float(v) for v in vals], dtype=float)
     arr[~np.isfinite(arr)] = np.nan
     return arr
 

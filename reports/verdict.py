@@ -31,6 +31,7 @@ A run without CCmask before and after has no verdict (``None``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -51,6 +52,17 @@ class Verdict:
     recommended: str  # "rerefined" or "deposited"
     delta_cc_mask: float | None
     reasons: list[str] = field(default_factory=list)
+
+
+def finite_float(v) -> float | None:
+    """``v`` as a finite float, or None (missing, not a number, NaN or infinite)."""
+    if v is None:
+        return None
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
 
 
 def _num(d: Mapping | None, key: str) -> float | None:
