@@ -288,6 +288,13 @@ def _settings_dict(settings) -> dict:
     }
 
 
+def _entry_ctx(s: dict, params: dict, force: bool, mirror) -> dict:
+    """What every per-entry flow needs from the settings (plain data: it travels to Dask workers)."""
+    return {"database": s["database"], "out_root": s["data_dir"], "monlib": s["monlib"], "version": __version__,
+            "params": params, "force": force, "cache_dir": s["downloads"], "mirror": str(mirror or ""),
+            "files_url": s["files_url"], "emdb_files_url": s["emdb_files_url"]}
+
+
 def default_since(engine) -> dt.date:
     """The day after the newest release date already processed; a week ago on an empty database."""
     from sqlalchemy import func, select
@@ -342,9 +349,7 @@ def nightly_flow(settings_dict: dict, since=None, until=None, mirror=None, limit
     t_h = time.perf_counter()
     candidates = harvest_task(s, since, until, mirror, limit, accept_unknown_resolution)
     harvest_s = time.perf_counter() - t_h
-    ctx = {"database": s["database"], "out_root": s["data_dir"], "monlib": s["monlib"], "version": __version__,
-           "params": params or {}, "force": force, "cache_dir": s["downloads"], "mirror": str(mirror or ""),
-           "files_url": s["files_url"], "emdb_files_url": s["emdb_files_url"]}
+    ctx = _entry_ctx(s, params or {}, force, mirror)
     summary = {"found": len(candidates), "processed": 0, "cached": 0, "improved": 0, "unchanged": 0,
                "worse": 0, "failed": [], "rejected": [], "entries": [], "site": None}
     accepted = []
@@ -415,8 +420,6 @@ def run_single(*, settings, pdb_id: str, mirror=None, resolution: float | None =
     if cand.status != "accepted":
         return {"pdb_id": cand.pdb_id, "status": cand.status, "reason": cand.reason, "timings": {}}
     db.upgrade(s["database"])
-    ctx = {"database": s["database"], "out_root": s["data_dir"], "monlib": s["monlib"], "version": __version__,
-           "params": params.to_dict(), "force": force, "cache_dir": s["downloads"], "mirror": str(mirror or ""),
-           "files_url": s["files_url"], "emdb_files_url": s["emdb_files_url"]}
+    ctx = _entry_ctx(s, params.to_dict(), force, mirror)
     with without_heartbeats():
         return single_entry_flow(asdict(cand), ctx)

@@ -10,7 +10,6 @@ automatically sharpened map.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import time
@@ -68,9 +67,6 @@ class PipelineParams:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def file_sha256(path: Path) -> str:
@@ -175,6 +171,7 @@ def radial_profiles(before: mapio.DensityMap, after: mapio.DensityMap) -> dict:
 def stage_metrics(st, box: mapio.DensityMap, resolution: float, job: EntryJob, params: PipelineParams,
                   geometry: dict | None = None) -> dict:
     """All fit metrics on the deposited (boxed, unsharpened) map, plus the geometry figures."""
+    from rerefine.refine.geometry import GEOMETRY_KEYS
     from rerefine.refine.metrics import compute_metrics
 
     out = compute_metrics(st, box, resolution, contour=job.contour,
@@ -182,9 +179,6 @@ def stage_metrics(st, box: mapio.DensityMap, resolution: float, job: EntryJob, p
     if geometry:
         out.update({k: geometry.get(k) for k in GEOMETRY_KEYS if k in geometry})
     return out
-
-
-GEOMETRY_KEYS = ("bond_rmsd", "angle_rmsd", "chirality_rmsd", "planarity_rmsd", "nonbonded_overlaps")
 
 
 def stage_refine(st, sharpened: mapio.DensityMap, resolution: float, monlib: Path | None,

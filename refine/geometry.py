@@ -570,6 +570,11 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(x * x))) if x.size else 0.0
 
 
+#: The headline geometry figures reported before/after refinement (all keys of :func:`geometry_stats`).
+GEOMETRY_KEYS = ("bond_rmsd", "angle_rmsd", "chirality_rmsd", "planarity_rmsd", "torsion_rmsd",
+                 "nonbonded_overlaps")
+
+
 def geometry_stats(r: Restraints, xyz: np.ndarray) -> dict:
     """Geometry deviations from the restraint library (what phenix/MolProbity report).
 

@@ -12,14 +12,13 @@ import logging
 import time
 
 from rerefine.refine import mapio, modelio
+from rerefine.refine.geometry import GEOMETRY_KEYS
 
 log = logging.getLogger(__name__)
 
 #: Keys of the ``before``/``after`` blocks.
 METRIC_KEYS = ("cc_mask", "cc_box", "cc_peaks", "cc_volume", "q_score", "atom_inclusion",
                "atom_inclusion_backbone")
-GEOMETRY_KEYS = ("bond_rmsd", "angle_rmsd", "chirality_rmsd", "planarity_rmsd", "torsion_rmsd",
-                 "nonbonded_overlaps")
 
 
 def register(sub) -> None:
