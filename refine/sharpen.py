@@ -4,7 +4,9 @@ Overall B_iso (Wilson-like)
     The map is Fourier transformed once; the mean intensity ``<|F|²>`` in shells of ``|s|`` is divided
     by the mean squared X-ray scattering factor of an average protein atom (IT92 coefficients,
     composition C5 N1.35 O1.5 S0.04 per residue) and ``ln`` of that is fitted by least squares
-    as ``c - B s²/2`` over 10 Å ≥ d ≥ d_min (equal weight per shell). This is the crystallographic
+    as ``c - B s²/2`` over 10 Å ≥ d ≥ 1.1 d_min (equal weight per shell; the shells just inside
+    d_min are left out because the depositors' low-pass filter rolls the amplitudes off there,
+    see ``FIT_D_MIN_RATIO``). This is the crystallographic
     Wilson plot (Wilson 1942, Nature 150:152) restricted to the cryo-EM range; like phenix
     (``get_b_iso``: absolute scaling against protein scattering) it measures the fall-off in excess
     of that of atoms at rest, so an unblurred atomic model map has B_iso near its atoms' mean B.
@@ -46,8 +48,10 @@ Target B_iso. The default method (``target="target_b"``, phenix's ``target_b_iso
 ``region_weight_method=b_iso``) sharpens or blurs to ``B_iso = 5.9 d_min²`` Å² (the empirical
 ``target_b_iso_ratio`` of cctbx ``segment_and_split_map``), solving for b_sharpen on the radial
 profile and correcting on the actual coefficients. The adjusted-surface-area and kurtosis searches
-have no fixed target; on the three real test maps they land 20-60 Å² away from 5.9 d_min² and lower
-CCmask on two of them, which is why they are options, not the default (benchmarks/bench_sharpen.py).
+have no fixed target. On the three real test maps the adjusted-surface-area search keeps CCmask
+(-0.006 to +0.033) but its score has near-equal maxima 40-60 Å² apart, so a blurred copy of a map
+can land 30-40 Å² away from the original's choice; kurtosis over-sharpens EMD-30342's zone map
+(CCmask -0.22). That is why they are options, not the default (benchmarks/bench_sharpen.py).
 """
 
 from __future__ import annotations
@@ -73,6 +77,12 @@ log = logging.getLogger(__name__)
 TARGET_B_RATIO = 5.9
 K_SHARPEN = 10.0  # Å⁻¹, steepness of the fall-off at d_min (phenix k_sharpen default)
 D_MAX_WILSON = 10.0  # Å, low-resolution end of the B_iso fit
+# High-resolution end of the B_iso fit, as a multiple of d_min. The last shells before d_min are
+# where the half-map FSC falls to 0.143 and where the depositors' post-processing low-pass filter
+# (RELION/cryoSPARC filter at the FSC resolution with a soft edge) rolls the amplitudes off; a
+# straight-line fit that reaches into that roll-off reads the filter as atomic B (EMD-30342's zone:
+# flat to 4.5 Å then -2.7 in ln P by 3.9 Å; B_iso 114 Å² with the roll-off, 71 Å² without).
+FIT_D_MIN_RATIO = 1.1
 _COMPOSITION = {"C": 5.0, "N": 1.35, "O": 1.5, "S": 0.04}
 
 
@@ -131,12 +141,17 @@ def _mean_sq_form_factor(s: np.ndarray) -> np.ndarray:
 
 
 def b_iso_from_profile(profile: fscmod.ShellProfile, resolution: float, d_max: float = D_MAX_WILSON) -> float:
-    """B_iso (Å²) from a radial profile: fit of ln(<|F|²>/Σf²) = c - B s²/2 over d_max ≥ d ≥ resolution."""
+    """B_iso (Å²) from a radial profile: fit of ln(<|F|²>/Σf²) = c - B s²/2 over d_max ≥ d ≥ 1.1 d_min.
+
+    The fit stops at :data:`FIT_D_MIN_RATIO` × ``resolution`` so that a post-processing low-pass
+    filter at the map's resolution is not read as atomic B (see the constant).
+    """
     s = profile.s_mid
-    ok = (s >= 1.0 / d_max) & (s <= 1.0 / resolution) & (profile.count > 0)
+    d_end = min(resolution * FIT_D_MIN_RATIO, 0.5 * (resolution + d_max))
+    ok = (s >= 1.0 / d_max) & (s <= 1.0 / d_end) & (profile.count > 0)
     ok &= np.isfinite(profile.power) & (profile.power > 0)
     if np.count_nonzero(ok) < 3:
-        raise InputError(f"too few Fourier shells with signal between {d_max} Å and {resolution} Å "
+        raise InputError(f"too few Fourier shells with signal between {d_max} Å and {d_end:.2f} Å "
                          "to estimate B_iso (box too small or map empty)")
     x = s[ok] ** 2
     y = np.log(profile.power[ok] / _mean_sq_form_factor(s[ok]))
@@ -509,8 +524,9 @@ def auto_sharpen(dmap: DensityMap, resolution: float, *, half_maps: tuple | None
         b_sharp = float("nan")
         method = ("half_map_fsc+" if pre_table else "") + "model_scaling"
     else:
-        b_lo = min(b_start, search_b_min)
-        b_hi = max(b_start, search_b_max)
+        # the grid of target B_iso is absolute (not centred on the map's own B_iso), so a map and a
+        # blurred copy of it are scored on the same candidate maps and reach the same choice
+        b_lo, b_hi = search_b_min, search_b_max
         if target == "adjusted_sa":
             # phenix region_weight_method=delta_ratio: the change of sa_ratio over the search range equals
             # region_weight times the change of normalized regions, so neither term dominates the search.
