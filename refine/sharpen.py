@@ -144,14 +144,16 @@ def b_iso_from_profile(profile: fscmod.ShellProfile, resolution: float, d_max: f
     """B_iso (Å²) from a radial profile: fit of ln(<|F|²>/Σf²) = c - B s²/2 over d_max ≥ d ≥ 1.1 d_min.
 
     The fit stops at :data:`FIT_D_MIN_RATIO` × ``resolution`` so that a post-processing low-pass
-    filter at the map's resolution is not read as atomic B (see the constant).
+    filter at the map's resolution is not read as atomic B (see the constant). For maps coarser than
+    5 Å the range starts at 2 d_min instead of ``d_max``, so that it still spans enough shells.
     """
     s = profile.s_mid
-    d_end = min(resolution * FIT_D_MIN_RATIO, 0.5 * (resolution + d_max))
+    d_max = max(d_max, 2.0 * resolution)
+    d_end = resolution * FIT_D_MIN_RATIO
     ok = (s >= 1.0 / d_max) & (s <= 1.0 / d_end) & (profile.count > 0)
     ok &= np.isfinite(profile.power) & (profile.power > 0)
     if np.count_nonzero(ok) < 3:
-        raise InputError(f"too few Fourier shells with signal between {d_max} Å and {d_end:.2f} Å "
+        raise InputError(f"too few Fourier shells with signal between {d_max:.1f} Å and {d_end:.2f} Å "
                          "to estimate B_iso (box too small or map empty)")
     x = s[ok] ** 2
     y = np.log(profile.power[ok] / _mean_sq_form_factor(s[ok]))
@@ -473,9 +475,10 @@ def auto_sharpen(dmap: DensityMap, resolution: float, *, half_maps: tuple | None
     coeffs = fscmod.rfft_map(dmap.data)
     prof0 = fscmod.radial_profile(coeffs, a, shape, s_max=s_nyq, n_shells=n_sh)
     s_res = 1.0 / resolution
-    band = (prof0.s_mid >= 1.0 / D_MAX_WILSON) & (prof0.s_mid <= s_res)
+    d_low = max(D_MAX_WILSON, 2.0 * resolution)
+    band = (prof0.s_mid >= 1.0 / d_low) & (prof0.s_mid <= s_res)
     if not np.any(np.nan_to_num(prof0.power[band]) > 0):
-        raise InputError(f"{dmap.name}: map has no signal between {D_MAX_WILSON} and {resolution} Å")
+        raise InputError(f"{dmap.name}: map has no signal between {d_low:g} and {resolution} Å")
     b_before = b_iso_from_profile(prof0, resolution)
     extra: dict = {"resolution": resolution, "target_b_iso": target_b_iso(resolution)}
     method = target
