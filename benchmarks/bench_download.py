@@ -1,22 +1,37 @@
 """Download benchmark: throughput vs the loopback server's raw throughput, peak memory, resume.
 
-* raw: a minimal socket client (GET, then ``recv_into`` one reused 1 MiB buffer, bytes
-  discarded) - the most the loopback server can deliver;
-* ours: ``HttpClient.download`` into a fresh content-addressed cache (streams to disk,
-  SHA-256 on a worker thread, size check, atomic rename), run in a child process so its
-  peak RSS (``ru_maxrss``) is its own;
-* resume: the server drops the connection at 50 %; the next call resumes with Range; the
-  server's byte counter must show only the missing half sent the second time.
+Two 200 MB gzip files are served by ``rerefine.harvester.loopback`` (``os.sendfile`` from
+the page cache) on 127.0.0.1:
 
-Medians of several alternating runs (the machine is shared and noisy). Writes
-``benchmarks/results/download.json``.
+* ``stored.gz``: one gzip member of incompressible bytes (deflate stored blocks). The
+  full gzip check (CRC-32 and ISIZE over every byte) is cheap here, so the network path
+  is what is measured: this is the figure of issue #7 (ours >= 0.8 x raw).
+* ``map.gz``: members made by gzip -6 of the real EMD-3488 map, back to back (like a
+  real ``.map.gz``, about 1:3). Here the full decompress check is the floor: inflate runs
+  at a few hundred MB/s of compressed input on one core whatever the client does, so
+  this row is reported against that floor (``inflate_only``), not against raw.
 
-Usage: ``python benchmarks/bench_download.py [--mb 200] [--runs 5]``
+Per file and run, interleaved (the machine is shared and noisy), each in a fresh child
+process so its peak RSS (``ru_maxrss``) is its own:
+
+* raw: a bare socket client - GET, ``recv_into`` one reused 1 MiB buffer, bytes
+  discarded - the most the server and loopback can deliver;
+* ours: ``HttpClient.download`` into a fresh content-addressed cache (temp file, size
+  check, SHA-256, full gzip check, atomic rename);
+* inflate_only (map.gz): the gzip check alone over the page-cached file, one thread.
+
+Then resume: the server drops the connection at 50 %; the next call resumes with Range;
+the server's byte counter must show only the missing half sent the second time.
+
+Writes ``benchmarks/results/download.json``.
+
+Usage: ``python benchmarks/bench_download.py [--mb 200] [--runs 7] [--sink-dir DIR]``
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import resource
@@ -27,14 +42,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from rerefine.harvester.http import HttpClient
+from rerefine.harvester.http import HttpClient, verify_gzip_file
 from rerefine.harvester.loopback import LoopbackArchive
 from rerefine.refine.errors import ArchiveError
 
 HERE = Path(__file__).resolve().parent
+REAL_MAP = "maps_models/emd_3488_5me2/emd_3488.mrc"
 
 
 def raw_get(url: str) -> tuple[int, float]:
@@ -60,90 +77,139 @@ def raw_get(url: str) -> tuple[int, float]:
     return got, time.perf_counter() - t0
 
 
-def child(url: str, cache: str) -> None:
-    """Run one download in this process and print timing and peak RSS as JSON."""
-    client = HttpClient(min_interval=0.0)
-    t0 = time.perf_counter()
-    r = client.download(url, cache, progress=False)
-    dt = time.perf_counter() - t0
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(json.dumps({"seconds": dt, "bytes": r.size, "peak_rss_mb": rss_mb}))
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def child(mode: str, url: str, cache: str) -> None:
+    """Run one measurement in this process and print seconds, bytes and peak RSS as JSON."""
+    if mode == "raw":
+        n, dt = raw_get(url)
+    elif mode == "inflate":
+        t0 = time.perf_counter()
+        problem = verify_gzip_file(Path(cache))
+        dt = time.perf_counter() - t0
+        assert problem is None, problem
+        n = Path(cache).stat().st_size
+    else:
+        client = HttpClient(min_interval=0.0)
+        t0 = time.perf_counter()
+        r = client.download(url, cache, progress=False)
+        dt = time.perf_counter() - t0
+        n = r.size
+    print(json.dumps({"seconds": dt, "bytes": n, "peak_rss_mb": _rss_mb()}))
+
+
+def _run_child(*args) -> dict:
+    res = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"child {args[0]} failed: {res.stderr.strip().splitlines()[-1:]}")
+    return json.loads(res.stdout)
+
+
+def make_stored_gz(path: Path, mb: int) -> None:
+    """One gzip member of random bytes (deflate falls back to stored blocks), flat memory."""
+    c = zlib.compressobj(1, zlib.DEFLATED, 31)
+    with open(path, "wb") as fh:
+        for _ in range(mb):
+            fh.write(c.compress(os.urandom(1 << 20)))
+        fh.write(c.flush())
+
+
+def make_map_gz(path: Path, mb: int, test_data: Path) -> None:
+    """Members of the real map gzipped at level 6, repeated up to ``mb`` MB compressed."""
+    member = gzip.compress((test_data / REAL_MAP).read_bytes(), 6, mtime=0)
+    with open(path, "wb") as fh:
+        for _ in range(max(1, (mb << 20) // len(member))):
+            fh.write(member)
+
+
+def measure(srv, name: str, served: Path, sink: Path, runs: int, floor: bool) -> dict:
+    url = f"{srv.url}/{name}"
+    size = (served / name).stat().st_size
+    raw_get(url)  # warm the page cache
+    t = {"raw": [], "ours": [], "inflate_only": []}
+    rss = []
+    for i in range(runs):
+        order = ["raw", "ours"] if i % 2 == 0 else ["ours", "raw"]
+        for mode in order:
+            cache = sink / f"cache-{name}-{i}"
+            info = _run_child(mode, url, str(cache))
+            assert info["bytes"] == size, info
+            t[mode].append(info["seconds"])
+            if mode == "ours":
+                rss.append(info["peak_rss_mb"])
+                shutil.rmtree(cache, ignore_errors=True)
+        if floor:
+            t["inflate_only"].append(_run_child("inflate", url, str(served / name))["seconds"])
+    out = {"bytes": size}
+    for k, v in t.items():
+        if v:
+            out[f"{k}_MBps"] = round(size / statistics.median(v) / 1e6, 1)
+            out[f"{k}_seconds"] = [round(x, 3) for x in v]
+    ratios = [r / o for r, o in zip(t["raw"], t["ours"])]  # per interleaved pair
+    out["ratio_median_of_pairs"] = round(statistics.median(ratios), 3)
+    out["ratio_of_medians"] = round(out["ours_MBps"] / out["raw_MBps"], 3)
+    if floor:
+        out["ours_vs_inflate_only"] = round(out["ours_MBps"] / out["inflate_only_MBps"], 3)
+    out["peak_rss_mb_max"] = round(max(rss), 1)
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=200)
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--files", default="stored.gz,map.gz")
     ap.add_argument("--sink-dir", help="where downloads are written (e.g. /dev/shm to take the disk out)")
-    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         child(*a.child)
         return 0
+    test_data = Path(os.environ.get("RR_TEST_DATA", HERE.parent.parent / "shared" / "data"))
 
-    out: dict = {"file_mb": a.mb, "runs": a.runs, "sink_dir": a.sink_dir or "(temp dir)"}
+    out: dict = {"file_mb": a.mb, "runs": a.runs, "sink_dir": a.sink_dir or "(temp dir)", "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="bench-dl-") as tmp:
         tmp = Path(tmp)
         served = tmp / "served"
         served.mkdir()
-        big = served / "big.bin"
-        with open(big, "wb") as fh:  # incompressible bytes, written in pieces (flat memory)
-            for _ in range(a.mb):
-                fh.write(os.urandom(1 << 20))
-        size = big.stat().st_size
+        files = a.files.split(",")
+        if "stored.gz" in files:
+            make_stored_gz(served / "stored.gz", a.mb)
+        if "map.gz" in files:
+            make_map_gz(served / "map.gz", a.mb, test_data)
         sink = Path(tempfile.mkdtemp(prefix="bench-dl-sink-", dir=a.sink_dir)) if a.sink_dir else tmp
         with LoopbackArchive(served) as srv:
-            url = srv.url + "/big.bin"
-            raw_get(url)  # warm the page cache
-            raw_t, ours_t, rss, curl_t = [], [], [], []
-            curl = shutil.which("curl")
-            for i in range(a.runs):
-                n, t = raw_get(url)
-                assert n == size
-                raw_t.append(t)
-                if curl:  # a minimal downloader that writes to disk: the raw to-disk reference
-                    dst = sink / "curl.out"
-                    t0 = time.perf_counter()
-                    subprocess.run([curl, "-s", "-o", str(dst), url], check=True)
-                    curl_t.append(time.perf_counter() - t0)
-                    dst.unlink()
-                cache = sink / f"cache{i}"
-                res = subprocess.run([sys.executable, __file__, "--child", url, str(cache)],
-                                     capture_output=True, text=True, check=True)
-                info = json.loads(res.stdout)
-                assert info["bytes"] == size
-                ours_t.append(info["seconds"])
-                rss.append(info["peak_rss_mb"])
-                subprocess.run(["rm", "-rf", str(cache)], check=True)
-            raw_mbps = size / statistics.median(raw_t) / 1e6
-            ours_mbps = size / statistics.median(ours_t) / 1e6
-            out.update(raw_MBps=round(raw_mbps, 1), ours_MBps=round(ours_mbps, 1),
-                       ratio=round(ours_mbps / raw_mbps, 3), peak_rss_mb_max=round(max(rss), 1),
-                       raw_seconds=[round(t, 3) for t in raw_t], ours_seconds=[round(t, 3) for t in ours_t])
-            if curl_t:
-                curl_mbps = size / statistics.median(curl_t) / 1e6
-                out.update(curl_to_disk_MBps=round(curl_mbps, 1), ratio_vs_curl_to_disk=round(ours_mbps / curl_mbps, 3))
+            for name in files:
+                out[name] = measure(srv, name, served, sink, a.runs, floor=(name == "map.gz"))
+                print(name, json.dumps(out[name]), file=sys.stderr)
 
             # Resume after a drop at 50 %: the first call gives up, the second sends the rest.
-            cache = tmp / "cache-resume"
+            name = files[0]
+            url = f"{srv.url}/{name}"
+            size = (served / name).stat().st_size
+            cache = sink / "cache-resume"
             srv.bytes_sent.clear()
-            srv.add_fault("/big.bin", "drop", 0.5)
+            srv.add_fault(f"/{name}", "drop", 0.5)
             try:
                 HttpClient(min_interval=0.0, retries=0).download(url, cache, progress=False)
                 raise SystemExit("expected the dropped download to fail")
             except ArchiveError:
                 pass
-            first = srv.bytes_sent["/big.bin"]
+            first = srv.bytes_sent[f"/{name}"]
             r = HttpClient(min_interval=0.0).download(url, cache, progress=False)
-            second = srv.bytes_sent["/big.bin"] - first
+            second = srv.bytes_sent[f"/{name}"] - first
             assert r.size == size
-            if a.sink_dir:
-                shutil.rmtree(sink, ignore_errors=True)
-            out.update(resume_first_call_bytes=first, resume_second_call_bytes=second, file_bytes=size,
-                       resume_second_fraction=round(second / size, 4))
+            out["resume"] = {"file": name, "first_call_bytes": first, "second_call_bytes": second,
+                             "file_bytes": size, "second_fraction": round(second / size, 4)}
+        if a.sink_dir:
+            shutil.rmtree(sink, ignore_errors=True)
 
-    out["goals"] = {"ratio>=0.8": out["ratio"] >= 0.8, "peak_rss<100MB": out["peak_rss_mb_max"] < 100,
-                    "resume_sends_half": abs(out["resume_second_fraction"] - 0.5) < 1e-3}
+    head = out.get("stored.gz") or out[files[0]]
+    out["goals"] = {"ratio>=0.8 (stored.gz, median of interleaved pairs)": head["ratio_median_of_pairs"] >= 0.8,
+                    "peak_rss<100MB": max(v["peak_rss_mb_max"] for k, v in out.items() if k.endswith(".gz")) < 100,
+                    "resume_sends_half": abs(out["resume"]["second_fraction"] - 0.5) < 1e-3}
     res_dir = HERE / "results"
     res_dir.mkdir(exist_ok=True)
     name = "download.json" if not a.sink_dir else "download_tmpfs.json"
