@@ -28,9 +28,11 @@ early. The optional ``isal`` package (ISA-L) speeds the gzip check up about twof
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import mmap
 import os
 import sys
 import threading
@@ -160,6 +162,58 @@ class GzipCheck:
         return None
 
 
+_ALIGN = 4096  # O_DIRECT alignment of buffer address, file offset and length (safe for 512 B and 4 KiB devices)
+
+
+class _PartFile:
+    """Where the store worker writes a download: the ``.part`` file from byte ``pos`` on.
+
+    Block-aligned pieces go through an ``O_DIRECT`` descriptor when the file system
+    allows it: the bytes go from our buffer to the disk without a page-cache copy. That
+    saves the CPU of the copy and, on virtual machines whose host reclaims freed guest
+    memory, the very costly first touch of fresh page-cache pages (a 200 MB write took
+    0.33 s of system time after a 1 s pause vs 0.01 s with O_DIRECT, measured). It also
+    keeps multi-GB maps from pushing everything else out of the page cache. Unaligned
+    pieces (a resume at an odd offset, the file's tail) use the ordinary descriptor.
+    """
+
+    def __init__(self, path: Path, flags: int, pos: int, direct: bool):
+        self.fd = os.open(path, flags, 0o644)
+        self.dfd: int | None = None
+        self.pos = pos
+        if direct and hasattr(os, "O_DIRECT"):
+            try:
+                self.dfd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+            except OSError:  # e.g. tmpfs, some network file systems
+                self.dfd = None
+
+    def write(self, view: memoryview) -> None:
+        """Write all of ``view`` (which starts at a page-aligned address) at ``pos``."""
+        off, n = 0, len(view)
+        while off < n:
+            if self.dfd is not None and self.pos % _ALIGN == 0 and off % _ALIGN == 0 and n - off >= _ALIGN:
+                try:
+                    w = os.pwrite(self.dfd, view[off:off + (n - off) // _ALIGN * _ALIGN], self.pos)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self._no_direct()  # accepted at open, refused at write: buffered from now on
+                    continue
+            else:
+                w = os.pwrite(self.fd, view[off:], self.pos)
+            off += w
+            self.pos += w
+
+    def _no_direct(self) -> None:
+        if self.dfd is not None:
+            os.close(self.dfd)
+            self.dfd = None
+
+    def close(self) -> None:
+        self._no_direct()
+        os.close(self.fd)
+
+
 class _Pipeline:
     """Checks and stores a download's bytes on two worker threads while the caller reads.
 
@@ -179,9 +233,10 @@ class _Pipeline:
         self.gz = GzipCheck() if gzip_check else None
         self.fed = 0
         self.write_error: OSError | None = None
-        self._fd: int | None = None
-        self._bufs = [bytearray(chunk) for _ in range(nbuf)]
-        self._views = [memoryview(b) for b in self._bufs]
+        self._file: _PartFile | None = None
+        # Anonymous mmaps are page-aligned, as O_DIRECT needs; the size rounds up to whole blocks.
+        chunk = max(_ALIGN, -(-chunk // _ALIGN) * _ALIGN)
+        self._views = [memoryview(mmap.mmap(-1, chunk)) for _ in range(nbuf)]
         self._refs = [0] * nbuf
         self._lock = threading.Lock()
         self._free: queue.SimpleQueue = queue.SimpleQueue()
@@ -223,18 +278,16 @@ class _Pipeline:
             if isinstance(item, threading.Event):
                 item.set()
                 continue
-            if isinstance(item, tuple) and item[0] == "fd":
-                self._fd = item[1]
+            if isinstance(item, tuple) and item[0] == "file":
+                self._file = item[1]
                 continue
             i, n, write = item
             view = self._views[i][:n]
-            if write and self._fd is not None and self.write_error is None:
+            if write and self._file is not None and self.write_error is None:
                 try:
-                    while view:
-                        view = view[os.write(self._fd, view):]
+                    self._file.write(view)
                 except OSError as exc:
                     self.write_error = exc
-                view = self._views[i][:n]
             if self.gz is not None:
                 self.gz.feed(view)
             self._release(i)
@@ -261,9 +314,9 @@ class _Pipeline:
         self._hash_q.put((i, n, write))
         self._store_q.put((i, n, write))
 
-    def attach(self, fd: int | None) -> None:
-        """Following buffers are also written to file descriptor ``fd`` (None: not)."""
-        self._store_q.put(("fd", fd))
+    def attach(self, part: _PartFile | None) -> None:
+        """Following buffers are also written to ``part`` (None: not written)."""
+        self._store_q.put(("file", part))
 
     def sync(self) -> None:
         """Wait until every submitted buffer is hashed, checked and written."""
@@ -328,7 +381,10 @@ class HttpClient:
     min_interval : float
         Minimum spacing of requests to one host, seconds (politeness).
     chunk_size : int
-        Bytes per read while streaming a download (memory use is a few chunks).
+        Bytes per read while streaming a download (memory use is 16 chunks).
+    direct_io : bool
+        Write downloads with ``O_DIRECT`` where the file system allows it (see
+        ``_PartFile``); False always goes through the page cache.
     """
 
     user_agent: str = DEFAULT_USER_AGENT
@@ -338,6 +394,7 @@ class HttpClient:
     max_backoff: float = 60.0
     min_interval: float = 0.2
     chunk_size: int = 1 << 20
+    direct_io: bool = True
     session: requests.Session | None = None
     _last: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -538,7 +595,7 @@ class HttpClient:
                     # The server resumed somewhere else: do not splice; start over.
                     part.unlink(missing_ok=True)
                     raise _Transient(f"server resumed at byte {start}, not {have}")
-                flags = os.O_WRONLY | os.O_APPEND
+                flags = os.O_WRONLY
             elif r.status_code == 200:
                 total = _int_or_none(r.headers.get("Content-Length"))
                 have = 0
@@ -561,9 +618,9 @@ class HttpClient:
                 pipe.feed_file(part, pipe.fed, have)
             got = have
             try:
-                fd = os.open(part, flags, 0o644)
+                out = _PartFile(part, flags, have, self.direct_io)
                 try:
-                    pipe.attach(fd)
+                    pipe.attach(out)
                     try:
                         for n in _read_body(r, pipe):
                             got += n
@@ -575,7 +632,7 @@ class HttpClient:
                         pipe.attach(None)
                         pipe.sync()  # the .part holds every byte received, even after a drop
                 finally:
-                    os.close(fd)
+                    out.close()
                 if pipe.write_error is not None:
                     raise pipe.write_error
             except _TRANSIENT + (OSError,) as exc:
