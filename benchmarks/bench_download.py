@@ -81,8 +81,53 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def stages(path: Path) -> dict:
+    """CPU seconds of each stage of ours, alone on one thread, over the page-cached file."""
+    import hashlib
+    import mmap
+
+    from rerefine.harvester.http import GzipCheck
+
+    data = path.read_bytes()
+    mv = memoryview(data)
+    ch = 1 << 20
+    out = {}
+    t = time.thread_time()
+    h = hashlib.sha256()
+    for i in range(0, len(data), ch):
+        h.update(mv[i:i + ch])
+    out["sha256"] = time.thread_time() - t
+    t = time.thread_time()
+    g = GzipCheck()
+    for i in range(0, len(data), ch):
+        g.feed(mv[i:i + ch])
+    assert g.result() is None
+    out["gzip_check"] = time.thread_time() - t
+    buf = mmap.mmap(-1, ch)
+    dst = path.with_suffix(".stagewrite")
+    for name, flags in (("write_o_direct", os.O_DIRECT), ("write_page_cache", 0)):
+        t = time.thread_time()
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flags)
+        for i in range(0, len(data) - ch + 1, ch):
+            buf[:] = mv[i:i + ch]
+            os.write(fd, buf)
+        os.close(fd)
+        out[name] = time.thread_time() - t
+        dst.unlink()
+    return {k: round(v, 3) for k, v in out.items()}
+
+
 def child(mode: str, url: str, cache: str) -> None:
-    """Run one measurement in this process and print seconds, bytes and peak RSS as JSON."""
+    """Run one measurement in this process and print seconds, bytes, CPU and peak RSS as JSON."""
+    if mode == "stages":
+        print(json.dumps(stages(Path(cache))))
+        return
+    c0 = _cpu()
     if mode == "raw":
         n, dt = raw_get(url)
     elif mode == "inflate":
@@ -97,14 +142,19 @@ def child(mode: str, url: str, cache: str) -> None:
         r = client.download(url, cache, progress=False)
         dt = time.perf_counter() - t0
         n = r.size
-    print(json.dumps({"seconds": dt, "bytes": n, "peak_rss_mb": _rss_mb()}))
+    print(json.dumps({"seconds": dt, "bytes": n, "peak_rss_mb": _rss_mb(), "client_cpu": _cpu() - c0}))
 
 
 def _run_child(*args) -> dict:
+    """Run a child measurement; ``server_cpu`` is this process's CPU meanwhile (the
+    loopback server's threads: the parent only waits)."""
+    c0 = _cpu()
     res = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True)
     if res.returncode:
         raise SystemExit(f"child {args[0]} failed: {res.stderr.strip().splitlines()[-1:]}")
-    return json.loads(res.stdout)
+    info = json.loads(res.stdout)
+    info["server_cpu"] = _cpu() - c0
+    return info
 
 
 def make_stored_gz(path: Path, mb: int) -> None:
@@ -129,6 +179,7 @@ def measure(srv, name: str, served: Path, sink: Path, runs: int, floor: bool) ->
     size = (served / name).stat().st_size
     raw_get(url)  # warm the page cache
     t = {"raw": [], "ours": [], "inflate_only": []}
+    cpu = {"raw": [], "ours": []}
     rss = []
     for i in range(runs):
         order = ["raw", "ours"] if i % 2 == 0 else ["ours", "raw"]
@@ -137,6 +188,7 @@ def measure(srv, name: str, served: Path, sink: Path, runs: int, floor: bool) ->
             info = _run_child(mode, url, str(cache))
             assert info["bytes"] == size, info
             t[mode].append(info["seconds"])
+            cpu[mode].append((info["client_cpu"], info["server_cpu"]))
             if mode == "ours":
                 rss.append(info["peak_rss_mb"])
                 shutil.rmtree(cache, ignore_errors=True)
@@ -152,6 +204,12 @@ def measure(srv, name: str, served: Path, sink: Path, runs: int, floor: bool) ->
     out["ratio_of_medians"] = round(out["ours_MBps"] / out["raw_MBps"], 3)
     if floor:
         out["ours_vs_inflate_only"] = round(out["ours_MBps"] / out["inflate_only_MBps"], 3)
+    for mode, v in cpu.items():
+        out[f"{mode}_cpu_seconds_client_server"] = [round(statistics.median(x[0] for x in v), 3),
+                                                    round(statistics.median(x[1] for x in v), 3)]
+    # What the ratio would be if both were CPU-bound on a saturated machine.
+    out["cpu_ratio_raw_over_ours"] = round(sum(out["raw_cpu_seconds_client_server"])
+                                           / sum(out["ours_cpu_seconds_client_server"]), 3)
     out["peak_rss_mb_max"] = round(max(rss), 1)
     return out
 
@@ -183,6 +241,8 @@ def main() -> int:
         with LoopbackArchive(served) as srv:
             for name in files:
                 out[name] = measure(srv, name, served, sink, a.runs, floor=(name == "map.gz"))
+                out[name]["stage_cpu_seconds_one_thread"] = _run_child("stages", "-", str(served / name))
+                out[name]["stage_cpu_seconds_one_thread"].pop("server_cpu", None)
                 print(name, json.dumps(out[name]), file=sys.stderr)
 
             # Resume after a drop at 50 %: the first call gives up, the second sends the rest.

@@ -20,8 +20,8 @@ exponential back-off (``backoff * 2**k``, capped, ``Retry-After`` honoured); 404
 other 4xx answers are final. Requests to one host are spaced by ``min_interval`` seconds.
 
 Bytes are read from the socket straight into a fixed pool of reused buffers (``readinto``);
-one worker thread computes the SHA-256, another writes the ``.part`` file and inflates the
-gzip stream to check it, so the checks overlap with the transfer on a multi-core machine
+worker threads compute the SHA-256, write the ``.part`` file (``O_DIRECT`` where possible)
+and inflate the gzip stream to check it, so the checks overlap with the transfer on a multi-core machine
 and memory stays flat whatever the file size. A broken gzip member stops the transfer
 early. The optional ``isal`` package (ISA-L) speeds the gzip check up about twofold.
 """
@@ -162,6 +162,7 @@ class GzipCheck:
         return None
 
 
+_NO_FILE = object()  # tells the write worker to stop writing
 _ALIGN = 4096  # O_DIRECT alignment of buffer address, file offset and length (safe for 512 B and 4 KiB devices)
 
 
@@ -215,15 +216,16 @@ class _PartFile:
 
 
 class _Pipeline:
-    """Checks and stores a download's bytes on two worker threads while the caller reads.
+    """Checks and stores a download's bytes on worker threads while the caller reads.
 
     The reader fills buffers taken from a fixed pool (:meth:`buffer`) and hands each to
-    both workers (:meth:`submit`): one computes the SHA-256, the other writes the bytes to
-    the ``.part`` file and runs the gzip check. hashlib, zlib/ISA-L and ``os.write`` release
-    the GIL, so on two cores hashing, inflating and writing overlap with the socket reads
-    instead of adding to them. A buffer returns to the pool when both workers are done
-    with it; when the pool is empty the reader waits (and TCP pushes back on the server),
-    so memory is ``nbuf * chunk`` whatever the file size.
+    the workers (:meth:`submit`): one computes the SHA-256, one writes the bytes to the
+    ``.part`` file, one runs the gzip check. hashlib, zlib/ISA-L and ``pwrite`` release
+    the GIL, so on two cores hashing and inflating overlap with the socket reads instead
+    of adding to them, and the disk's write latency hides behind both. A buffer returns
+    to the pool when every worker is done with it; when the pool is empty the reader
+    waits (and TCP pushes back on the server), so memory is ``nbuf * chunk`` whatever the
+    file size.
     """
 
     def __init__(self, gzip_check: bool, chunk: int, nbuf: int = 16):
@@ -243,54 +245,49 @@ class _Pipeline:
         for i in range(nbuf):
             self._free.put(i)
         self._hash_q: queue.SimpleQueue = queue.SimpleQueue()
-        self._store_q: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._hash_loop, daemon=True, name="download-sha256"),
-                         threading.Thread(target=self._store_loop, daemon=True, name="download-store")]
+        self._write_q: queue.SimpleQueue = queue.SimpleQueue()
+        self._gzip_q: queue.SimpleQueue | None = queue.SimpleQueue() if self.gz is not None else None
+        self._queues = [q for q in (self._hash_q, self._write_q, self._gzip_q) if q is not None]
+        work = [(self._hash_q, self._hash, "sha256"), (self._write_q, self._write, "write")]
+        if self._gzip_q is not None:
+            work.append((self._gzip_q, self.gz.feed, "gzip"))
+        self._threads = [threading.Thread(target=self._loop, args=(q, fn), daemon=True, name=f"download-{name}")
+                         for q, fn, name in work]
         for t in self._threads:
             t.start()
         self._closed = False
 
     # -- workers ---------------------------------------------------------------------
-    def _release(self, i: int) -> None:
-        with self._lock:
-            self._refs[i] -= 1
-            free = self._refs[i] == 0
-        if free:
-            self._free.put(i)
-
-    def _hash_loop(self) -> None:
+    def _loop(self, q, fn) -> None:
         while True:
-            item = self._hash_q.get()
+            item = q.get()
             if item is None:
                 return
             if isinstance(item, threading.Event):
                 item.set()
                 continue
-            i, n, _ = item
-            self.sha.update(self._views[i][:n])
-            self._release(i)
+            if isinstance(item, _PartFile) or item is _NO_FILE:
+                self._file = item if item is not _NO_FILE else None
+                continue
+            i, n = item
+            try:
+                fn(self._views[i][:n])
+            finally:
+                with self._lock:
+                    self._refs[i] -= 1
+                    free = self._refs[i] == 0
+                if free:
+                    self._free.put(i)
 
-    def _store_loop(self) -> None:
-        while True:
-            item = self._store_q.get()
-            if item is None:
-                return
-            if isinstance(item, threading.Event):
-                item.set()
-                continue
-            if isinstance(item, tuple) and item[0] == "file":
-                self._file = item[1]
-                continue
-            i, n, write = item
-            view = self._views[i][:n]
-            if write and self._file is not None and self.write_error is None:
-                try:
-                    self._file.write(view)
-                except OSError as exc:
-                    self.write_error = exc
-            if self.gz is not None:
-                self.gz.feed(view)
-            self._release(i)
+    def _hash(self, view) -> None:
+        self.sha.update(view)
+
+    def _write(self, view) -> None:
+        if self._file is not None and self.write_error is None:
+            try:
+                self._file.write(view)
+            except OSError as exc:
+                self.write_error = exc
 
     # -- reader side -----------------------------------------------------------------
     @property
@@ -307,22 +304,23 @@ class _Pipeline:
         self._free.put(i)
 
     def submit(self, i: int, n: int, write: bool = True) -> None:
-        """Hand the first ``n`` bytes of buffer ``i`` to both workers (and to the file)."""
+        """Hand the first ``n`` bytes of buffer ``i`` to the workers (the writer too when ``write``)."""
         self.fed += n
+        qs = self._queues if write else [q for q in self._queues if q is not self._write_q]
         with self._lock:
-            self._refs[i] = 2
-        self._hash_q.put((i, n, write))
-        self._store_q.put((i, n, write))
+            self._refs[i] = len(qs)
+        for q in qs:
+            q.put((i, n))
 
     def attach(self, part: _PartFile | None) -> None:
         """Following buffers are also written to ``part`` (None: not written)."""
-        self._store_q.put(("file", part))
+        self._write_q.put(part if part is not None else _NO_FILE)
 
     def sync(self) -> None:
         """Wait until every submitted buffer is hashed, checked and written."""
-        evs = [threading.Event(), threading.Event()]
-        self._hash_q.put(evs[0])
-        self._store_q.put(evs[1])
+        evs = [threading.Event() for _ in self._queues]
+        for q, e in zip(self._queues, evs):
+            q.put(e)
         for e in evs:
             e.wait()
 
@@ -348,8 +346,8 @@ class _Pipeline:
     def abandon(self) -> None:
         if not self._closed:
             self._closed = True
-            self._hash_q.put(None)
-            self._store_q.put(None)
+            for q in self._queues:
+                q.put(None)
 
 
 @dataclass
