@@ -235,6 +235,7 @@ class _Pipeline:
         self.gz = GzipCheck() if gzip_check else None
         self.fed = 0
         self.write_error: OSError | None = None
+        self.worker_error: Exception | None = None  # an unexpected failure in a worker
         self._file: _PartFile | None = None
         # Anonymous mmaps are page-aligned, as O_DIRECT needs; the size rounds up to whole blocks.
         chunk = max(_ALIGN, -(-chunk // _ALIGN) * _ALIGN)
@@ -271,7 +272,10 @@ class _Pipeline:
                 continue
             i, n = item
             try:
-                fn(self._views[i][:n])
+                if self.worker_error is None:
+                    fn(self._views[i][:n])
+            except Exception as exc:  # kept for the reader; the worker must go on releasing buffers
+                self.worker_error = exc
             finally:
                 with self._lock:
                     self._refs[i] -= 1
@@ -293,6 +297,11 @@ class _Pipeline:
     @property
     def gzip_failed(self) -> bool:
         return self.gz is not None and self.gz.failed
+
+    @property
+    def stopped(self) -> bool:
+        """True when reading on is pointless: a write, gzip or worker failure."""
+        return self.write_error is not None or self.worker_error is not None or self.gzip_failed
 
     def buffer(self) -> tuple[int, memoryview]:
         """A free buffer (index, writable view); waits while the workers catch up."""
@@ -552,7 +561,10 @@ class HttpClient:
         digest, gz_problem = pipe.finish()
         total = meta.get("total")
         problem = None
-        if total is not None and size != total:
+        if pipe.worker_error is not None:
+            problem = (f"checking the download failed ({type(pipe.worker_error).__name__}: "
+                       f"{_one_line(pipe.worker_error)})")
+        elif total is not None and size != total:
             problem = f"size {size} B differs from the announced {total} B"
         elif expected_size is not None and size != expected_size:
             problem = f"size {size} B differs from the expected {expected_size} B"
@@ -624,7 +636,7 @@ class HttpClient:
                             got += n
                             state["sent"] += n
                             bar.update(n, got)
-                            if pipe.write_error is not None or pipe.gzip_failed:
+                            if pipe.stopped:
                                 break
                     finally:
                         pipe.attach(None)
@@ -641,11 +653,13 @@ class HttpClient:
                 if _is_urllib3_transient(exc):
                     raise _Transient(f"connection dropped at byte {got} ({_one_line(exc)})") from None
                 raise
-            if pipe.gzip_failed:
+            if pipe.gzip_failed or pipe.worker_error is not None:
                 # Broken content is final (the same bytes would come again): stop early, keep nothing.
                 part.unlink(missing_ok=True)
                 meta_path.unlink(missing_ok=True)
-                raise ArchiveError(f"{what}: {pipe.gz.result()} ({url})")
+                problem = pipe.gz.result() if pipe.gzip_failed else \
+                    f"checking the download failed ({type(pipe.worker_error).__name__}: {_one_line(pipe.worker_error)})"
+                raise ArchiveError(f"{what}: {problem} ({url})")
             if total is not None and got < total:
                 raise _Transient(f"connection closed at byte {got} of {total}")
 

@@ -306,3 +306,23 @@ def test_write_error_on_worker_is_one_line_and_leaves_no_object(served, tmp_path
     assert "\n" not in msg and msg.startswith("5me2: map EMD-3488: cannot write cache")
     assert "No space left" in msg
     assert _objects(cache) == []
+
+
+def test_unexpected_worker_failure_is_one_line_and_does_not_hang(served, tmp_path, monkeypatch):
+    """Any exception on a worker thread (here: the hashing one) ends the download with one
+    line naming the entry instead of blocking the reader, and leaves nothing behind."""
+    from rerefine.harvester import http
+
+    def broken(self, view):
+        raise ValueError("hash state lost")
+
+    monkeypatch.setattr(http._Pipeline, "_hash", broken)
+    cache = tmp_path / "cache"
+    with LoopbackArchive(served) as srv:
+        with pytest.raises(ArchiveError) as ei:
+            _client(chunk_size=65536).download(srv.url + "/emd_3488.map.gz", cache, what="5me2: map EMD-3488",
+                                               progress=False)
+    msg = str(ei.value)
+    assert "\n" not in msg
+    assert msg.startswith("5me2: map EMD-3488: checking the download failed (ValueError: hash state lost)")
+    assert _partial_files(cache) == [] and _objects(cache) == []
