@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 B_MIN = 1.0
 B_MAX = 500.0
+#: Default width of each similarity restraint form (:func:`similarity`).
+SIGMA = {"relative": 5.0, "flat": 10.0, "log": 0.3}
 
 
 @njit(cache=True, inline="always")
@@ -114,8 +116,13 @@ def _splat(shape, step, g_atoms, a, b, bt_extra, radius, out):
 
 
 @njit(cache=True, parallel=True)
-def _gather_db(resid, step, g_atoms, a, b, bt_extra, radius, grad):
-    """grad[n] = sum over the atom's voxels of ``resid * d(density_n)/dB_n`` (orthogonal grid)."""
+def _gather(resid, step, g_atoms, a, b, bt_extra, radius, mode, grad):
+    """Per-atom sums over the atom's voxels of ``resid`` times a derivative of its density.
+
+    ``mode`` 0: ``d(density_n)/dB_n``; ``mode`` 1: ``density_n`` itself evaluated with the
+    coefficients ``a`` (pass the occupancy-free coefficients to get ``d/d(occupancy)``).
+    Orthogonal grid, voxel edges ``step`` (Å).
+    """
     shape = resid.shape
     m = int(2.0 * radius.max() / step.min()) + 3
     for n in prange(g_atoms.shape[0]):
@@ -129,13 +136,17 @@ def _gather_db(resid, step, g_atoms, a, b, bt_extra, radius, grad):
         r2 = radius[n] * radius[n]
         gx, gy, gz = g_atoms[n, 0], g_atoms[n, 1], g_atoms[n, 2]
         # d/dBt [(4pi/Bt)^1.5 exp(-4pi^2 r^2/Bt)] = g (-1.5/Bt + 4pi^2 r^2/Bt^2); with ex = -4pi^2/Bt
-        # this is g * (c0 + c1 r^2), c0 = -1.5/Bt, c1 = -ex/Bt
+        # this is g * (c0 + c1 r^2), c0 = -1.5/Bt, c1 = -ex/Bt; mode 1 uses c0 = 1, c1 = 0
         c0 = np.empty(5)
         c1 = np.empty(5)
         for k in range(5):
             bt = b[n, k] + bt_extra[n]
-            c0[k] = -1.5 / bt
-            c1[k] = -ex[k] / bt
+            if mode == 0:
+                c0[k] = -1.5 / bt
+                c1[k] = -ex[k] / bt
+            else:
+                c0[k] = 1.0
+                c1[k] = 0.0
         acc = 0.0
         for i in range(x0, x1 + 1):
             dx = (i - gx) * step[0]
@@ -158,6 +169,35 @@ def _gather_db(resid, step, g_atoms, a, b, bt_extra, radius, grad):
                         v += gk * (c0[k] + c1[k] * d2)
                     acc += rv * v
         grad[n] = acc
+
+
+@njit(cache=True)
+def _masked_fit(rc, ro_c, idx, ss_obs, dr):
+    """Correlation of the model map ``rc`` (flat) at ``idx`` with the centred map values ``ro_c``.
+
+    Returns ``(1 - CC^2, CC, k)`` with ``k`` the least-squares scale, and writes
+    ``d(1 - CC^2)/d rc = -2 k (ro_c - k rc_c) / ss_obs`` into ``dr`` at ``idx`` (the offset and
+    ``k`` are optimal, so their own variation does not enter: envelope theorem).
+    """
+    n = idx.size
+    s = 0.0
+    for t in range(n):
+        s += rc[idx[t]]
+    mc = s / n
+    vcc = 0.0
+    vco = 0.0
+    for t in range(n):
+        c = rc[idx[t]] - mc
+        vcc += c * c
+        vco += c * ro_c[t]
+    if vcc <= 0.0:
+        return 1.0, 0.0, 0.0
+    k = vco / vcc
+    f = -2.0 * k / ss_obs
+    for t in range(n):
+        dr[idx[t]] = f * (ro_c[t] - k * (rc[idx[t]] - mc))
+    cc = vco / np.sqrt(vcc * ss_obs)
+    return 1.0 - cc * cc, cc, k
 
 
 @njit(cache=True)
@@ -191,54 +231,103 @@ def _alias_free_blur(dmap: DensityMap, resolution: float) -> float:
     return 28.0 / (s_alias * s_alias)
 
 
+#: Fit targets of :class:`ModelMapFit`: ``"ccmask"`` is CC_mask itself (raw map, molecular mask,
+#: model map cut sharply at d, as :mod:`.metrics` measures it); ``"sphere"`` the earlier target
+#: (map low-pass filtered with a cosine edge, spheres of ``mask_radius`` around the atoms).
+TARGETS = ("ccmask", "sphere")
+
+
+def _molecular_mask_xyz(box: DensityMap, xyz: np.ndarray, elements: list[str]) -> np.ndarray:
+    """The CC_mask molecular mask (:func:`.mask.molecular_mask`) from positions and elements."""
+    from . import mask as _mask
+
+    radii = np.array([_mask.VDW_RADII.get(e.capitalize(), _mask.VDW_RADII["C"]) for e in elements])
+    g = np.ascontiguousarray(box.grid_coordinates(xyz))
+    h = np.asarray(box.voxel_size, dtype=np.float64)
+    data = _mask._mark_atoms(g, radii, float(_mask.SOLVENT_RADIUS), h, np.array(box.shape, dtype=np.int64))
+    data = _mask._shrink(data, _mask._shrink_offsets(h, _mask.SHRINK_RADIUS))
+    return data == 0
+
+
 @dataclass
 class ModelMapFit:
-    """The model-map fit of one model against one (boxed, filtered) map, for B refinement.
+    """The model-map fit of one model against one map box, for B and occupancy refinement.
 
-    Build with :meth:`prepare`; then :meth:`evaluate` gives the data term and its gradient
-    for any B vector.
+    Build with :meth:`prepare`; then :meth:`evaluate` gives the data term ``1 - CC^2`` and
+    its gradient with respect to every atom's B (Å²) or occupancy.
     """
 
     box: DensityMap
-    rho_o: np.ndarray  # filtered map in the box, float64
-    mask: np.ndarray  # bool, model mask
-    kernel: np.ndarray  # rfft-space filter x deblur
+    rho_o: np.ndarray  # map values in the box, float64 (raw or filtered, see ``target``)
+    mask: np.ndarray  # bool, the points the correlation is taken over
+    kernel: np.ndarray  # rfft-space resolution cut-off x removal of the extra blur
     grid_atoms: np.ndarray  # (N, 3) fractional grid positions in the box
     step: np.ndarray  # voxel edges, Å (orthogonal grid)
-    a: np.ndarray  # (N, 5) scattering coefficients x occupancy
+    a0: np.ndarray  # (N, 5) scattering coefficients (occupancy 1)
     b: np.ndarray  # (N, 5)
     b_add: float
     resolution: float
     ss_obs: float  # sum over the mask of (rho_o - mean)^2
+    occ: np.ndarray = None  # (N,) occupancies in [0, 1]
+    target: str = "ccmask"
     n_eval: int = field(default=0)
+
+    def __post_init__(self):
+        if self.occ is None:
+            self.occ = np.ones(len(self.a0))
+        self._mask_idx = np.flatnonzero(self.mask.ravel())
+        ro = self.rho_o.ravel()[self._mask_idx]
+        self._ro_c = ro - ro.mean()
+
+    @property
+    def a(self) -> np.ndarray:
+        """Scattering coefficients times occupancy, (N, 5)."""
+        return self.a0 * self.occ[:, None]
 
     @classmethod
     def prepare(cls, dmap: DensityMap, xyz: np.ndarray, elements: list[str], occupancy: np.ndarray,
-                resolution: float, *, mask_radius: float | None = None, padding: float | None = None
-                ) -> ModelMapFit:
-        """Cut the map around ``xyz`` (Å), filter it to ``resolution`` and build the mask.
+                resolution: float, *, target: str = "ccmask", mask_radius: float | None = None,
+                padding: float | None = None) -> ModelMapFit:
+        """Cut the map around ``xyz`` (Å) and build the mask and the model-map kernel.
 
-        ``mask_radius`` (Å) defaults to ``max(2.5, 0.75 d)``; ``padding`` to the splat radius
-        so no atom's density wraps around the box in the FFT.
+        ``target="ccmask"`` (default): the raw map inside the molecular mask of
+        :mod:`.mask` (cctbx's, the one CC_mask uses), model map cut at ``|s| < 1/d`` as in
+        :mod:`.modelmap`; the fitted correlation is then CC_mask. ``target="sphere"``: the
+        map low-pass filtered to d (cosine edge) within ``mask_radius`` Å (default
+        ``max(2.5, 0.75 d)``) of any atom. ``padding`` (Å) defaults to ``max(6, 2 d)``, the
+        box CC_mask is measured in (:func:`.metrics.box_for_cc`).
         """
+        if target not in TARGETS:
+            raise ValueError(f"unknown fit target {target!r} (one of {TARGETS})")
         xyz = np.asarray(xyz, float).reshape(-1, 3)
         if mask_radius is None:
             mask_radius = max(2.5, 0.75 * resolution)
         b_add = _alias_free_blur(dmap, resolution)
         if padding is None:
-            padding = mask_radius + 3.0
+            padding = max(6.0, 2.0 * resolution, mask_radius + 3.0 if target == "sphere" else 0.0)
         if not dmap.is_orthogonal:
             raise InputError(f"{dmap.name}: B refinement needs an orthogonal map cell")
         box = cut_box(dmap, xyz, padding)
+        # zero-pad the high ends to FFT-friendly sizes (a prime edge such as 79 costs 3x); the
+        # padding lies outside every mask, it only widens the periodic margin
         data = np.asarray(box.data, dtype=np.float64)
+        fast = tuple(sfft.next_fast_len(int(n), real=True) for n in data.shape)
+        data = np.pad(data, [(0, f - n) for f, n in zip(fast, data.shape)])
         s2 = _reciprocal_sq(box, data.shape)
-        filt = resolution_filter(s2, resolution)
-        rho_o = sfft.irfftn(sfft.rfftn(data, workers=-1) * filt, s=data.shape, workers=-1)
-        kernel = filt * np.exp(np.minimum(b_add * s2 / 4.0, 50.0)) * (filt > 0)
         step = np.ascontiguousarray(box.voxel_size, dtype=np.float64)
         g = np.ascontiguousarray(box.grid_coordinates(xyz))
-        mask = np.zeros(data.shape, dtype=np.bool_)
-        _mask_atoms(data.shape, step, g, float(mask_radius), mask)
+        if target == "ccmask":
+            filt = (s2 < 1.0 / resolution ** 2).astype(np.float64)
+            rho_o = data
+            mask = np.zeros(data.shape, dtype=np.bool_)
+            n0, n1, n2 = box.shape
+            mask[:n0, :n1, :n2] = _molecular_mask_xyz(box, xyz, elements)
+        else:
+            filt = resolution_filter(s2, resolution)
+            rho_o = sfft.irfftn(sfft.rfftn(data, workers=-1) * filt, s=data.shape, workers=-1)
+            mask = np.zeros(data.shape, dtype=np.bool_)
+            _mask_atoms(data.shape, step, g, float(mask_radius), mask)
+        kernel = filt * np.exp(np.minimum(b_add * s2 / 4.0, 50.0)) * (filt > 0)
         coef = {}
         a = np.empty((len(xyz), 5))
         b = np.empty((len(xyz), 5))
@@ -247,58 +336,72 @@ class ModelMapFit:
                 c = gemmi.Element(el).c4322
                 coef[el] = (np.array(c.a), np.array(c.b))
             a[i], b[i] = coef[el]
-        a *= np.clip(np.asarray(occupancy, float), 0.0, 1.0)[:, None]
         obs = rho_o[mask]
         ss = float(((obs - obs.mean()) ** 2).sum())
-        return cls(box=box, rho_o=rho_o, mask=mask, kernel=kernel, grid_atoms=g, step=step,
-                   a=a, b=b, b_add=b_add, resolution=float(resolution), ss_obs=ss)
+        return cls(box=box, rho_o=rho_o, mask=mask, kernel=kernel, grid_atoms=g, step=step, a0=a, b=b,
+                   b_add=b_add, resolution=float(resolution), ss_obs=ss,
+                   occ=np.clip(np.asarray(occupancy, float), 0.0, 1.0).copy(), target=target)
 
     def _radius(self, bt: np.ndarray) -> np.ndarray:
         # the widest Gaussian (b_k max) falls to exp(-6.9) of its peak at r^2 = 6.9 Bt / (4 pi^2)
         return np.sqrt(6.9 * (self.b.max(axis=1) + bt) / (4.0 * np.pi ** 2))
 
-    def model_map(self, bvals: np.ndarray) -> np.ndarray:
-        """Model map (filtered at d, float64, box grid) for per-atom B ``bvals`` (Å²)."""
-        bt = np.asarray(bvals, float) + self.b_add
-        raw = np.zeros(self.rho_o.shape)
-        _splat(raw.shape, self.step, self.grid_atoms, self.a, self.b, bt, self._radius(bt), raw)
+    def _filtered(self, raw: np.ndarray) -> np.ndarray:
         return sfft.irfftn(sfft.rfftn(raw, workers=-1) * self.kernel, s=raw.shape, workers=-1)
 
-    def cc(self, bvals: np.ndarray) -> float:
-        """Pearson correlation of model and filtered map inside the mask."""
-        rc = self.model_map(bvals)[self.mask]
-        ro = self.rho_o[self.mask]
+    def model_map(self, bvals: np.ndarray, occ: np.ndarray | None = None) -> np.ndarray:
+        """Model map (cut at d, float64, box grid) for per-atom B ``bvals`` (Å²) and occupancies."""
+        bt = np.asarray(bvals, float) + self.b_add
+        a = self.a if occ is None else self.a0 * np.asarray(occ, float)[:, None]
+        raw = np.zeros(self.rho_o.shape)
+        _splat(raw.shape, self.step, self.grid_atoms, a, self.b, bt, self._radius(bt), raw)
+        return self._filtered(raw)
+
+    def cc(self, bvals: np.ndarray, occ: np.ndarray | None = None) -> float:
+        """Pearson correlation of model map and map inside the mask."""
+        rc = self.model_map(bvals, occ).ravel()[self._mask_idx]
+        ro = self.rho_o.ravel()[self._mask_idx]
         return float(np.corrcoef(rc, ro)[0, 1])
 
-    def evaluate(self, bvals: np.ndarray) -> tuple[float, np.ndarray, float]:
-        """``(1 - CC^2)`` over the mask (least-squares misfit after the best scale and offset) and d/dB.
+    def evaluate(self, bvals: np.ndarray, occ: np.ndarray | None = None, wrt: str = "b"
+                 ) -> tuple[float, np.ndarray, float]:
+        """Misfit ``1 - CC^2`` over the mask and its gradient.
 
-        Returns the misfit, its gradient (N,) in Å⁻², and the CC.
+        ``1 - CC^2`` is the least-squares misfit ``sum_m (rho_o - k rho_c - c)^2`` after the
+        best scale ``k`` and offset ``c``, divided by ``sum_m (rho_o - <rho_o>)^2``: CC is
+        scale- and offset-free, so are ``k`` and ``c`` here (re-fitted at every call).
+
+        Parameters
+        ----------
+        bvals : numpy.ndarray
+            (N,) isotropic B, Å².
+        occ : numpy.ndarray, optional
+            (N,) occupancies (default: those given to :meth:`prepare`).
+        wrt : {"b", "occ"}
+            Gradient with respect to B (Å⁻²) or to occupancy.
+
+        Returns
+        -------
+        misfit, gradient (N,), CC
         """
         self.n_eval += 1
         bt = np.asarray(bvals, float) + self.b_add
+        a = self.a if occ is None else self.a0 * np.asarray(occ, float)[:, None]
         radius = self._radius(bt)
         raw = np.zeros(self.rho_o.shape)
-        _splat(raw.shape, self.step, self.grid_atoms, self.a, self.b, bt, radius, raw)
-        rc_full = sfft.irfftn(sfft.rfftn(raw, workers=-1) * self.kernel, s=raw.shape, workers=-1)
-        rc = rc_full[self.mask]
-        ro = self.rho_o[self.mask]
-        rc_c = rc - rc.mean()
-        ro_c = ro - ro.mean()
-        var_c = float(np.dot(rc_c, rc_c))
-        if var_c <= 0:
+        _splat(raw.shape, self.step, self.grid_atoms, a, self.b, bt, radius, raw)
+        rc = self._filtered(raw).ravel()
+        dr = np.zeros(rc.size)
+        misfit, cc, k = _masked_fit(rc, self._ro_c, self._mask_idx, self.ss_obs, dr)
+        if k == 0.0:
             return 1.0, np.zeros(len(bt)), 0.0
-        k = float(np.dot(rc_c, ro_c)) / var_c
-        res = ro_c - k * rc_c
-        misfit = float(np.dot(res, res)) / self.ss_obs
-        # d misfit / d rho_c(v) = -2 k res(v) / ss on the mask (k, c optimal: envelope theorem)
-        dr = np.zeros(self.rho_o.shape)
-        dr[self.mask] = -2.0 * k * res / self.ss_obs
-        back = sfft.irfftn(sfft.rfftn(dr, workers=-1) * self.kernel, s=dr.shape, workers=-1)
+        back = np.ascontiguousarray(self._filtered(dr.reshape(self.rho_o.shape)))
         grad = np.empty(len(bt))
-        _gather_db(np.ascontiguousarray(back), self.step, self.grid_atoms, self.a, self.b, bt, radius, grad)
-        cc = float(np.dot(rc_c, ro_c)) / np.sqrt(var_c * float(np.dot(ro_c, ro_c)))
-        return misfit, grad, cc
+        if wrt == "b":
+            _gather(back, self.step, self.grid_atoms, a, self.b, bt, radius, 0, grad)
+        else:
+            _gather(back, self.step, self.grid_atoms, self.a0, self.b, bt, radius, 1, grad)
+        return float(misfit), grad, float(cc)
 
 
 def bonded_pairs(xyz: np.ndarray, cutoff: float = 2.1) -> np.ndarray:
@@ -318,23 +421,52 @@ class AdpResult:
     stages: list = field(default_factory=list)
 
 
-def _similarity(bvals: np.ndarray, pairs: np.ndarray, sigma: float) -> tuple[float, np.ndarray]:
-    d = bvals[pairs[:, 0]] - bvals[pairs[:, 1]]
-    e = float(np.dot(d, d)) / sigma ** 2
+RESTRAINTS = ("relative", "flat", "log")
+
+
+def similarity(bvals: np.ndarray, pairs: np.ndarray, sigma: float, kind: str = "relative"
+               ) -> tuple[float, np.ndarray]:
+    """ADP similarity restraint between bonded atoms: energy and gradient (Å⁻²).
+
+    ``"relative"`` (Phenix's isotropic ADP restraint with ``average_power`` 1, no distance
+    term; Afonine et al. 2012 Acta Cryst D68:352): ``sum (B_i - B_j)^2 / (sigma^2 (B_i + B_j)/2)``,
+    so a pair at mean B 25 Å² may differ by ``5 sigma`` Å², one at 100 Å² by ``10 sigma``;
+    ``"flat"``: ``sum (B_i - B_j)^2 / sigma^2``; ``"log"``: ``sum (ln B_i - ln B_j)^2 / sigma^2``.
+    """
+    i, j = pairs[:, 0], pairs[:, 1]
+    bi, bj = bvals[i], bvals[j]
+    d = bi - bj
+    s2 = sigma * sigma
     g = np.zeros_like(bvals)
-    np.add.at(g, pairs[:, 0], 2.0 * d / sigma ** 2)
-    np.add.at(g, pairs[:, 1], -2.0 * d / sigma ** 2)
+    if kind == "flat":
+        e = float(np.dot(d, d)) / s2
+        gi, gj = 2.0 * d / s2, -2.0 * d / s2
+    elif kind == "relative":
+        m = 0.5 * (bi + bj)
+        e = float(np.sum(d * d / m)) / s2
+        q = d * d / (2.0 * m * m)
+        gi = (2.0 * d / m - q) / s2
+        gj = (-2.0 * d / m - q) / s2
+    elif kind == "log":
+        dl = np.log(bi) - np.log(bj)
+        e = float(np.dot(dl, dl)) / s2
+        gi, gj = 2.0 * dl / (s2 * bi), -2.0 * dl / (s2 * bj)
+    else:
+        raise ValueError(f"unknown restraint {kind!r} (one of {RESTRAINTS})")
+    np.add.at(g, i, gi)
+    np.add.at(g, j, gj)
     return e, g
 
 
 def refine_adp(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, xyz: np.ndarray | None = None,
                pairs: np.ndarray | None = None, fixed: np.ndarray | None = None, group: bool = True,
-               individual: bool = True, sigma: float = 10.0, data_weight: float | None = None,
-               max_iter: int = 40, fit: ModelMapFit | None = None) -> AdpResult:
+               individual: bool = True, sigma: float | None = None, restraint: str = "relative",
+               data_weight: float | None = None, max_iter: int = 40, fit: ModelMapFit | None = None,
+               target: str = "ccmask") -> AdpResult:
     """Refine isotropic B (Å²) of the atoms of ``st[0]`` against ``dmap``; writes them into ``st``.
 
     Stages: one B per residue (all its atoms move together), then one per atom with the
-    bonded-atom similarity restraint. L-BFGS-B keeps B in [1, 500] Å².
+    bonded-atom similarity restraint. L-BFGS-B keeps B in [B_MIN, B_MAX] Å².
 
     Parameters
     ----------
@@ -350,23 +482,31 @@ def refine_adp(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, xyz:
         (M, 2) bonded atom indices for the similarity restraint (default: pairs < 2.1 Å).
     fixed : numpy.ndarray, optional
         Boolean mask of atoms whose B stays as it is.
-    sigma : float
-        Å², allowed B difference between bonded atoms.
+    sigma : float, optional
+        Width of the similarity restraint (see :func:`similarity`; default
+        :data:`SIGMA` for the chosen ``restraint``).
+    restraint : {"relative", "flat", "log"}
+        Form of the similarity restraint (:func:`similarity`).
     data_weight : float, optional
         Multiplier of the data term ``(1 - CC^2)``; default: number of atoms x 2 / (1 - CC0^2),
         i.e. a misfit change of half its starting value is worth one unit per atom.
+    target : {"ccmask", "sphere"}
+        Fit target (:class:`ModelMapFit`); ignored when ``fit`` is given.
     """
     atoms = [cra.atom for cra in st[0].all()]
     n = len(atoms)
     if xyz is None:
         xyz = np.array([a.pos.tolist() for a in atoms], float).reshape(-1, 3)
+    if sigma is None:
+        sigma = SIGMA[restraint]
     b0 = np.array([a.b_iso for a in atoms], float)
     b0 = np.clip(np.where(np.isfinite(b0), b0, 30.0), B_MIN, B_MAX)
     if fit is None:
         fit = ModelMapFit.prepare(dmap, xyz, [a.element.name for a in atoms],
-                                  np.array([a.occ for a in atoms]), resolution)
+                                  np.array([a.occ for a in atoms]), resolution, target=target)
     if pairs is None:
         pairs = bonded_pairs(xyz)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     free = np.ones(n, bool) if fixed is None else ~np.asarray(fixed, bool)
     misfit0, _, cc0 = fit.evaluate(b0)
     if data_weight is None:
@@ -376,7 +516,7 @@ def refine_adp(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, xyz:
 
     def total(bvals):
         m, g, _ = fit.evaluate(bvals)
-        e_s, g_s = _similarity(bvals, pairs, sigma)
+        e_s, g_s = similarity(bvals, pairs, sigma, restraint)
         return data_weight * m + e_s, data_weight * g + g_s
 
     if group:
