@@ -202,6 +202,8 @@ class _PartFile:
                     continue
             else:
                 w = os.pwrite(self.fd, view[off:], self.pos)
+            if w <= 0:  # a regular file should never do this; do not spin
+                raise OSError(errno.EIO, f"write made no progress at byte {self.pos}")
             off += w
             self.pos += w
 
