@@ -71,6 +71,42 @@ def conformer_groups(st: gemmi.Structure) -> ConformerGroups:
     return ConformerGroups(np.array(group_of, np.int64), np.array(residue_of, np.int64), altloc, label)
 
 
+def add_rotamer_conformer(st: gemmi.Structure, chain: str, seqnum: int, chi1_turn: float,
+                          occupancies: tuple[float, float] = (0.5, 0.5)) -> gemmi.Structure:
+    """Copy of ``st`` where one residue's side chain has two conformers.
+
+    Conformer A is the side chain as it is (CB onwards, altloc ``A``); conformer B is the same
+    atoms turned by ``chi1_turn`` degrees about the CA-CB bond (chi1 changed by that much,
+    CB itself stays). Backbone atoms (N, CA, C, O) keep no altloc. Used to build test models
+    with alternative conformations from real ones.
+    """
+    st = st.clone()
+    res = next((r for r in st[0][chain] if r.seqid.num == seqnum), None)
+    if res is None or not res.find_atom("CA", "*") or not res.find_atom("CB", "*"):
+        raise ValueError(f"{chain}/{seqnum}: no residue with CA and CB")
+    ca = np.array(res.find_atom("CA", "*").pos.tolist())
+    cb = np.array(res.find_atom("CB", "*").pos.tolist())
+    k = (cb - ca) / np.linalg.norm(cb - ca)
+    ang = np.radians(chi1_turn)
+    copies = []
+    for atom in res:
+        if atom.name in ("N", "CA", "C", "O"):
+            continue
+        atom.altloc = "A"
+        atom.occ = occupancies[0]
+        c = atom.clone()
+        c.altloc = "B"
+        c.occ = occupancies[1]
+        v = np.array(atom.pos.tolist()) - cb
+        # Rodrigues rotation about the CA-CB axis through CB
+        v = v * np.cos(ang) + np.cross(k, v) * np.sin(ang) + k * np.dot(k, v) * (1 - np.cos(ang))
+        c.pos = gemmi.Position(*(cb + v))
+        copies.append(c)
+    for c in copies:
+        res.add_atom(c)
+    return st
+
+
 def has_altlocs(st: gemmi.Structure) -> bool:
     """True when any atom of the first model has an alternative-location label."""
     return any(cra.atom.altloc not in ("\0", " ", "") for cra in st[0].all())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-import gemmi
 import numpy as np
 import pytest
 
@@ -153,32 +152,10 @@ def test_fixed_atoms_keep_b(loaded):
 TRP = ("B", 37)
 
 
-def _rotate(p, a, b, ang):
-    k = (b - a) / np.linalg.norm(b - a)
-    v = p - b
-    return b + v * np.cos(ang) + np.cross(k, v) * np.sin(ang) + k * np.dot(k, v) * (1 - np.cos(ang))
-
-
 def _two_conformers(st, ang, occ_a=0.5, occ_b=0.5):
-    """Side chain (CB onwards) of Trp B37 as conformer A (deposited) and B (turned by ``ang``)."""
-    st = st.clone()
-    res = next(r for r in st[0][TRP[0]] if r.seqid.num == TRP[1])
-    ca = np.array(res["CA"][0].pos.tolist())
-    cb = np.array(res["CB"][0].pos.tolist())
-    copies = []
-    for atom in res:
-        if atom.name in ("N", "CA", "C", "O"):
-            continue
-        atom.altloc = "A"
-        atom.occ = occ_a
-        c = atom.clone()
-        c.altloc = "B"
-        c.occ = occ_b
-        c.pos = gemmi.Position(*_rotate(np.array(atom.pos.tolist()), ca, cb, ang))
-        copies.append(c)
-    for c in copies:
-        res.add_atom(c)
-    return st
+    from rerefine.refine.occupancy import add_rotamer_conformer
+
+    return add_rotamer_conformer(st, TRP[0], TRP[1], np.degrees(ang), (occ_a, occ_b))
 
 
 def _map_sd_at(dmap, xyz):
