@@ -1,17 +1,34 @@
 """Benchmark: the nightly flow end to end on the sample archive (issue 10's figures).
 
-Runs ``rerefine nightly --mirror <sample archive>`` in a fresh data directory (full default
-pipeline parameters; ``--workers`` as given) and reports wall time per entry and per stage, the
-fraction of the run spent outside our stages (Prefect, Dask and process start-up), entries per
-core-hour, and the cluster size needed to re-refine an archive of N entries in a week.
+Each repeat makes the sample archive (``rerefine sample-archive``) and a fresh data directory, then
+runs ``rerefine nightly --mirror <archive> --workers N`` several nights in a row in that directory:
+night 1 starts with no Prefect home and no database (Prefect creates and migrates its database),
+later nights (``--force``: redo every entry) find both in place, as every real night after the
+first does. Full default pipeline parameters.
 
-    python benchmarks/bench_nightly.py [--workers 1] [--repeat 1] [--archive-size 30000] [--copies N]
+Time in Prefect, per night (nothing is left out: whatever we do not time is counted as Prefect's)::
 
-``--copies N`` adds N more entries to the mirror, each the real 7CEC model under a local id
-(``loc_7cec_copyK``) pointing at the same real EMD-30342 map, to show how Prefect's fixed start-up
-cost amortises over a longer night (the per-entry work is real; only the entry count is made up).
+    prefect = wall - ours
+    ours    = bare + setup + harvest + sum(stage timings of every entry) + site build
 
-Results: benchmarks/results/nightly.json
+``wall`` is the ``rerefine nightly`` process as a whole (interpreter start to exit, measured here);
+``bare`` is the same interpreter starting the same CLI and exiting (``rerefine --version``: our
+imports and argument parser, no Prefect); ``setup`` is our own start-up work timed in-process
+(option parsing, database upgrade, importing the stage modules); the stage timings are the
+pipeline's own (``fetch``, ``load``, ... ``store``). So Prefect's share includes importing
+Prefect, the part of its server's start-up that the run waits for, flow and task orchestration,
+and the server's shutdown at exit. The itemised parts are reported too.
+
+    python benchmarks/bench_nightly.py [--workers 1] [--repeat 3] [--nights 3] [--copies N]
+                                       [--server own|prefect|both]
+
+``--server prefect`` is the reference: Prefect starts its own temporary server at the first flow
+call (``RR_PREFECT_SERVER=prefect``), as before rerefine started the server itself.
+``--copies N`` adds N entries to the mirror, each the real 7CEC model under a local id
+(``loc_7cec_copyK``) on the same real EMD-30342 map, to show how Prefect's fixed cost amortises
+over a longer night (the per-entry work is real; only the entry count is made up).
+
+Results: benchmarks/results/nightly.json (nightly_copiesN.json with --copies)
 """
 
 from __future__ import annotations
@@ -29,29 +46,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-STARTUP = """
-import time, sys
-t0 = time.perf_counter()
-import rerefine.flows.cli, rerefine.flows.pipeline, rerefine.refine.metrics, rerefine.refine.realspace
-t1 = time.perf_counter()
-if sys.argv[1] == "prefect":
-    from rerefine.flows.prefect_env import configure_prefect
-    configure_prefect(sys.argv[2])
-    from prefect import flow
-    @flow
-    def empty():
-        return 1
-    empty()
-print(time.perf_counter() - t0, t1 - t0)
-"""
-
-
-def startup_seconds(with_prefect: bool, data_dir: Path) -> float:
-    """Process start, imports and (optionally) Prefect's temporary server and one empty flow run."""
+def _env(data_dir: Path, data: Path, server: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RR_"))}
-    r = subprocess.run([sys.executable, "-c", STARTUP, "prefect" if with_prefect else "bare", str(data_dir)],
-                       env=env, capture_output=True, text=True, check=True)
-    return float(r.stdout.split()[-2])
+    env.update(RR_DATA_DIR=str(data_dir), RR_TEST_DATA=str(data), RR_PREFECT_SERVER=server)
+    env.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba-cache"))
+    return env
+
+
+CLI = [sys.executable, "-m", "rerefine.flows.cli"]
+
+
+def bare_seconds(env: dict, n: int = 5) -> float:
+    """Median wall time of the CLI starting and exiting without Prefect (``--version``)."""
+    walls = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(CLI + ["--version"], env=env, check=True, capture_output=True)
+        walls.append(time.perf_counter() - t0)
+    return statistics.median(walls)
 
 
 def add_copies(archive: Path, n: int) -> None:
@@ -65,96 +77,132 @@ def add_copies(archive: Path, n: int) -> None:
         dst.write_bytes(src.read_bytes())
 
 
-def one_run(workers: int, data: Path, copies: int = 0) -> dict:
+def loadavg() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def account(wall: float, bare: float, s: dict, workers: int) -> dict:
+    """Split one night's wall time into ours and Prefect's (see the module docstring)."""
+    done = [e for e in s["entries"] if e["status"] in ("done", "cached", "failed")]
+    stages = sum(sum(e.get("timings", {}).values()) for e in done)
+    setup = sum(s["setup_seconds"].values())
+    ours = bare + setup + s["harvest_seconds"] + stages + s["site_seconds"]
+    ps = s["prefect_startup"]
+    parts = {
+        "import": ps.get("import_seconds", 0.0),
+        # with Prefect's own server, starting it happens inside the flow call
+        "server_wait": ps.get("server_wait_seconds", 0.0),
+        "flow_call_outside_flow_body": s["flow_call_seconds"] - s["seconds"],
+        "in_flow_outside_entries": s["seconds"] - s["harvest_seconds"] - s["site_seconds"]
+        - sum(e.get("wall_seconds", sum(e.get("timings", {}).values())) for e in done),
+    }
+    if workers == 1:
+        parts["per_entry_orchestration"] = sum(e["wall_seconds"] - sum(e["timings"].values())
+                                               for e in done if "wall_seconds" in e)
+    accounted = bare + sum(s["setup_seconds"].values()) + ps.get("import_seconds", 0.0) \
+        + ps.get("server_wait_seconds", 0.0) + s["flow_call_seconds"]
+    parts["exit_and_unaccounted"] = wall - accounted
+    prefect = wall - ours
+    return {"wall": round(wall, 3), "ours": round(ours, 3), "prefect": round(prefect, 3),
+            "prefect_fraction": round(prefect / wall, 4), "bare": round(bare, 3),
+            "setup": s["setup_seconds"], "harvest": s["harvest_seconds"], "site": s["site_seconds"],
+            "stages_total": round(stages, 3), "prefect_parts": {k: round(v, 3) for k, v in parts.items()},
+            "server_ready_after": ps.get("server_ready_after_seconds"),
+            "server_migrations": ps.get("server_migrations"),
+            "entries_done": sum(e["status"] == "done" for e in s["entries"]),
+            "per_entry": {e["pdb_id"]: {"seconds": round(sum(e["timings"].values()), 3),
+                                        "wall": e.get("wall_seconds"), "verdict": e.get("verdict"),
+                                        "cc_mask_before": e.get("cc_mask_before"),
+                                        "cc_mask_after": e.get("cc_mask_after"),
+                                        "timings": e["timings"]} for e in s["entries"] if e["status"] == "done"},
+            "stage_seconds": s["stage_seconds"], "failed": s["failed"], "rejected": s["rejected"]}
+
+
+def one_repeat(workers: int, data: Path, copies: int, nights: int, server: str) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="rr-bench-nightly-") as tmp:
         tmp = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RR_"))}
-        env.update(RR_DATA_DIR=str(tmp / "data"), RR_TEST_DATA=str(data))
-        env.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba-cache"))
-        cli = [sys.executable, "-m", "rerefine.flows.cli"]
-        subprocess.run(cli + ["sample-archive", "--data", str(data), "--out", str(tmp / "archive")], env=env,
+        env = _env(tmp / "data", data, server)
+        subprocess.run(CLI + ["sample-archive", "--data", str(data), "--out", str(tmp / "archive")], env=env,
                        check=True, capture_output=True)
         add_copies(tmp / "archive", copies)
-        # Run twice in the same data directory: the second run (--force: redo every entry) sees
-        # Prefect's home already initialised, as every night after the first does.
-        for extra in ([], ["--force"]):
+        bare = bare_seconds(env)
+        out = []
+        for night in range(1, nights + 1):
+            load = loadavg()
             t0 = time.perf_counter()
-            r = subprocess.run(cli + ["nightly", "--mirror", str(tmp / "archive"), "--workers", str(workers),
-                                      "--json", str(tmp / "s.json"), *extra], env=env, capture_output=True, text=True)
+            r = subprocess.run(CLI + ["nightly", "--mirror", str(tmp / "archive"), "--workers", str(workers),
+                                      "--json", str(tmp / "s.json"), *(["--force"] if night > 1 else [])],
+                               env=env, capture_output=True, text=True)
             wall = time.perf_counter() - t0
             if r.returncode != 0:
                 raise SystemExit(r.stderr[-3000:])
-            if not extra:
-                first_wall = wall
-        s = json.loads((tmp / "s.json").read_text())
-    done = [e for e in s["entries"] if e["status"] == "done"]
-    stage_total = sum(sum(e["timings"].values()) for e in done)
-    with tempfile.TemporaryDirectory(prefix="rr-bench-prefect-") as t2:
-        bare = startup_seconds(False, Path(t2))
-        startup_seconds(True, Path(t2))  # initialise Prefect's home, as the first night does
-        with_prefect = startup_seconds(True, Path(t2))
-    in_flow_overhead = s["seconds"] - stage_total - s["harvest_seconds"] - s["site_seconds"]
-    prefect_s = (with_prefect - bare) + in_flow_overhead
-    return {
-        "first_night_wall_seconds": first_wall,
-        "prefect_seconds": round(prefect_s, 2),
-        "prefect_fraction": prefect_s / wall,
-        "prefect_startup_seconds": round(with_prefect - bare, 2),
-        "prefect_in_flow_seconds": round(in_flow_overhead, 2),
-        "harvest_seconds": s["harvest_seconds"],
-        "site_seconds": s["site_seconds"],
-        "wall_seconds": wall,
-        "flow_seconds": s["seconds"],
-        "entries_done": len(done),
-        "per_entry": {e["pdb_id"]: {"seconds": round(sum(e["timings"].values()), 2), "verdict": e.get("verdict"),
-                                    "cc_mask_before": e.get("cc_mask_before"), "cc_mask_after": e.get("cc_mask_after"),
-                                    "timings": e["timings"]} for e in done},
-        "stage_seconds": s["stage_seconds"],
-        "failed": s["failed"],
-        "rejected": s["rejected"],
-        # Everything outside our stages: Prefect's ephemeral server and task bookkeeping, Dask,
-        # interpreter start-up, harvest and the site build.
-        # (one worker only: with several, stages overlap in time)
-        "fraction_outside_stages": 1.0 - stage_total / wall if workers == 1 else None,
-        "fraction_outside_stages_of_flow": 1.0 - stage_total / s["seconds"] if workers == 1 else None,
-    }
+            rec = account(wall, bare, json.loads((tmp / "s.json").read_text()), workers)
+            rec.update(night=night, server=server, loadavg_before=load, loadavg_after=loadavg())
+            out.append(rec)
+            print(f"[{server}] night {night}: wall {wall:.2f} s, Prefect {rec['prefect']:.2f} s "
+                  f"({100 * rec['prefect_fraction']:.1f} %), parts {rec['prefect_parts']}, load {load}, "
+                  f"done {rec['entries_done']}, failed {rec['failed']}", file=sys.stderr, flush=True)
+        return out
+
+
+def _median(xs):
+    xs = [x for x in xs if x is not None]
+    return round(statistics.median(xs), 4) if xs else None
+
+
+def summarise(nights: list[dict]) -> dict:
+    """Medians over repeats of one kind of night."""
+    out = {k: _median([n[k] for n in nights]) for k in ("wall", "ours", "prefect", "prefect_fraction", "bare",
+                                                          "harvest", "site", "stages_total", "server_ready_after")}
+    out["prefect_parts"] = {k: _median([n["prefect_parts"].get(k) for n in nights])
+                            for k in nights[0]["prefect_parts"]}
+    out["setup"] = {k: _median([n["setup"][k] for n in nights]) for k in nights[0]["setup"]}
+    ids = sorted({i for n in nights for i in n["per_entry"]})
+    out["per_entry_seconds"] = {i: _median([n["per_entry"][i]["seconds"] for n in nights if i in n["per_entry"]])
+                                for i in ids}
+    stages = sorted({k for n in nights for k in n["stage_seconds"]})
+    out["per_stage_seconds"] = {k: _median([n["stage_seconds"].get(k, 0.0) for n in nights]) for k in stages}
+    out["n"] = len(nights)
+    out["loadavg"] = [n["loadavg_before"] for n in nights]
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--nights", type=int, default=3, help="nights per repeat (the first on a fresh data dir)")
+    ap.add_argument("--server", choices=("own", "prefect", "both"), default="both")
     ap.add_argument("--archive-size", type=int, default=30000, help="EM entries with a model to re-refine")
     ap.add_argument("--copies", type=int, default=0, help="extra entries (copies of 7CEC under local ids)")
     ap.add_argument("--data", default=os.environ.get("RR_TEST_DATA", str(ROOT.parent / "shared" / "data")))
     args = ap.parse_args()
-    runs = [one_run(args.workers, Path(args.data), args.copies) for _ in range(args.repeat)]
-    walls = [r["wall_seconds"] for r in runs]
-    per_entry = statistics.median(
-        [v["seconds"] for r in runs for v in r["per_entry"].values()]) if runs[0]["per_entry"] else None
-    cores_per_entry = 1  # one entry is one single-process task
-    entries_per_core_hour = 3600.0 / per_entry / cores_per_entry if per_entry else None
-    week_core_hours = args.archive_size / entries_per_core_hour if entries_per_core_hour else None
-    out = {
-        "workers": args.workers,
-        "extra_copies": args.copies,
-        "runs": runs,
-        "wall_seconds_median": statistics.median(walls),
-        "median_seconds_per_entry": per_entry,
-        "entries_per_core_hour": entries_per_core_hour,
-        "archive_size": args.archive_size,
-        "core_hours_for_archive": week_core_hours,
-        "cores_for_archive_in_one_week": week_core_hours / (7 * 24) if week_core_hours else None,
-    }
+    servers = ("own", "prefect") if args.server == "both" else (args.server,)
+    runs = []
+    for _ in range(args.repeat):
+        for server in servers:  # interleaved, so both see the same background load
+            runs += one_repeat(args.workers, Path(args.data), args.copies, args.nights, server)
+    out = {"workers": args.workers, "extra_copies": args.copies, "repeat": args.repeat, "nights": args.nights,
+           "cpu_count": os.cpu_count(), "results": {}}
+    for server in servers:
+        first = [r for r in runs if r["server"] == server and r["night"] == 1]
+        later = [r for r in runs if r["server"] == server and r["night"] > 1]
+        out["results"][server] = {"first_night": summarise(first), "later_nights": summarise(later) if later else None}
+    own_later = out["results"].get("own", {}).get("later_nights")
+    if own_later and own_later["per_entry_seconds"]:
+        per_entry = statistics.median(list(own_later["per_entry_seconds"].values()))
+        eph = 3600.0 / per_entry  # one entry is one single-process task
+        out["median_seconds_per_entry"] = per_entry
+        out["entries_per_core_hour"] = eph
+        out["archive_size"] = args.archive_size
+        out["core_hours_for_archive"] = args.archive_size / eph
+        out["cores_for_archive_in_one_week"] = args.archive_size / eph / (7 * 24)
+    out["runs"] = runs
     res = ROOT / "benchmarks" / "results"
     res.mkdir(parents=True, exist_ok=True)
-    (res / ("nightly.json" if not args.copies else f"nightly_copies{args.copies}.json")).write_text(json.dumps(out, indent=2))
-    print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=2))
-    for r in runs:
-        print(json.dumps({k: r[k] for k in ("wall_seconds", "flow_seconds", "stage_seconds", "harvest_seconds",
-                                             "site_seconds", "prefect_seconds", "prefect_fraction",
-                                             "prefect_startup_seconds", "prefect_in_flow_seconds",
-                                             "fraction_outside_stages", "per_entry")}, indent=1))
+    name = "nightly.json" if not args.copies else f"nightly_copies{args.copies}.json"
+    (res / name).write_text(json.dumps(out, indent=2))
+    print(json.dumps({k: v for k, v in out.items() if k != "runs"}, indent=1))
 
 
 if __name__ == "__main__":
