@@ -69,7 +69,8 @@ SIGMA = {"relative": 5.0, "flat": 10.0, "log": 0.3}
 def _atom_tables(n, g_atoms, step, a, b, bt_extra, radius, shape, ex_x, ex_y, ex_z, pre, ex):
     """Per-axis 1-D Gaussian factors of atom ``n`` (orthogonal grid: exp(-c r^2) separates).
 
-    Returns the index ranges covered; ``ex_*[k, i]`` holds ``exp(ex_k * (dx_i * h)^2)``.
+    Returns the index ranges covered; ``ex_*[i, k]`` holds ``exp(ex_k * (dx_i * h)^2)``
+    (Gaussian index last, so the inner loop over the five Gaussians reads contiguous memory).
     """
     four_pi2 = 4.0 * np.pi * np.pi
     gx, gy, gz = g_atoms[n, 0], g_atoms[n, 1], g_atoms[n, 2]
@@ -87,14 +88,21 @@ def _atom_tables(n, g_atoms, step, a, b, bt_extra, radius, shape, ex_x, ex_y, ex
     for k in range(5):
         for i in range(x0, x1 + 1):
             d = (i - gx) * step[0]
-            ex_x[k, i - x0] = np.exp(ex[k] * d * d)
+            ex_x[i - x0, k] = np.exp(ex[k] * d * d)
         for j in range(y0, y1 + 1):
             d = (j - gy) * step[1]
-            ex_y[k, j - y0] = np.exp(ex[k] * d * d)
+            ex_y[j - y0, k] = np.exp(ex[k] * d * d)
         for l in range(z0, z1 + 1):
             d = (l - gz) * step[2]
-            ex_z[k, l - z0] = np.exp(ex[k] * d * d)
+            ex_z[l - z0, k] = np.exp(ex[k] * d * d)
     return x0, x1, y0, y1, z0, z1
+
+
+@njit(cache=True, inline="always")
+def _row_range(gz, z0, z1, r2, dxy, hz):
+    """z indices of a grid row at squared in-plane distance ``dxy`` (Å²) that lie within the sphere."""
+    zr = np.sqrt(r2 - dxy) / hz
+    return max(z0, int(np.ceil(gz - zr))), min(z1, int(np.floor(gz + zr)))
 
 
 @njit(cache=True)
@@ -106,11 +114,12 @@ def _splat(shape, step, g_atoms, a, b, bt_extra, radius, out):
     (N,) cut-off, Å. Serial because atoms overlap on the grid.
     """
     m = int(2.0 * radius.max() / step.min()) + 3
-    ex_x = np.empty((5, m))
-    ex_y = np.empty((5, m))
-    ex_z = np.empty((5, m))
+    ex_x = np.empty((m, 5))
+    ex_y = np.empty((m, 5))
+    ex_z = np.empty((m, 5))
     pre = np.empty(5)
     ex = np.empty(5)
+    pxy = np.empty(5)
     for n in range(g_atoms.shape[0]):
         x0, x1, y0, y1, z0, z1 = _atom_tables(n, g_atoms, step, a, b, bt_extra, radius, shape,
                                               ex_x, ex_y, ex_z, pre, ex)
@@ -123,13 +132,13 @@ def _splat(shape, step, g_atoms, a, b, bt_extra, radius, out):
                 dxy = dx * dx + dy * dy
                 if dxy > r2:
                     continue
-                for l in range(z0, z1 + 1):
-                    dz = (l - gz) * step[2]
-                    if dxy + dz * dz > r2:
-                        continue
+                for k in range(5):
+                    pxy[k] = pre[k] * ex_x[i - x0, k] * ex_y[j - y0, k]
+                l0, l1 = _row_range(gz, z0, z1, r2, dxy, step[2])
+                for l in range(l0, l1 + 1):
                     v = 0.0
                     for k in range(5):
-                        v += pre[k] * ex_x[k, i - x0] * ex_y[k, j - y0] * ex_z[k, l - z0]
+                        v += pxy[k] * ex_z[l - z0, k]
                     out[i, j, l] += v
 
 
@@ -144,11 +153,13 @@ def _gather(resid, step, g_atoms, a, b, bt_extra, radius, mode, grad):
     shape = resid.shape
     m = int(2.0 * radius.max() / step.min()) + 3
     for n in prange(g_atoms.shape[0]):
-        ex_x = np.empty((5, m))
-        ex_y = np.empty((5, m))
-        ex_z = np.empty((5, m))
+        ex_x = np.empty((m, 5))
+        ex_y = np.empty((m, 5))
+        ex_z = np.empty((m, 5))
         pre = np.empty(5)
         ex = np.empty(5)
+        p0 = np.empty(5)
+        p1 = np.empty(5)
         x0, x1, y0, y1, z0, z1 = _atom_tables(n, g_atoms, step, a, b, bt_extra, radius, shape,
                                               ex_x, ex_y, ex_z, pre, ex)
         r2 = radius[n] * radius[n]
@@ -173,19 +184,19 @@ def _gather(resid, step, g_atoms, a, b, bt_extra, radius, mode, grad):
                 dxy = dx * dx + dy * dy
                 if dxy > r2:
                     continue
-                for l in range(z0, z1 + 1):
-                    rv = resid[i, j, l]
-                    if rv == 0.0:
-                        continue
+                # the in-plane factors and the constant part of d2 = dxy + dz^2 per row
+                for k in range(5):
+                    t = pre[k] * ex_x[i - x0, k] * ex_y[j - y0, k]
+                    p0[k] = t * (c0[k] + c1[k] * dxy)
+                    p1[k] = t * c1[k]
+                l0, l1 = _row_range(gz, z0, z1, r2, dxy, step[2])
+                for l in range(l0, l1 + 1):
                     dz = (l - gz) * step[2]
-                    d2 = dxy + dz * dz
-                    if d2 > r2:
-                        continue
+                    dz2 = dz * dz
                     v = 0.0
                     for k in range(5):
-                        gk = pre[k] * ex_x[k, i - x0] * ex_y[k, j - y0] * ex_z[k, l - z0]
-                        v += gk * (c0[k] + c1[k] * d2)
-                    acc += rv * v
+                        v += ex_z[l - z0, k] * (p0[k] + p1[k] * dz2)
+                    acc += resid[i, j, l] * v
         grad[n] = acc
 
 
