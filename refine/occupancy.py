@@ -152,7 +152,8 @@ def refine_occupancy(st: gemmi.Structure, dmap: DensityMap, resolution: float, *
     -------
     OccupancyResult
         Per group the occupancy before and after; each residue's conformer occupancies sum to
-        their starting total (clipped to [0, number of conformers]) and each lies in [0, 1].
+        their starting total (each conformer's start clipped to [0, 1]) and each lies in [0, 1].
+        If the fit would end worse than it started, the input occupancies are kept.
     """
     groups = conformer_groups(st)
     out = OccupancyResult()
