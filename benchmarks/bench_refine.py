@@ -13,6 +13,8 @@ Run: ``/work/main/.venv/bin/python benchmarks/bench_refine.py [--quick]``; write
   recover on ideal data from what the real map moves. And the deposited model refined against
   that synthetic map (``floor``: how far library geometry + map-value target move a model that
   fits its map exactly).
+  Also the number of peptides rebuilt (:func:`rerefine.refine.realspace.rebuild_peptides`) and the
+  peptides left with omega more than 30 deg from the deposited model's isomer (deposited models: none).
 * **Re-refinement**: each deposited model refined (coordinates + B); the full metrics
   (:func:`rerefine.refine.metrics.compute_metrics`) and geometry before/after. For 5ME2 also the
   RMSD to 5NI1 (the same authors' later model in the same map, CC_mask 0.87) before and after:
@@ -103,6 +105,17 @@ def _matched(st, other):
     return np.array(idx, int), np.array(ref, float).reshape(-1, 3)
 
 
+def _omega_outliers(st, xyz, limit=30.0):
+    """Peptides whose omega is more than ``limit`` deg from both 180 and 0 where the deposited model is trans/cis."""
+    from rerefine.refine.realspace import _omega, peptide_units, refinement_restraints, refinement_topology
+
+    r = refinement_restraints(refinement_topology(st, MONLIB))
+    units = peptide_units(st, r)
+    om = _omega(xyz, units[:, [1, 2, 4, 6]])
+    target = np.where(units[:, 7] == 1, 0.0, 180.0)
+    return int(np.sum(np.abs((om - target + 180.0) % 360.0 - 180.0) > limit))
+
+
 def run_pair(name, model, mp, res):
     from rerefine.refine import mapio, modelio
     from rerefine.refine.realspace import refine_model
@@ -155,6 +168,8 @@ def run_pair(name, model, mp, res):
         "angle_rmsd": rec.geometry_after["angle_rmsd"],
         "weight": rec.weight,
         "seconds": rec.seconds,
+        "peptides_rebuilt": int(sum(h.get("peptides_rebuilt", 0) for h in rec.history)),
+        "omega_outliers": _omega_outliers(st, x1),
     }
     recovery["halved"] = recovery["rmsd_refined"] <= 0.5 * recovery["rmsd_shaken"]
     recovery["cc_within_0.02"] = cc_rec >= fit0["cc_mask"] - 0.02
@@ -246,7 +261,8 @@ def main(argv=None) -> int:
         print(f"  {name:<28} RMSD {r['rmsd_shaken']:.2f} -> {r['rmsd_refined']:.2f} Å (non-water "
               f"{r['rmsd_refined_nonwater']:.2f}, backbone {r['rmsd_refined_backbone']:.2f}; to refined deposited "
               f"{r['rmsd_to_refined_deposited']:.2f}), CCmask {r['cc_mask_shaken']:.3f} -> {r['cc_mask_refined']:.3f} "
-              f"(deposited {r['cc_mask_deposited']:.3f}), bond {r['bond_rmsd']:.4f} angle {r['angle_rmsd']:.2f}")
+              f"(deposited {r['cc_mask_deposited']:.3f}), bond {r['bond_rmsd']:.4f} angle {r['angle_rmsd']:.2f}, "
+              f"peptides rebuilt {r['peptides_rebuilt']}, omega outliers {r['omega_outliers']}")
         y = r["synthetic"]
         print(f"    synthetic map: RMSD 0.50 -> {y['rmsd_refined']:.2f} (backbone {y['rmsd_refined_backbone']:.2f}; "
               f"deposited itself moves {y['floor_rmsd_moved']:.2f}), CCmask {y['cc_mask_refined']:.3f} "

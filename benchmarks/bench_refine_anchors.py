@@ -5,9 +5,11 @@ writes ``benchmarks/results/refine_anchors.json`` and prints a table.
 
 Side by side, 5ME2 (4468 atoms) against the deposited EMD-3488 map at 3.2 Å (issue 6):
 
-* **ours**: :func:`rerefine.refine.realspace.refine_model` with ``adp=False`` (coordinates) and
-  ``adp=True`` (coordinates + isotropic B); restraint set-up included; median of ``--repeats``
-  runs after one warm-up run of each (numba caches compiled kernels).
+* **ours**: :func:`rerefine.refine.realspace.refine_model` with ``adp=False`` (coordinates:
+  map-value macro-cycles only) and ``adp=True`` (coordinates + isotropic B: B, then the
+  density-fit stage alternating coordinates against the model-map fit with B); restraint
+  set-up included; median of ``--repeats`` runs after one warm-up run of each (numba caches
+  compiled kernels).
 * **servalcat** (PyPI ``servalcat``, Yamashita et al. 2021 Acta Cryst D77:1282), single-map mode
   ``servalcat refine_spa_norefmac --map MAP --model MODEL -d 3.2`` with its defaults (10 cycles,
   riding hydrogens generated for refinement but not written, isotropic B refined, automatic

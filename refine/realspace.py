@@ -848,10 +848,13 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                 result.warnings.append(f"B factors not refined: {exc}")
             else:
                 if fit_cycles and nfree and result.status == "ok":
-                    xyz = _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w, target, w_atom,
-                                     guard, stage, fit_cycles, fit_iter, fit_reference_sigma, target_bond,
-                                     fit_target_angle or target_angle, auto, pairs, adp_max_iter,
-                                     auto_weight=auto, p_ref=p_ref)
+                    try:
+                        xyz = _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w, target,
+                                         w_atom, guard, stage, fit_cycles, fit_iter, fit_reference_sigma,
+                                         target_bond, fit_target_angle or target_angle, auto, pairs,
+                                         adp_max_iter, auto_weight=auto, p_ref=p_ref)
+                    except (InputError, ValueError) as exc:  # e.g. voxels too coarse for the model map
+                        result.warnings.append(f"density-fit stage skipped: {exc}")
                     set_xyz(work, xyz)
                     result.geometry_after = geometry_stats(r_full, xyz)
                     result.map_after = float(np.dot(w_atom, target.values(xyz)) / w_atom.sum())
