@@ -870,6 +870,10 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
 #: model map cut sharply at 1/d). Both gave CC_mask 0.884 on re-refined 5ME2; the sphere mask
 #: needs no mask computation.
 FIT_MASK = "sphere"
+#: Voxels of the model box above which the density-fit stage is skipped (with a warning): every
+#: evaluation costs two FFT pairs of the box, about 70 ms for 5ME2's 80x81x72 box; a 300^3 box
+#: would take seconds per evaluation and minutes per refinement.
+FIT_MAX_VOXELS = 8.0e6
 
 
 def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, target, w_atom, guard, stage,
@@ -888,6 +892,10 @@ def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, targ
     from .maptarget import DensityFitTarget
 
     cras = list(work[0].all())
+    g = dmap.grid_coordinates(xyz)
+    voxels = float(np.prod(np.minimum(np.ptp(g, axis=0) + 2 * 8.0 / np.asarray(dmap.voxel_size), dmap.shape)))
+    if voxels > FIT_MAX_VOXELS:
+        raise ValueError(f"model box of {voxels:.3g} voxels is above {FIT_MAX_VOXELS:.3g}")
     dft = DensityFitTarget(dmap, xyz, [c.atom.element.name for c in cras],
                            np.array([0.0 if c.atom.is_hydrogen() else c.atom.occ for c in cras]), resolution,
                            structure=work if FIT_MASK == "molecular" else None)
