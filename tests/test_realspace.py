@@ -251,7 +251,8 @@ def test_rerefinement_stays_near_deposited_and_moves_towards_later_model(p5me2, 
     Without it the map-value target moved the deposited model 0.81 Å RMS (backbone 0.71).
     Reference figures: the deposited coordinates, and 5NI1 (the same authors' later model in the
     same map, CC_mask 0.87 vs 0.74 for 5ME2; RMSD 1.47 Å to 5ME2 over 4467 matched atoms):
-    what the refinement moves must move towards 5NI1 (measured 1.466 -> 1.40 Å).
+    what the refinement moves must move towards 5NI1 (measured 1.466 -> 1.43 Å; 1.42 with B and the
+    density-fit stage).
     """
     from rerefine.refine.realspace import refine_model
     from rerefine.refine.restraints import atom_xyz
@@ -266,11 +267,11 @@ def test_rerefinement_stays_near_deposited_and_moves_towards_later_model(p5me2, 
     out = refine_model(st, dmap, res, monlib, adp=False)
     x1 = atom_xyz(out.structure)
     assert out.status == "ok"
-    assert out.rmsd_moved < 0.3  # measured 0.20 Å
+    assert out.rmsd_moved < 0.3  # measured 0.14 Å
     before = np.sqrt(((x0[idx] - ref) ** 2).sum(1).mean())
     after = np.sqrt(((x1[idx] - ref) ** 2).sum(1).mean())
     assert before == pytest.approx(1.466, abs=0.01)
-    assert after < before - 0.03
+    assert after < before - 0.02
 
 
 @pytest.mark.slow
