@@ -94,6 +94,9 @@ class RefinementResult:
         RMS coordinate change, Å.
     adp : object
         :class:`rerefine.refine.adp.AdpResult` or None.
+    occupancy : object
+        :class:`rerefine.refine.occupancy.OccupancyResult` when the model has alternative
+        conformers, else None.
     history : list of dict
         Per macro-cycle: weight, iterations, bond/angle RMSD, map term.
     warnings : list of str
@@ -112,6 +115,7 @@ class RefinementResult:
     map_after: float = float("nan")
     rmsd_moved: float = 0.0
     adp: object = None
+    occupancy: object = None
     history: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     chain_weights: dict = field(default_factory=dict)
@@ -576,7 +580,8 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                  clash_guard: bool = True, reference_sigma: float | None = REFERENCE_SIGMA,
                  soft_start: bool = True, rebuild: bool = True, fit_cycles: int = 2, fit_iter: int = 40,
                  fit_reference_sigma: float | None = REFERENCE_SIGMA,
-                 fit_target_angle: float | None = FIT_TARGET_ANGLE) -> RefinementResult:
+                 fit_target_angle: float | None = FIT_TARGET_ANGLE,
+                 occupancy: bool = True) -> RefinementResult:
     """Refine coordinates (and B factors) of the first model of ``st`` against ``dmap``.
 
     Parameters
@@ -630,6 +635,9 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
     fit_target_angle : float or None
         Degrees; angle RMSD target of the fit stage's automatic weight (default
         :data:`FIT_TARGET_ANGLE`; None: ``target_angle``).
+    occupancy : bool
+        Refine the occupancies of alternative conformers (residues with altlocs) last,
+        see :func:`rerefine.refine.occupancy.refine_occupancy`.
 
     Raises
     ------
@@ -644,7 +652,7 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                              nonbonded_weight=nonbonded_weight, clash_guard=clash_guard,
                              reference_sigma=reference_sigma, soft_start=soft_start, rebuild=rebuild,
                              fit_cycles=fit_cycles, fit_iter=fit_iter, fit_reference_sigma=fit_reference_sigma,
-                             fit_target_angle=fit_target_angle)
+                             fit_target_angle=fit_target_angle, occupancy=occupancy)
 
 
 def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, free: np.ndarray,
@@ -676,7 +684,7 @@ def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, fr
 def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sharpen, target_bond,
                   target_angle, max_iter, per_chain, restraints, max_extra_cycles, adp_max_iter,
                   nonbonded_weight, clash_guard, reference_sigma, soft_start, rebuild, fit_cycles, fit_iter,
-                  fit_reference_sigma, fit_target_angle) -> RefinementResult:
+                  fit_reference_sigma, fit_target_angle, occupancy) -> RefinementResult:
     from .geometry import geometry_stats, restraint_energy_gradient
     from .restraints import atom_xyz, build_restraints, set_xyz
 
@@ -861,6 +869,17 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                     result.rmsd_moved = float(np.sqrt(np.mean(np.sum((xyz - xyz0) ** 2, axis=1))))
         else:
             result.warnings.append("B factors not refined: the map cell is not orthogonal")
+    if occupancy and result.status == "ok":
+        from .occupancy import has_altlocs, refine_occupancy
+
+        if has_altlocs(work):
+            if not dmap.is_orthogonal:
+                result.warnings.append("occupancies not refined: the map cell is not orthogonal")
+            else:
+                try:
+                    result.occupancy = refine_occupancy(work, dmap, resolution, xyz=xyz)
+                except (InputError, ValueError) as exc:
+                    result.warnings.append(f"occupancies not refined: {exc}")
     result.seconds = time.perf_counter() - t0
     return result
 
