@@ -5,8 +5,9 @@ refine, metrics after, difference map, store); ``nightly_flow`` harvests new ent
 ``entry_flow`` for each on a task runner (threads, a local Dask cluster, or a remote Dask
 scheduler), isolating failures, then rebuilds the site incrementally.
 
-Call :func:`rerefine.flows.prefect_env.configure_prefect` before importing this module so
-Prefect runs without a server, with its home under the data directory.
+Call :func:`rerefine.flows.prefect_env.configure_prefect` (and, for the nightly run,
+:func:`rerefine.flows.prefect_env.start_local_server`) before importing this module: Prefect
+reads its settings when it is imported.
 """
 
 from __future__ import annotations

@@ -70,9 +70,6 @@ def run(args, settings) -> int:
         raise InputError("--workers must be at least 1")
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1")
-    t = time.perf_counter()
-    params = pipeline_params(args)
-    params_s = time.perf_counter() - t
     configure_prefect(settings.data_dir, quiet=args.json == "-")
     # Prefect's API server starts first, in the background. A remote Dask cluster's workers could
     # not reach a server on this host's loopback, so there Prefect starts its own at the first
@@ -80,6 +77,9 @@ def run(args, settings) -> int:
     # benchmark's reference).
     own = not args.dask_address and os.environ.get("RR_PREFECT_SERVER", "own") != "prefect"
     server = start_local_server(settings.data_dir) if own else None
+    t = time.perf_counter()
+    params = pipeline_params(args)  # an invalid option stops the server again at exit
+    params_s = time.perf_counter() - t
     t = time.perf_counter()
     from rerefine.flows.nightly import run_nightly
 
@@ -93,4 +93,10 @@ def run(args, settings) -> int:
     if args.json != "-":
         print_summary(summary)
     emit_json(summary, args.json)
+    # The process ends next: freezing the heap spares the interpreter's last full garbage
+    # collection over the millions of objects Prefect, pydantic and numba leave (0.7 s of the
+    # exit on this machine). Nothing is lost: files are closed, database writes committed.
+    import gc
+
+    gc.freeze()
     return 0
