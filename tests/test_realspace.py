@@ -440,3 +440,22 @@ def test_refine_model_refines_occupancies_of_alternative_conformers(p5me2, monli
     assert occ["A"] >= 0.8 and occ["B"] <= 0.2
     assert occ["A"] + occ["B"] == pytest.approx(1.0, abs=1e-3)
     assert r.geometry_after["bond_rmsd"] <= 0.02 and r.geometry_after["angle_rmsd"] <= 2.0
+
+
+def test_cli_refine_free_follows_the_map_further(pairs, monlib, tmp_path, capsys):
+    """--free drops the restraint to the input positions: atoms move further than by default,
+    with geometry still within the issue's limits and CC_mask not lower."""
+    from rerefine.flows.cli import main
+
+    model, mp, res = pairs["emd_20026_box_3ajo_refined"]
+    moved = {}
+    for flag in ([], ["--free"]):
+        rc = main(["refine", str(model), str(mp), "--resolution", str(res), "-o", str(tmp_path / "r.cif"),
+                   "--monlib", str(monlib), "--json", "-", "--no-adp", "--cycles", "2", *flag])
+        assert rc == 0
+        rep = json.loads(capsys.readouterr().out)
+        assert rep["reference_restraint"] is (not flag)
+        assert rep["after"]["bond_rmsd"] <= 0.02 and rep["after"]["angle_rmsd"] <= 2.0
+        assert rep["after"]["cc_mask"] >= rep["before"]["cc_mask"] - 0.005
+        moved[bool(flag)] = rep["rmsd_moved"]
+    assert moved[True] > moved[False]

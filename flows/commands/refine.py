@@ -38,6 +38,9 @@ def register(sub) -> None:
     p.add_argument("--sharpen-b", type=float, default=0.0,
                    help="B (Å²) to sharpen (>0) or blur (<0) the map for the coordinate target")
     p.add_argument("--per-chain", action="store_true", help="separate map weight per chain")
+    p.add_argument("--free", action="store_true",
+                   help="no restraint to the input positions: follow the map further (by default each "
+                        "atom is held to its input position with sigma 0.15 Å)")
     p.set_defaults(func=run)
 
 
@@ -53,7 +56,7 @@ def _metrics(st, dmap, resolution) -> dict:
 
 
 def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, adp=True, cycles=3,
-                 weight=None, sharpen_b=0.0, per_chain=False) -> dict:
+                 weight=None, sharpen_b=0.0, per_chain=False, free=False) -> dict:
     """Refine ``model_path`` against ``map_path``, write ``output``; the report as a dict."""
     from rerefine.flows import __version__
     from rerefine.refine.errors import InputError
@@ -72,7 +75,8 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         raise InputError("no monomer library: set RR_MONOMER_LIB or CLIBD_MON, or give --monlib")
     before = _metrics(st, dmap, resolution)
     res = refine_model(st, dmap, resolution, monlib, adp=adp, cycles=cycles, weight=weight,
-                       b_sharpen=sharpen_b, per_chain=per_chain)
+                       b_sharpen=sharpen_b, per_chain=per_chain,
+                       **({"reference_sigma": None, "fit_reference_sigma": None} if free else {}))
     refine_seconds = res.seconds
     after = _metrics(res.structure, dmap, resolution)
     modelio.write_model(output, res.structure, program="rerefine", version=__version__)
@@ -89,6 +93,8 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         "cycles": res.cycles,
         "rmsd_moved": res.rmsd_moved,
         "b_refined": res.adp is not None,
+        "occupancies_refined": res.occupancy is not None,
+        "reference_restraint": not free,
         "refine_seconds": refine_seconds,
         "seconds": time.perf_counter() - t0,
         "warnings": res.warnings,
@@ -102,7 +108,7 @@ def run(args, settings) -> int:
     monlib = args.monlib or settings.monomer_library
     rep = refine_files(args.model, args.map, args.output, resolution=args.resolution, monlib=monlib,
                        adp=not args.no_adp, cycles=args.cycles, weight=args.weight,
-                       sharpen_b=args.sharpen_b, per_chain=args.per_chain)
+                       sharpen_b=args.sharpen_b, per_chain=args.per_chain, free=args.free)
     if args.json != "-":
         b, a = rep["before"], rep["after"]
 
