@@ -4,7 +4,7 @@ Method (real-space occupancy refinement as in phenix.real_space_refine, Afonine 
 Acta Cryst. D74:531, section 2.4: occupancies are refined, like B factors, by fitting the
 model-calculated map to the experimental map): every residue that has alternative
 conformations (atoms with an altloc) gets one occupancy per conformer, shared by that
-conformer's atoms. The data term is the one of the B refinement (:class:`.adp.ModelMapFit`,
+conformer's atoms. The data term is the one of the B refinement (:class:`.modelfit.ModelMapFit`,
 target ``1 - CC_mask^2`` with the model map cut at the resolution, the scale and offset
 of the model map re-fitted at every evaluation; its gradient with respect to each atom's
 occupancy is the filtered residual map gathered over the atom's density).
@@ -24,7 +24,7 @@ import gemmi
 import numpy as np
 from scipy import optimize
 
-from .adp import ModelMapFit
+from .modelfit import ModelMapFit
 from .mapio import DensityMap
 
 log = logging.getLogger(__name__)

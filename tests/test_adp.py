@@ -30,7 +30,7 @@ def _atoms(st):
 
 
 def _fit(st, dmap, res):
-    from rerefine.refine.adp import ModelMapFit
+    from rerefine.refine.modelfit import ModelMapFit
 
     atoms = _atoms(st)
     return ModelMapFit.prepare(dmap, modelio.atom_positions(st), [a.element.name for a in atoms],

@@ -97,7 +97,8 @@ def test_scattering_weights(p5me2):
 
 def test_adp_gradient_and_recovery(p3ajo):
     """B fit: analytic gradient = finite differences; flat B refined back to the deposited model's fit."""
-    from rerefine.refine.adp import ModelMapFit, refine_adp
+    from rerefine.refine.adp import refine_adp
+    from rerefine.refine.modelfit import ModelMapFit
 
     st, dmap, res = p3ajo
     st = st.clone()
@@ -222,27 +223,30 @@ def test_trapped_peptide_is_rebuilt(p3ajo, monlib):
     assert abs(abs(om) - 180.0) < 15.0
 
 
-def test_density_fit_target_gradient(p3ajo):
-    """Model-map fit target: analytic position gradient = finite differences; the deposited
-    model fits better (higher CC) than a 0.5 Å shaken copy."""
-    from rerefine.refine.maptarget import DensityFitTarget
+def test_density_fit_position_gradient(p3ajo):
+    """Model-map fit as a coordinate target (:meth:`ModelMapFit.evaluate_positions`, with the
+    cheaper cut-offs of the density-fit stage): analytic position gradient = finite differences;
+    the deposited model fits better (higher CC) than a 0.5 Å shaken copy."""
+    from rerefine.refine.modelfit import ModelMapFit
+    from rerefine.refine.realspace import FIT_ALIAS_LOG, FIT_CUTOFF_LOG
 
     st, dmap, res = p3ajo
     cras = list(st[0].all())
     x0 = modelio.atom_positions(st)
-    t = DensityFitTarget(dmap, x0, [c.atom.element.name for c in cras], np.array([c.atom.occ for c in cras]), res)
-    t.set_b(np.array([c.atom.b_iso for c in cras]))
-    e, g, cc = t.energy_gradient(x0)
+    t = ModelMapFit.prepare(dmap, x0, [c.atom.element.name for c in cras], np.array([c.atom.occ for c in cras]),
+                            res, target="sphere", alias_log=FIT_ALIAS_LOG, cutoff_log=FIT_CUTOFF_LOG)
+    b = np.array([c.atom.b_iso for c in cras])
+    e, g, cc = t.evaluate_positions(x0, b)
     h = 1e-4
     for i in (10, 700, 1500):
         for k in range(3):
             xp, xm = x0.copy(), x0.copy()
             xp[i, k] += h
             xm[i, k] -= h
-            fd = (t.energy_gradient(xp)[0] - t.energy_gradient(xm)[0]) / (2 * h)
-            assert fd == pytest.approx(g[i, k], rel=1e-4, abs=1e-6)
+            fd = (t.evaluate_positions(xp, b)[0] - t.evaluate_positions(xm, b)[0]) / (2 * h)
+            assert fd == pytest.approx(g[i, k], rel=1e-4, abs=1e-9)
     _, _, xs = _shaken(st)
-    assert cc > t.energy_gradient(xs)[2] + 0.05
+    assert cc > t.evaluate_positions(xs, b)[2] + 0.05
 
 
 def test_rerefinement_stays_near_deposited_and_moves_towards_later_model(p5me2, monlib, test_data):
