@@ -738,15 +738,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
         x = xyz.copy()
         x[free] = p.reshape(-1, 3)
         em, gmap = target.energy_gradient(x, wa)
-        er, grr = restraint_energy_gradient(r, x)
-        g = gmap + grr
-        ec = guard.energy_gradient(x, g) if (guard is not None and stage["guard"]) else 0.0
-        gf = g[free].ravel()
-        if ref_k:
-            d = p - p_ref
-            ec += ref_k * float(np.dot(d, d))
-            gf = gf + 2.0 * ref_k * d
-        return em + er + ec, gf
+        return _restrained(x, p, em, gmap, r, free, guard if stage["guard"] else None, ref_k, p_ref)
 
     def plain_energy(x, wa):
         """Map + restraint (+ clash guard) target without the reference term."""
@@ -900,6 +892,25 @@ FIT_ALIAS_LOG = 5.0
 FIT_CUTOFF_LOG = 4.6
 
 
+def _restrained(x, p, data_e, data_g, r, free, guard, ref_k, p_ref):
+    """Target on the free atoms: data term + restraints (+ clash guard) + reference-position restraint.
+
+    ``x`` all positions (Å), ``p`` the free ones flattened, ``data_e``/``data_g`` the data term
+    and its gradient (N, 3); returns the energy and the gradient with respect to ``p``.
+    """
+    from .geometry import restraint_energy_gradient
+
+    er, grr = restraint_energy_gradient(r, x)
+    g = data_g + grr
+    ec = guard.energy_gradient(x, g) if guard is not None else 0.0
+    gf = g[free].ravel()
+    if ref_k:
+        d = p - p_ref
+        ec += ref_k * float(np.dot(d, d))
+        gf = gf + 2.0 * ref_k * d
+    return data_e + er + ec, gf
+
+
 def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, target, w_atom, guard, stage,
                cycles, max_iter, reference_sigma, target_bond, target_angle, auto, pairs, adp_max_iter,
                auto_weight=True, p_ref=None):
@@ -912,7 +923,7 @@ def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, targ
     Returns the coordinates.
     """
     from .adp import refine_adp
-    from .geometry import geometry_stats, restraint_energy_gradient
+    from .geometry import geometry_stats
     from .modelfit import ModelMapFit
 
     cras = list(work[0].all())
@@ -948,15 +959,7 @@ def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, targ
         x = xyz.copy()
         x[free] = p.reshape(-1, 3)
         ed, gdd, _ = density_fit(x, wd)
-        er, grr = restraint_energy_gradient(r, x)
-        g = gdd + grr
-        ec = guard.energy_gradient(x, g) if guard is not None else 0.0
-        gf = g[free].ravel()
-        if ref_k:
-            d = p - p_ref
-            ec += ref_k * float(np.dot(d, d))
-            gf = gf + 2.0 * ref_k * d
-        return ed + er + ec, gf
+        return _restrained(x, p, ed, gdd, r, free, guard, ref_k, p_ref)
 
     for cyc in range(cycles):
         with np.errstate(all="ignore"):
