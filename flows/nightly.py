@@ -72,8 +72,8 @@ def metrics_task(st, box, resolution: float, job: EntryJob, params: PipelinePara
 
 
 @task(name="refine")
-def refine_task(st, sharpened, resolution: float, monlib, params: PipelineParams):
-    return pipeline.stage_refine(st, sharpened, resolution, monlib, params)
+def refine_task(st, sharpened, box, resolution: float, monlib, params: PipelineParams):
+    return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params)
 
 
 @task(name="diffmap")
@@ -167,7 +167,7 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
         with timed(timings, "sharpen"):
             sharp = sharpen_task(job, box, res)
         with timed(timings, "refine"):
-            ref = refine_task(st, sharp.map, res, ctx.get("monlib"), params)
+            ref = refine_task(st, sharp.map, box, res, ctx.get("monlib"), params)
         with timed(timings, "metrics_before"):
             before = _with_b(metrics_task(st, box, res, job, params, ref.geometry_before), st)
         with timed(timings, "metrics_after"):

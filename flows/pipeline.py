@@ -181,14 +181,16 @@ def stage_metrics(st, box: mapio.DensityMap, resolution: float, job: EntryJob, p
     return out
 
 
-def stage_refine(st, sharpened: mapio.DensityMap, resolution: float, monlib: Path | None,
-                 params: PipelineParams):
-    """Real-space refinement of coordinates (and B) against the sharpened map."""
+def stage_refine(st, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolution: float,
+                 monlib: Path | None, params: PipelineParams):
+    """Real-space refinement: coordinates against the sharpened map; B factors, occupancies and the
+    density-fit cycles against the deposited box, the map every fit figure is measured on."""
     from rerefine.refine.realspace import refine_model
 
     if monlib is None:
         raise InputError("no monomer library configured (set RR_MONOMER_LIB or CLIBD_MON)")
-    return refine_model(st, sharpened, resolution, monlib, adp=params.refine_adp, cycles=params.macro_cycles)
+    return refine_model(st, sharpened, resolution, monlib, adp=params.refine_adp, cycles=params.macro_cycles,
+                        fit_map=box)
 
 
 def stage_diffmap(st, box: mapio.DensityMap, resolution: float):

@@ -581,7 +581,7 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                  soft_start: bool = True, rebuild: bool = True, fit_cycles: int = 2, fit_iter: int = 40,
                  fit_reference_sigma: float | None = REFERENCE_SIGMA,
                  fit_target_angle: float | None = FIT_TARGET_ANGLE,
-                 occupancy: bool = True) -> RefinementResult:
+                 occupancy: bool = True, fit_map: DensityMap | None = None) -> RefinementResult:
     """Refine coordinates (and B factors) of the first model of ``st`` against ``dmap``.
 
     Parameters
@@ -638,6 +638,11 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
     occupancy : bool
         Refine the occupancies of alternative conformers (residues with altlocs) last,
         see :func:`rerefine.refine.occupancy.refine_occupancy`.
+    fit_map : DensityMap, optional
+        Map (same frame) for everything that fits the model map: B factors, occupancies and
+        the density-fit stage; default ``dmap``. Give the deposited map when ``dmap`` is a
+        sharpened copy: B factors then describe the data as deposited (the map every fit
+        figure is measured on), and sharpening only steers the map-value coordinate cycles.
 
     Raises
     ------
@@ -652,7 +657,7 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                              nonbonded_weight=nonbonded_weight, clash_guard=clash_guard,
                              reference_sigma=reference_sigma, soft_start=soft_start, rebuild=rebuild,
                              fit_cycles=fit_cycles, fit_iter=fit_iter, fit_reference_sigma=fit_reference_sigma,
-                             fit_target_angle=fit_target_angle, occupancy=occupancy)
+                             fit_target_angle=fit_target_angle, occupancy=occupancy, fit_map=fit_map)
 
 
 def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, free: np.ndarray,
@@ -684,7 +689,7 @@ def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, fr
 def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sharpen, target_bond,
                   target_angle, max_iter, per_chain, restraints, max_extra_cycles, adp_max_iter,
                   nonbonded_weight, clash_guard, reference_sigma, soft_start, rebuild, fit_cycles, fit_iter,
-                  fit_reference_sigma, fit_target_angle, occupancy) -> RefinementResult:
+                  fit_reference_sigma, fit_target_angle, occupancy, fit_map) -> RefinementResult:
     from .geometry import geometry_stats, restraint_energy_gradient
     from .restraints import atom_xyz, set_xyz
 
@@ -710,6 +715,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
         result.warnings.append(f"{100 * (1 - inside):.1f}% of the atoms lie outside the map box")
 
     target = MapTarget.from_map(dmap, resolution, b_sharpen=b_sharpen)
+    fmap = dmap if fit_map is None else fit_map
     w_atom = scattering_weights(work, resolution)
     if not np.any(w_atom > 0):
         raise InputError(f"{st.name or 'model'}: every atom has zero occupancy; nothing to fit")
@@ -839,17 +845,17 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     if adp:
         from .adp import refine_adp
 
-        if dmap.is_orthogonal:
+        if fmap.is_orthogonal:
             pairs = np.asarray(r.bonds.idx, np.int64)
             try:
-                result.adp = refine_adp(work, dmap, resolution, xyz=xyz, pairs=pairs,
+                result.adp = refine_adp(work, fmap, resolution, xyz=xyz, pairs=pairs,
                                         fixed=r.fixed, max_iter=adp_max_iter)
             except (InputError, ValueError) as exc:
                 result.warnings.append(f"B factors not refined: {exc}")
             else:
                 if fit_cycles and nfree and result.status == "ok":
                     try:
-                        xyz = _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w, target,
+                        xyz = _fit_stage(result, work, fmap, resolution, r, r_full, xyz, free, w, target,
                                          w_atom, guard, stage, fit_cycles, fit_iter, fit_reference_sigma,
                                          target_bond, fit_target_angle or target_angle, auto, pairs,
                                          adp_max_iter, auto_weight=auto, p_ref=p_ref)
@@ -865,11 +871,11 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
         from .occupancy import has_altlocs, refine_occupancy
 
         if has_altlocs(work):
-            if not dmap.is_orthogonal:
+            if not fmap.is_orthogonal:
                 result.warnings.append("occupancies not refined: the map cell is not orthogonal")
             else:
                 try:
-                    result.occupancy = refine_occupancy(work, dmap, resolution, xyz=xyz)
+                    result.occupancy = refine_occupancy(work, fmap, resolution, xyz=xyz)
                 except (InputError, ValueError) as exc:
                     result.warnings.append(f"occupancies not refined: {exc}")
     result.seconds = time.perf_counter() - t0
