@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -39,10 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("RR_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import PAIRS  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from realdata import DATA, PAIRS, REPO  # noqa: E402
 
 OLD = {"target": "sphere", "restraint": "flat", "sigma": 10.0}
 UPPER = {"sigma": 1e4, "group": False, "max_iter": 100}

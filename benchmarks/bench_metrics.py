@@ -35,16 +35,10 @@ import scipy.fft
 
 from rerefine.refine import mapcc, mapio, mask, metrics, modelio, modelmap
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("RR_TEST_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from realdata import DATA, PAIRS, REPO  # noqa: E402
+
 MM = DATA / "maps_models"
-PAIRS = {
-    "emd_3488_5me2": ("emd_3488_5me2/5me2.pdb", "emd_3488_5me2/emd_3488.mrc", 3.2),
-    "emd_30342_zone_7cec_chainA": ("emd_30342_zone_7cec_chainA/390_7cec_A.cif",
-                                   "emd_30342_zone_7cec_chainA/390_emd_30342_A_z4.mrc", 3.9),
-    "emd_20026_box_3ajo_refined": ("emd_20026_box_3ajo_refined/3ajo_fitted_refined.pdb",
-                                   "emd_20026_box_3ajo_refined/emd20026_prot.mrc", 1.75),
-}
 CCTBX_PY = os.environ.get("RR_CCTBX_PYTHON", "/tmp/cctbxenv/bin/python")
 
 

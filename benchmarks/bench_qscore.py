@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -31,16 +32,10 @@ from rerefine.refine.mapio import read_map
 from rerefine.refine.modelio import atom_positions, read_model
 from rerefine.refine.qscore import atom_q_scores
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("RR_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from realdata import DATA, PAIRS, REPO  # noqa: E402
+
 MM = DATA / "maps_models"
-PAIRS = {
-    "emd_3488_5me2": ("emd_3488_5me2/5me2.pdb", "emd_3488_5me2/emd_3488.mrc"),
-    "emd_30342_zone_7cec_chainA": ("emd_30342_zone_7cec_chainA/390_7cec_A.cif",
-                                   "emd_30342_zone_7cec_chainA/390_emd_30342_A_z4.mrc"),
-    "emd_20026_box_3ajo_refined": ("emd_20026_box_3ajo_refined/3ajo_fitted_refined.pdb",
-                                   "emd_20026_box_3ajo_refined/emd20026_prot.mrc"),
-}
 
 
 def timed(fn, runs):
@@ -70,7 +65,7 @@ def main() -> dict:
     res: dict = {"numba_threads": numba.get_num_threads(), "cpu_count": os.cpu_count()}
 
     # --- 5ME2 / EMD-3488 ---------------------------------------------------------------------
-    model, mp = PAIRS["emd_3488_5me2"]
+    model, mp, _ = PAIRS["emd_3488_5me2"]
     dmap = read_map(MM / mp)
     xyz = atom_positions(read_model(MM / model), hydrogens=False)
     t = time.perf_counter()
@@ -131,7 +126,7 @@ def main() -> dict:
     }
     res["agreement_cctbx_mapq_like"] = {}
     res["atom_inclusion_mean_plus_1sd"] = {}
-    for name, (model, mp) in PAIRS.items():
+    for name, (model, mp, _) in PAIRS.items():
         m = read_map(MM / mp)
         x = atom_positions(read_model(MM / model), hydrogens=False)
         qq = atom_q_scores(m, x)

@@ -36,16 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("RR_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
-MONLIB = DATA / "monomers"
-PAIRS = {
-    "emd_3488_5me2": ("emd_3488_5me2/5me2.pdb", "emd_3488_5me2/emd_3488.mrc", 3.2),
-    "emd_30342_zone_7cec_chainA": ("emd_30342_zone_7cec_chainA/390_7cec_A.cif",
-                                   "emd_30342_zone_7cec_chainA/390_emd_30342_A_z4.mrc", 3.9),
-    "emd_20026_box_3ajo_refined": ("emd_20026_box_3ajo_refined/3ajo_fitted_refined.pdb",
-                                   "emd_20026_box_3ajo_refined/emd20026_prot.mrc", 1.75),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from realdata import DATA, MONLIB, PAIRS, REPO  # noqa: E402
 
 
 def _rmsd(a, b, sel=None):
