@@ -78,33 +78,24 @@ def _s_of(a, h, k, l):  # noqa: E741 - crystallographic index names
     return np.sqrt(sx * sx + sy * sy + sz * sz)
 
 
-@njit(cache=True, parallel=True)
-def _shell_power(coeffs, n2, a, ds, nshell):
-    """Per-shell Σ w|F|² and Σ w (w = Friedel multiplicity) of a half-space transform."""
-    n0, n1, nl = coeffs.shape
-    acc = np.zeros((n0, nshell), dtype=np.float64)
-    cnt = np.zeros((n0, nshell), dtype=np.float64)
-    for i in prange(n0):
-        h = _signed(i, n0)
-        for j in range(n1):
-            k = _signed(j, n1)
-            for l in range(nl):  # noqa: E741
-                s = _s_of(a, h, k, l)
-                b = int(s / ds)
-                if b >= nshell:
-                    continue
-                w = 1.0 if (l == 0 or 2 * l == n2) else 2.0
-                c = coeffs[i, j, l]
-                acc[i, b] += w * (c.real * c.real + c.imag * c.imag)
-                cnt[i, b] += w
-    return acc.sum(axis=0), cnt.sum(axis=0)
-
-
-@njit(cache=True, parallel=True)
-def _shell_power_scaled(coeffs, n2, a, ds, nshell, step, table):
-    """As :func:`_shell_power` for the coefficients times a radial factor table (nothing is modified)."""
-    n0, n1, nl = coeffs.shape
+@njit(cache=True, inline="always")
+def _radial_factor(table, s, step):
+    """``table`` interpolated linearly at ``|s| / step``; past its end the last value holds."""
     last = table.shape[0] - 1
+    t = s / step
+    m = int(t)
+    if m >= last:
+        return table[last]
+    u = t - m
+    return table[m] * (1.0 - u) + table[m + 1] * u
+
+
+@njit(cache=True, parallel=True)
+def _shell_power(coeffs, n2, a, ds, nshell, step, table):
+    """Per-shell Σ w f²|F|² and Σ w of a half-space transform (w = Friedel multiplicity), where
+    f is the radial factor ``table`` at |s| (:func:`_radial_factor`; a one-entry table of 1 for
+    the plain power). Nothing is modified."""
+    n0, n1, nl = coeffs.shape
     acc = np.zeros((n0, nshell), dtype=np.float64)
     cnt = np.zeros((n0, nshell), dtype=np.float64)
     for i in prange(n0):
@@ -116,13 +107,7 @@ def _shell_power_scaled(coeffs, n2, a, ds, nshell, step, table):
                 b = int(s / ds)
                 if b >= nshell:
                     continue
-                t = s / step
-                m = int(t)
-                if m >= last:
-                    f = table[last]
-                else:
-                    u = t - m
-                    f = table[m] * (1.0 - u) + table[m + 1] * u
+                f = _radial_factor(table, s, step)
                 w = 1.0 if (l == 0 or 2 * l == n2) else 2.0
                 c = coeffs[i, j, l]
                 acc[i, b] += w * f * f * (c.real * c.real + c.imag * c.imag)
@@ -161,19 +146,12 @@ def _scale_radial(coeffs, a, step, table):
     ``table[m]`` is the factor at ``|s| = m * step``; past the table the last value holds.
     """
     n0, n1, nl = coeffs.shape
-    last = table.shape[0] - 1
     for i in prange(n0):
         h = _signed(i, n0)
         for j in range(n1):
             k = _signed(j, n1)
             for l in range(nl):  # noqa: E741
-                t = _s_of(a, h, k, l) / step
-                m = int(t)
-                if m >= last:
-                    f = table[last]
-                else:
-                    u = t - m
-                    f = table[m] * (1.0 - u) + table[m + 1] * u
+                f = _radial_factor(table, _s_of(a, h, k, l), step)
                 coeffs[i, j, l] *= f
 
 
@@ -245,11 +223,9 @@ def radial_profile(coeffs: np.ndarray, a: np.ndarray, shape, *, s_max: float, n_
     (as :func:`scale_radial` would), without touching them.
     """
     ds, lo, hi = _shells(s_max, n_shells)
-    if table is None:
-        acc, cnt = _shell_power(coeffs, int(shape[2]), a, ds, n_shells)
-    else:
-        acc, cnt = _shell_power_scaled(coeffs, int(shape[2]), a, ds, n_shells, float(table[0]),
-                                       np.ascontiguousarray(table[1], dtype=np.float64))
+    step, factors = (1.0, np.ones(1)) if table is None else table
+    acc, cnt = _shell_power(coeffs, int(shape[2]), a, ds, n_shells, float(step),
+                            np.ascontiguousarray(factors, dtype=np.float64))
     with np.errstate(invalid="ignore", divide="ignore"):
         power = np.where(cnt > 0, acc / np.maximum(cnt, 1), np.nan)
     return ShellProfile(lo, hi, power, cnt)
