@@ -160,6 +160,33 @@ def create_server_app():
     return RetryBusyMiddleware(create_app())
 
 
+def serve(fd: int) -> None:
+    """The server process: Prefect's app, served by uvicorn on the listening socket ``fd``.
+
+    Not ``uvicorn --fd``: uvicorn wraps such a descriptor as an AF_UNIX socket, so asyncio does
+    not set TCP_NODELAY on the connections it accepts, and every response whose body is written
+    after its headers waited for the client's delayed ACK (40 ms per API call here).
+    """
+    import gc
+    import socket
+
+    # Importing Prefect's server creates ~10^6 objects that live as long as the process; the
+    # cyclic GC walking them again and again during the import was ~20% of the start-up.
+    gc.disable()
+    try:
+        import uvicorn
+
+        import prefect.server.api.server  # noqa: F401
+
+        gc.freeze()  # later collections (one in create_app, the serving process's) skip them
+        app = create_server_app()
+        gc.freeze()
+    finally:
+        gc.enable()
+    sock = socket.socket(fileno=fd)  # family (AF_INET) read from the descriptor
+    uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on")).run(sockets=[sock])
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: the server gets SIGTERM when the rerefine process dies, even by SIGKILL."""
     try:
@@ -169,6 +196,21 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:
         pass
+
+
+# Prefect settings for the server of one run that nobody else talks to. What stays on: the API,
+# the task-run recorder and event persister (every flow and task state is kept in Prefect's
+# database, for its UI later) and the event vacuum (keeps that database to Prefect's retention).
+SERVER_DEFAULTS = {
+    # Block types are for deployments and storage, which the nightly run does not use; checking
+    # that they are registered costs 0.25 s of every start (all block schemas hashed), registering
+    # them a few seconds of the first.
+    "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+    # Automations (reactive/proactive triggers and their actions): none are set up for this
+    # server, and the actions service alone imported ~0.3 s of modules at start and then looked
+    # at every event of the run.
+    "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
+}
 
 
 class LocalPrefectServer:
@@ -210,11 +252,12 @@ class LocalPrefectServer:
         # server needs (task-run recorder, event persister, ...), final app (no re-creation).
         env.update(PREFECT_UI_ENABLED="0", PREFECT__SERVER_EPHEMERAL="1", PREFECT__SERVER_FINAL="1",
                    PREFECT_API_DATABASE_MIGRATE_ON_START="true" if self.migrations else "false")
+        for name, value in SERVER_DEFAULTS.items():  # the user's own settings win
+            env.setdefault(name, value)
         self._t0 = time.perf_counter()
         # Started from the main thread: PR_SET_PDEATHSIG fires when the creating thread ends.
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "rerefine.flows.prefect_env:create_server_app",
-             "--fd", str(sock.fileno()), "--log-level", "error", "--lifespan", "on"],
+            [sys.executable, "-m", "rerefine.flows.prefect_env", "--fd", str(sock.fileno())],
             env=env, pass_fds=[sock.fileno()], stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno(),
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         sock.close()
@@ -245,6 +288,13 @@ class LocalPrefectServer:
         else:
             self._error = f"Prefect's API server did not answer within {timeout:.0f} s"
             return
+        # The API's first request makes FastAPI build its per-route state for all of Prefect's
+        # routers (~0.2 s); the client's first request is this one. Made here, it overlaps with
+        # whatever the main thread still has to do.
+        try:
+            urllib.request.urlopen(self.api_url + "/admin/version", timeout=30).close()
+        except OSError:
+            pass  # the flow's own first request reports a broken server
         if self.migrations:
             self._record_migrated()
 
@@ -293,3 +343,9 @@ def start_local_server(data_dir: Path) -> LocalPrefectServer | None:
     if os.environ.get("PREFECT_API_URL"):
         return None
     return LocalPrefectServer(data_dir).start()
+
+
+if __name__ == "__main__":  # the server process started by LocalPrefectServer
+    import sys
+
+    serve(int(sys.argv[sys.argv.index("--fd") + 1]))
