@@ -97,6 +97,8 @@ class RefinementResult:
     occupancy : object
         :class:`rerefine.refine.occupancy.OccupancyResult` when the model has alternative
         conformers, else None.
+    rigid_body : object
+        :class:`rerefine.refine.rigidbody.RigidBodyFit` when a rigid-body fit ran first, else None.
     history : list of dict
         Per macro-cycle: weight, iterations, bond/angle RMSD, map term.
     warnings : list of str
@@ -116,6 +118,7 @@ class RefinementResult:
     rmsd_moved: float = 0.0
     adp: object = None
     occupancy: object = None
+    rigid_body: object = None
     history: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     chain_weights: dict = field(default_factory=dict)
@@ -581,7 +584,8 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                  soft_start: bool = True, rebuild: bool = True, fit_cycles: int = 2, fit_iter: int = 40,
                  fit_reference_sigma: float | None = REFERENCE_SIGMA,
                  fit_target_angle: float | None = FIT_TARGET_ANGLE,
-                 occupancy: bool = True, fit_map: DensityMap | None = None) -> RefinementResult:
+                 occupancy: bool = True, fit_map: DensityMap | None = None,
+                 rigid_body: str | None = None) -> RefinementResult:
     """Refine coordinates (and B factors) of the first model of ``st`` against ``dmap``.
 
     Parameters
@@ -643,6 +647,10 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
         the density-fit stage; default ``dmap``. Give the deposited map when ``dmap`` is a
         sharpened copy: B factors then describe the data as deposited (the map every fit
         figure is measured on), and sharpening only steers the map-value coordinate cycles.
+    rigid_body : {None, "model", "chain"}
+        First fit the whole model (``"model"``) or each chain (``"chain"``) into ``dmap`` as a
+        rigid body (:func:`rerefine.refine.rigidbody.fit_rigid_body`); the reference-position
+        restraint then holds atoms to the moved positions. For models misplaced as a whole.
 
     Raises
     ------
@@ -657,7 +665,8 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                              nonbonded_weight=nonbonded_weight, clash_guard=clash_guard,
                              reference_sigma=reference_sigma, soft_start=soft_start, rebuild=rebuild,
                              fit_cycles=fit_cycles, fit_iter=fit_iter, fit_reference_sigma=fit_reference_sigma,
-                             fit_target_angle=fit_target_angle, occupancy=occupancy, fit_map=fit_map)
+                             fit_target_angle=fit_target_angle, occupancy=occupancy, fit_map=fit_map,
+                             rigid_body=rigid_body)
 
 
 def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, free: np.ndarray,
@@ -689,7 +698,7 @@ def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, fr
 def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sharpen, target_bond,
                   target_angle, max_iter, per_chain, restraints, max_extra_cycles, adp_max_iter,
                   nonbonded_weight, clash_guard, reference_sigma, soft_start, rebuild, fit_cycles, fit_iter,
-                  fit_reference_sigma, fit_target_angle, occupancy, fit_map) -> RefinementResult:
+                  fit_reference_sigma, fit_target_angle, occupancy, fit_map, rigid_body) -> RefinementResult:
     from .geometry import geometry_stats, restraint_energy_gradient
     from .restraints import atom_xyz, set_xyz
 
@@ -729,15 +738,25 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     result.geometry_before = geometry_stats(r_full, xyz0)
     result.map_before = float(np.dot(w_atom, target.values(xyz0)) / w_atom.sum())
 
+    start = xyz0
+    if rigid_body:
+        from .rigidbody import chain_groups, fit_rigid_body
+
+        if rigid_body not in ("model", "chain"):
+            raise ValueError(f"rigid_body must be 'model' or 'chain' (got {rigid_body!r})")
+        groups, labels = chain_groups(work) if rigid_body == "chain" else (None, None)
+        result.rigid_body = fit_rigid_body(xyz0, dmap, resolution, w_atom, groups, labels, b_sharpen=b_sharpen)
+        start = result.rigid_body.xyz
+
     auto = weight is None
-    w = initial_weight(r, target, xyz0, w_atom, free, target_bond) if auto else float(weight)
+    w = initial_weight(r, target, start, w_atom, free, target_bond) if auto else float(weight)
     if not np.isfinite(w) or w <= 0:
         w = 1.0
 
-    xyz = xyz0.copy()
+    xyz = start.copy()
     nfree = int(free.sum())
     guard = ClashGuard(r) if clash_guard else None
-    p_ref = xyz0[free].ravel().copy()
+    p_ref = start[free].ravel().copy()
     ref_k = 1.0 / reference_sigma ** 2 if reference_sigma else 0.0
 
     def fg(p, wa):

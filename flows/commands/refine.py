@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--free", action="store_true",
                    help="no restraint to the input positions: follow the map further (by default each "
                         "atom is held to its input position with sigma 0.15 Å)")
+    p.add_argument("--rigid-body", choices=("model", "chain"), default=None,
+                   help="first fit the whole model or each chain into the map as a rigid body "
+                        "(for a model misplaced as a whole)")
     p.set_defaults(func=run)
 
 
@@ -56,7 +59,7 @@ def _metrics(st, dmap, resolution) -> dict:
 
 
 def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, adp=True, cycles=3,
-                 weight=None, sharpen_b=0.0, per_chain=False, free=False) -> dict:
+                 weight=None, sharpen_b=0.0, per_chain=False, free=False, rigid_body=None) -> dict:
     """Refine ``model_path`` against ``map_path``, write ``output``; the report as a dict."""
     from rerefine.flows import __version__
     from rerefine.refine.errors import InputError
@@ -75,7 +78,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         raise InputError("no monomer library: set RR_MONOMER_LIB or CLIBD_MON, or give --monlib")
     before = _metrics(st, dmap, resolution)
     res = refine_model(st, dmap, resolution, monlib, adp=adp, cycles=cycles, weight=weight,
-                       b_sharpen=sharpen_b, per_chain=per_chain,
+                       b_sharpen=sharpen_b, per_chain=per_chain, rigid_body=rigid_body,
                        **({"reference_sigma": None, "fit_reference_sigma": None} if free else {}))
     refine_seconds = res.seconds
     after = _metrics(res.structure, dmap, resolution)
@@ -95,6 +98,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         "b_refined": res.adp is not None,
         "occupancies_refined": res.occupancy is not None,
         "reference_restraint": not free,
+        "rigid_body": res.rigid_body.summary() if res.rigid_body is not None else None,
         "refine_seconds": refine_seconds,
         "seconds": time.perf_counter() - t0,
         "warnings": res.warnings,
@@ -108,7 +112,8 @@ def run(args, settings) -> int:
     monlib = args.monlib or settings.monomer_library
     rep = refine_files(args.model, args.map, args.output, resolution=args.resolution, monlib=monlib,
                        adp=not args.no_adp, cycles=args.cycles, weight=args.weight,
-                       sharpen_b=args.sharpen_b, per_chain=args.per_chain, free=args.free)
+                       sharpen_b=args.sharpen_b, per_chain=args.per_chain, free=args.free,
+                       rigid_body=args.rigid_body)
     if args.json != "-":
         b, a = rep["before"], rep["after"]
 
@@ -121,6 +126,8 @@ def run(args, settings) -> int:
         for key, fmt in (("cc_mask", ".3f"), ("cc_box", ".3f"), ("q_score", ".3f"), ("atom_inclusion", ".3f"),
                          ("bond_rmsd", ".4f"), ("angle_rmsd", ".2f"), ("nonbonded_overlaps", "d")):
             print(f"  {key:<20} {f(b.get(key), fmt):>8} -> {f(a.get(key), fmt)}")
+        for g in rep["rigid_body"] or ():
+            print(f"  rigid body {g['group']}: rotated {g['rotation_deg']:.2f} deg, shifted {g['shift']:.2f} Å")
         for w in rep["warnings"]:
             print(f"  warning: {w}")
     emit_json(rep, args.json)
