@@ -24,6 +24,11 @@ def configure_prefect(data_dir: Path, *, quiet: bool = False) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     # Results of our tasks live in the project's database, not in Prefect's result storage.
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+    if os.environ["PREFECT_RESULTS_PERSIST_BY_DEFAULT"].strip().lower() in ("false", "0", "no", "off"):
+        # Without persisted results Prefect's input-hash cache can never hit, yet each task still
+        # hashed its inputs (maps, models) for the cache key. Finished entries are skipped by our
+        # own record instead: input file checksums + pipeline version (store.is_done).
+        os.environ.setdefault("PREFECT_TASKS_DEFAULT_NO_CACHE", "true")
     # The ephemeral server is an API for this process only; its web UI is never opened.
     os.environ.setdefault("PREFECT_UI_ENABLED", "false")
     # Dask workers are separate processes: our CLI's logging set-up does not reach them.
@@ -202,15 +207,44 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 # the task-run recorder and event persister (every flow and task state is kept in Prefect's
 # database, for its UI later) and the event vacuum (keeps that database to Prefect's retention).
 SERVER_DEFAULTS = {
-    # Block types are for deployments and storage, which the nightly run does not use; checking
-    # that they are registered costs 0.25 s of every start (all block schemas hashed), registering
-    # them a few seconds of the first.
+    # Block types are for deployments and storage, which the nightly run does not use. Checking
+    # that they are registered imported every Prefect collection (prefect-dask, hence Dask's
+    # distributed) and hashed all block schemas: 0.2-0.3 s of every start; registering them,
+    # seconds of the first.
     "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+    "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
     # Automations (reactive/proactive triggers and their actions): none are set up for this
     # server, and the actions service alone imported ~0.3 s of modules at start and then looked
     # at every event of the run.
     "PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED": "false",
 }
+
+
+def _wait_exit(proc, timeout: float) -> bool:
+    """Wait for a child process to end; False on timeout.
+
+    On Linux the wait wakes when the child exits (a pidfd); ``Popen.wait(timeout)`` polls with
+    sleeps of up to 50 ms instead.
+    """
+    import select
+    import subprocess
+
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        try:
+            proc.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+    if not ready:
+        return False
+    proc.wait()
+    return True
 
 
 class LocalPrefectServer:
@@ -328,9 +362,7 @@ class LocalPrefectServer:
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()  # uvicorn shuts down gracefully: services drain their queues
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        if not _wait_exit(proc, 10.0):
             proc.kill()
             proc.wait()
 
