@@ -18,7 +18,9 @@ process so its peak RSS (``ru_maxrss``) is its own:
   discarded - the most the server and loopback can deliver;
 * ours: ``HttpClient.download`` into a fresh content-addressed cache (temp file, size
   check, SHA-256, full gzip check, atomic rename);
-* inflate_only (map.gz): the gzip check alone over the page-cached file, one thread.
+* inflate_only (map.gz): the gzip check alone over the page-cached file, one thread;
+* curl: ``curl -o FILE`` (its own ``time_total``), a bare C client writing the body to a file
+  with no check at all: what any download to disk costs over the raw discarding client.
 
 Then resume: the server drops the connection at 50 %; the next call resumes with Range;
 the server's byte counter must show only the missing half sent the second time.
@@ -136,6 +138,11 @@ def child(mode: str, url: str, cache: str) -> None:
     c0 = _cpu()
     if mode == "raw":
         n, dt = raw_get(url)
+    elif mode == "curl":
+        os.makedirs(cache, exist_ok=True)
+        res = subprocess.run(["curl", "-s", "-o", os.path.join(cache, "body"), "-w", "%{time_total} %{size_download}",
+                              url], capture_output=True, text=True, check=True)
+        dt, n = float(res.stdout.split()[0]), int(res.stdout.split()[1])
     elif mode == "inflate":
         t0 = time.perf_counter()
         problem = verify_gzip_file(Path(cache))
@@ -184,16 +191,20 @@ def measure(srv, name: str, served: Path, sink: Path, runs: int, floor: bool) ->
     url = f"{srv.url}/{name}"
     size = (served / name).stat().st_size
     raw_get(url)  # warm the page cache
-    t = {"raw": [], "ours": [], "inflate_only": []}
+    t = {"raw": [], "ours": [], "inflate_only": [], "curl": []}
     cpu = {"raw": [], "ours": []}
     rss = []
+    curl = shutil.which("curl") is not None
     for i in range(runs):
         order = ["raw", "ours"] if i % 2 == 0 else ["ours", "raw"]
-        for mode in order:
+        for mode in order + (["curl"] if curl else []):
             cache = sink / f"cache-{name}-{i}"
             info = _run_child(mode, url, str(cache))
             assert info["bytes"] == size, info
             t[mode].append(info["seconds"])
+            if mode == "curl":
+                shutil.rmtree(cache, ignore_errors=True)
+                continue
             cpu[mode].append((info["client_cpu"], info["server_cpu"]))
             if mode == "ours":
                 rss.append(info["peak_rss_mb"])
@@ -208,6 +219,9 @@ def measure(srv, name: str, served: Path, sink: Path, runs: int, floor: bool) ->
     ratios = [r / o for r, o in zip(t["raw"], t["ours"])]  # per interleaved pair
     out["ratio_median_of_pairs"] = round(statistics.median(ratios), 3)
     out["ratio_of_medians"] = round(out["ours_MBps"] / out["raw_MBps"], 3)
+    if t["curl"]:
+        out["curl_over_raw_median_of_pairs"] = round(statistics.median(r / c for r, c in zip(t["raw"], t["curl"])), 3)
+        out["ours_over_curl_median_of_pairs"] = round(statistics.median(c / o for c, o in zip(t["curl"], t["ours"])), 3)
     if floor:
         out["ours_vs_inflate_only"] = round(out["ours_MBps"] / out["inflate_only_MBps"], 3)
     for mode, v in cpu.items():
