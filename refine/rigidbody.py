@@ -203,3 +203,30 @@ def fit_rigid_body(xyz: np.ndarray, dmap: DensityMap, resolution: float, weights
                             map_before, map_before, 0.0)
     rmsd = float(np.sqrt(np.mean(np.sum((moved - xyz) ** 2, axis=1))))
     return RigidBodyFit(moved, labels, angles, axes, shifts, map_before, map_after, rmsd)
+
+
+#: Degrees / Å: a group turned or shifted by at least this much by the fit counts as misplaced.
+#: Well-placed deposited models turn by less than 0.1 deg (7CEC in its EMD-30342 zone 0.09,
+#: 3AJO in EMD-20026 0.03); 5ME2 in EMD-3488 turns by 1.1-1.5 deg per chain.
+MISPLACED_TURN_DEG = 0.5
+MISPLACED_SHIFT = 0.3
+
+
+def placement_check(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, by: str = "chain") -> dict:
+    """How the map would move each chain (``by="chain"``) or the whole model (``"model"``) as a rigid body.
+
+    A diagnosis, nothing is changed: ``{"by", "groups": RigidBodyFit.summary(), "map_before",
+    "map_after", "misplaced"}``, where ``misplaced`` says that some group turns by at least
+    :data:`MISPLACED_TURN_DEG` or shifts by at least :data:`MISPLACED_SHIFT` Å.
+    """
+    from .maptarget import scattering_weights
+    from .restraints import atom_xyz
+
+    if by not in ("chain", "model"):
+        raise ValueError(f"by must be 'chain' or 'model' (got {by!r})")
+    groups, labels = chain_groups(st) if by == "chain" else (None, None)
+    fit = fit_rigid_body(atom_xyz(st), dmap, resolution, scattering_weights(st, resolution), groups, labels)
+    rows = fit.summary()
+    return {"by": by, "groups": rows, "map_before": fit.map_before, "map_after": fit.map_after,
+            "misplaced": any(g["rotation_deg"] >= MISPLACED_TURN_DEG or g["shift"] >= MISPLACED_SHIFT
+                             for g in rows)}

@@ -241,9 +241,23 @@ def entry_view(d: dict) -> dict:
         "residues": residue_columns(d.get("residues")),
         "artefacts": list(d.get("artefacts") or []),
     }
+    v["placement"] = _placement(metrics["before"].get("placement"))
     eq = _f(metrics["before"].get("q_score_expected")) or _f(metrics["after"].get("q_score_expected"))
     v["expected_q"] = eq if eq is not None else expected_q(v["resolution"])
     return v
+
+
+def _placement(p) -> dict | None:
+    """The rigid-body placement check of the deposited model (:func:`rerefine.refine.rigidbody.placement_check`)
+    as the entry page shows it: ``by``, ``misplaced`` and per group ``group, rotation_deg, shift``."""
+    if not isinstance(p, dict) or not isinstance(p.get("groups"), list):
+        return None
+    rows = [{"group": str(g.get("group", "")), "rotation_deg": _f(g.get("rotation_deg")), "shift": _f(g.get("shift"))}
+            for g in p["groups"] if isinstance(g, dict)]
+    if not rows:
+        return None
+    return {"by": "chain" if p.get("by") == "chain" else "model", "misplaced": bool(p.get("misplaced")),
+            "groups": rows}
 
 
 def index_row(v: dict) -> dict:

@@ -151,3 +151,17 @@ def test_cli_refine_rigid_body(pairs, test_data, tmp_path, capsys):
         else:
             assert rep["rigid_body"] is None
     assert cc[True] > cc[False] + 0.01
+
+
+def test_placement_check_flags_5me2_not_3ajo(p5me2, pairs):
+    """The diagnosis the nightly pipeline records: 5ME2 in EMD-3488 is misplaced (every chain turns
+    by more than 0.5 deg), 3AJO in EMD-20026 is not (measured 0.03 deg)."""
+    from rerefine.refine.rigidbody import placement_check
+
+    st, dmap, res = p5me2
+    p = placement_check(st, dmap, res)
+    assert p["misplaced"] and [g["group"] for g in p["groups"]] == ["A", "B", "C", "D"]
+    assert all(g["rotation_deg"] > 0.8 for g in p["groups"])
+    model, mp, res3 = pairs["emd_20026_box_3ajo_refined"]
+    q = placement_check(modelio.read_model(model), mapio.read_map(mp), res3, by="model")
+    assert not q["misplaced"] and q["groups"][0]["rotation_deg"] < 0.2

@@ -310,6 +310,25 @@ def test_method_impact_counts_follow_the_got_worse_rule():
     assert not comp["improved"]
 
 
+def test_entry_page_shows_the_placement_check(tmp_path):
+    """The rigid-body placement check recorded with the deposited model's metrics: a table per
+    chain, the advice only for a misplaced model, labels escaped, no section without a check."""
+    entries = make_entries(4, seed=4, n_res=10)
+    entries[0]["metrics"]["before"]["placement"] = {
+        "by": "chain", "misplaced": True, "map_before": 5.2, "map_after": 5.5,
+        "groups": [{"group": "A", "rotation_deg": 1.39, "shift": 0.38}, {"group": "<b>B", "rotation_deg": 1.42, "shift": 0.34}]}
+    entries[1]["metrics"]["before"]["placement"] = {
+        "by": "model", "misplaced": False, "groups": [{"group": "model", "rotation_deg": 0.03, "shift": 0.01}]}
+    site.build_site(site.DictSource(entries), tmp_path)
+    page = [tmp_path / "entry" / f"{site.page_slug(e['pdb_id'])}.html" for e in entries]
+    t0, t1, t2 = (text_of(p) for p in page[:3])
+    assert "Placement in the map" in t0 and "1.39" in t0 and "0.34" in t0
+    assert "rerefine refine --rigid-body chain" in t0
+    assert "<b>B" not in page[0].read_text() and "&lt;b&gt;B" in page[0].read_text()
+    assert "Placement in the map" in t1 and "sits where the map puts it" in t1 and "--rigid-body" not in t1
+    assert "Placement in the map" not in t2
+
+
 def test_parallel_build_writes_the_same_pages(tmp_path):
     entries = make_entries(70, seed=9, n_res=20)
     a = site.build_site(site.DictSource(entries), tmp_path / "a", jobs=1)
