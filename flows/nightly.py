@@ -55,11 +55,12 @@ log = logging.getLogger(__name__)
 
 
 def _is_archive_error(task, task_run, state) -> bool:
-    """Retry only network/archive failures; bad input does not get better by retrying."""
+    """Retry only transient archive failures (timeouts, 5xx, dropped connections); a 404, garbage
+    or a corrupt file, like bad input, does not get better by retrying."""
     try:
         state.result()
-    except ArchiveError:
-        return True
+    except ArchiveError as exc:
+        return exc.transient
     except Exception:
         return False
     return False
@@ -97,6 +98,11 @@ def metrics_task(st, box, resolution: float, job: EntryJob, params: PipelinePara
 @task(name="refine")
 def refine_task(st, sharpened, box, resolution: float, monlib, params: PipelineParams):
     return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params)
+
+
+@task(name="placement")
+def placement_task(st, sharpened, resolution: float):
+    return pipeline.stage_placement(st, sharpened, resolution)
 
 
 @task(name="diffmap")
@@ -189,12 +195,16 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
         del dmap
         with timed(timings, "sharpen"):
             sharp = sharpen_task(job, box, res)
+        with timed(timings, "placement"):
+            placement = placement_task(st, sharp.map, res)
         with timed(timings, "refine"):
             ref = refine_task(st, sharp.map, box, res, ctx.get("monlib"), params)
         with timed(timings, "metrics_before"):
             before = _with_b(metrics_task(st, box, res, job, params, ref.geometry_before), st)
         with timed(timings, "metrics_after"):
             after = _with_b(metrics_task(ref.structure, box, res, job, params, ref.geometry_after), ref.structure)
+        if placement is not None:
+            before["placement"] = placement
         for m in (before, after):
             m.update({"b_iso_before": sharp.b_iso_before, "b_iso_after": sharp.b_iso_after,
                       "b_sharpen": sharp.b_sharpen, "sharpen_method": sharp.method})

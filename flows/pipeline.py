@@ -193,6 +193,19 @@ def stage_refine(st, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolut
                         fit_map=box)
 
 
+def stage_placement(st, sharpened: mapio.DensityMap, resolution: float) -> dict | None:
+    """Rigid-body placement check of the deposited model, chain by chain, in the sharpened map
+    (a diagnosis for the entry page; the refinement does not apply it). None, with a log line,
+    when the check cannot run: it must not cost the entry."""
+    from rerefine.refine.rigidbody import placement_check
+
+    try:
+        return placement_check(st, sharpened, resolution, by="chain")
+    except (InputError, ValueError) as exc:
+        log.warning("placement check skipped: %s", exc)
+        return None
+
+
 def stage_diffmap(st, box: mapio.DensityMap, resolution: float):
     """Real-space difference map of the refined model and its strongest peaks."""
     from rerefine.refine.diffmap import difference_map, difference_peaks

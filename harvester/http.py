@@ -440,7 +440,7 @@ class HttpClient:
                     wait = min(self.max_backoff, max(wait, exc.retry_after))
                 log.info("%s: %s; retry %d/%d in %.1f s", what, last, attempt + 1, self.retries, wait)
                 time.sleep(wait)
-        raise ArchiveError(f"{what}: {last} (gave up after {self.retries + 1} attempts)")
+        raise ArchiveError(f"{what}: {last} (gave up after {self.retries + 1} attempts)", transient=True)
 
     def _send(self, method: str, url: str, what: str, **kw) -> requests.Response:
         self._pace(url)

@@ -15,7 +15,19 @@ class InputError(RerefineError):
 
 
 class ArchiveError(RerefineError):
-    """The archive (or a mirror) could not deliver: HTTP failure, timeout, garbage answer."""
+    """The archive (or a mirror) could not deliver: HTTP failure, timeout, garbage answer.
+
+    ``transient`` is True when a later attempt may succeed (timeouts, dropped connections and
+    5xx answers that outlasted the HTTP client's own retries): the nightly flow retries such a
+    task after a pause. A 404, a malformed answer or a corrupt file is final.
+    """
+
+    def __init__(self, message: str = "", transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+    def __reduce__(self):  # keep ``transient`` through pickling (Dask workers)
+        return (type(self), (self.args[0] if self.args else "", self.transient))
 
 
 class RefinementError(RerefineError):

@@ -108,8 +108,13 @@ def test_nightly_isolates_a_bad_entry_and_skips_finished_work(mirror, tmp_path, 
     eng = sa.create_engine(f"sqlite:///{data_dir / 'rerefine.sqlite'}")
     with eng.connect() as c:
         cc_before = c.execute(sa.text("SELECT cc_mask_before FROM metrics")).scalar()
+        full_before = c.execute(sa.text("SELECT before FROM metrics_full")).scalar()
     eng.dispose()
     assert cc_before == pytest.approx(0.8077, abs=0.01)
+    # the placement check of the deposited model: 7CEC sits where its map puts it (0.09 deg)
+    placement = (json.loads(full_before) if isinstance(full_before, str) else full_before)["placement"]
+    assert placement["by"] == "chain" and [g["group"] for g in placement["groups"]] == ["A"]
+    assert not placement["misplaced"] and placement["groups"][0]["rotation_deg"] < 0.5
     site = Path(s["site"])
     assert site.is_file() and "7cec" in site.read_text().lower()
     outdir = data_dir / "entries" / "7cec"

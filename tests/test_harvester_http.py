@@ -118,14 +118,21 @@ def test_404_is_not_retried(served, tmp_path):
         assert len(srv.requests) == 1
     msg = str(ei.value)
     assert "\n" not in msg and msg.startswith("9xyz: map EMD-9999: not found")
+    assert ei.value.transient is False  # the nightly flow does not retry the task either
 
 
 def test_persistent_5xx_gives_up_with_clear_error(served, tmp_path):
     with LoopbackArchive(served) as srv:
         for _ in range(3):
             srv.add_fault("/emd_3001.map.gz", "status", 503)
-        with pytest.raises(ArchiveError, match="HTTP 503.*gave up after 3 attempts"):
+        with pytest.raises(ArchiveError, match="HTTP 503.*gave up after 3 attempts") as ei:
             _client(retries=2).download(srv.url + "/emd_3001.map.gz", tmp_path / "c", progress=False)
+    # worth another try later (the nightly flow retries the task), also after a trip through pickle
+    # as from a Dask worker
+    import pickle
+
+    again = pickle.loads(pickle.dumps(ei.value))
+    assert ei.value.transient and again.transient and str(again) == str(ei.value)
 
 
 @pytest.mark.parametrize("name,reason", [("truncated.map.gz", "truncated gzip"),
@@ -133,9 +140,10 @@ def test_persistent_5xx_gives_up_with_clear_error(served, tmp_path):
 def test_broken_gzip_is_rejected_and_removed(served, tmp_path, name, reason):
     cache = tmp_path / "cache"
     with LoopbackArchive(served) as srv:
-        with pytest.raises(ArchiveError, match=reason):
+        with pytest.raises(ArchiveError, match=reason) as ei:
             _client().download(srv.url + "/" + name, cache, what="5me2: map", progress=False)
     assert _partial_files(cache) == [] and _objects(cache) == []
+    assert not ei.value.transient  # a broken file is not retried by the nightly flow (next night it is)
 
 
 def test_truncated_by_server_with_matching_length_detected_by_gzip(served, tmp_path):
