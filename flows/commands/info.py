@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from rerefine.refine import mapio, modelio
-
 
 def register(sub) -> None:
     p = sub.add_parser("info", help="describe a model and a map and how they overlap")
@@ -15,6 +13,9 @@ def register(sub) -> None:
 
 def describe(model_path, map_path) -> dict:
     """The facts ``rerefine info`` reports, as a dict."""
+    # imported here: every CLI start registers this command, few run it (numba, gemmi: ~0.2 s)
+    from rerefine.refine import mapio, modelio
+
     st = modelio.read_model(model_path)
     dmap = mapio.read_map(map_path)
     xyz = modelio.atom_positions(st)

@@ -11,9 +11,6 @@ from __future__ import annotations
 import logging
 import time
 
-from rerefine.refine import mapio, modelio
-from rerefine.refine.geometry import GEOMETRY_KEYS
-
 log = logging.getLogger(__name__)
 
 #: Keys of the ``before``/``after`` blocks.
@@ -48,6 +45,8 @@ def register(sub) -> None:
 
 
 def _geometry(stats: dict) -> dict:
+    from rerefine.refine.geometry import GEOMETRY_KEYS
+
     return {k: stats.get(k) for k in GEOMETRY_KEYS}
 
 
@@ -62,6 +61,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
                  weight=None, sharpen_b=0.0, per_chain=False, free=False, rigid_body=None) -> dict:
     """Refine ``model_path`` against ``map_path``, write ``output``; the report as a dict."""
     from rerefine.flows import __version__
+    from rerefine.refine import mapio, modelio
     from rerefine.refine.errors import InputError
     from rerefine.refine.realspace import refine_model
 
