@@ -66,16 +66,17 @@ def finite_float(v) -> float | None:
 
 
 def _num(d: Mapping | None, key: str) -> float | None:
-    if not d:
-        return None
-    v = d.get(key)
+    """``d[key]`` as a float for the verdict rules: missing or NaN is unknown (None), but unlike
+    :func:`finite_float` an infinite value is kept, so that an infinite RMSD after refinement
+    counts as worse instead of being skipped."""
+    v = (d or {}).get(key)
     if v is None:
         return None
     try:
         v = float(v)
     except (TypeError, ValueError):
         return None
-    return v if v == v else None  # NaN counts as unknown
+    return None if math.isnan(v) else v
 
 
 def geometry_problems(before: Mapping | None, after: Mapping | None) -> list[str]:
