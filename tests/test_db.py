@@ -350,6 +350,8 @@ def test_verdict_rule():
     assert decide(tight, {"cc_mask": 0.75, "bond_rmsd": 0.013, "angle_rmsd": 1.0}).verdict == "worse"
     assert decide({"cc_mask": 0.7}, {"cc_mask": None}).verdict is None  # no CCmask, no verdict
     assert decide({"cc_mask": 0.7}, {"cc_mask": float("nan")}).verdict is None
+    # an infinite RMSD after refinement is worse geometry, not an unknown one
+    assert decide({"cc_mask": 0.7, **g}, {"cc_mask": 0.8, **g, "bond_rmsd": float("inf")}).verdict == "worse"
     assert got_worse({"cc_mask_after": 0.80, "verdict": "improved"}, {"cc_mask_after": 0.79, "verdict": "improved"})
     assert not got_worse({"cc_mask_after": 0.80, "verdict": "improved"},
                          {"cc_mask_after": 0.795, "verdict": "improved"})
