@@ -192,7 +192,8 @@ class _Axes:
         return px, py, ok
 
     def polyline(self, x, y):
-        """SVG path data in tenths of a pixel; a missing value starts a new sub-path."""
+        """SVG path data in tenths of a pixel; a missing value starts a new sub-path, and a point
+        standing alone is drawn as a dot (a zero-length segment with round caps)."""
         px, py, ok = self._tenths(x, y)
         if not ok.any():
             return ""
@@ -203,7 +204,7 @@ class _Axes:
             xy = np.empty(2 * (stop - start), dtype=np.int64)
             xy[0::2] = px[start:stop]
             xy[1::2] = py[start:stop]
-            parts.append("M" + " ".join(map(str, xy.tolist())))
+            parts.append("M" + " ".join(map(str, xy.tolist())) + ("h0" if stop - start == 1 else ""))
         return "".join(parts)
 
     def dots(self, x, y):

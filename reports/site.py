@@ -123,13 +123,18 @@ GEOMETRY = {
     "chirality_rmsd": ("RMSD chirality (Å³)", False, 3),
     "planarity_rmsd": ("RMSD planarity (Å)", False, 4),
     "nonbonded_overlaps": ("Non-bonded overlaps", False, 0),
+    # library torsion targets include the alternatives refinement does not restrain (side-chain
+    # rotamers, phi/psi): shown for information, without a better/worse tone
+    "torsion_rmsd": ("RMSD torsions to library targets (°)", None, 1),
     "clashscore": ("Clashscore", False, 2),
     "rama_favored": ("Ramachandran favoured (%)", True, 2),
     "rama_outliers": ("Ramachandran outliers (%)", False, 2),
     "rotamer_outliers": ("Rotamer outliers (%)", False, 2),
 }
-# Metrics not shown in the tables (shown elsewhere on the page).
-HIDDEN_METRICS = {"q_score_expected", "b_iso_before", "b_iso_after", "b_sharpen"}
+# Numbers stored with the metrics that are not shown in the tables: shown elsewhere on the page,
+# or parameters and timings of the measurement rather than figures of the model.
+HIDDEN_METRICS = {"q_score_expected", "b_iso_before", "b_iso_after", "b_sharpen", "q_sigma", "resolution",
+                  "seconds"}
 # Geometry figures shown as deltas in the index (when present).
 INDEX_GEOMETRY = ("bond_rmsd", "angle_rmsd", "nonbonded_overlaps")
 
@@ -332,9 +337,13 @@ def _residue_charts(v: dict) -> list[dict]:
     for n, (ch, idx) in enumerate(chains.items()):
         idx = np.asarray(idx)
         x = seq[idx]
+        # a gap in the residue numbering (missing residues, a ligand numbered apart) breaks the
+        # lines: a straight segment across it would suggest values that were never measured
+        gaps = np.flatnonzero((np.diff(x) > 1) | (np.diff(x) < 0)) + 1
+        x = np.insert(x, gaps, np.nan)
 
         def pick(key):
-            return cols[key][idx]
+            return np.insert(cols[key][idx], gaps, np.nan)
 
         cc_b, cc_a = pick("cc_before"), pick("cc_after")
         panels = [

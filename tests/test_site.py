@@ -152,7 +152,8 @@ def test_line_chart_breaks_at_missing_values_and_escapes_text():
     assert "desc &amp; more" in svg and "s&lt;1&gt;" in svg and "<b>" not in svg
     d = re.search(r'class="line s-after" d="([^"]+)"', svg).group(1)
     assert d.count("M") == 2  # two runs: (1, 2) and (4)
-    assert len(re.findall(r"-?\d+", d)) == 6  # three points, x and y each
+    assert len(re.findall(r"-?\d+", d)) == 7  # three points, x and y each, and the lone one's "h0"
+    assert d.endswith("h0")  # a point standing alone is drawn as a dot
 
 
 def test_scatter_draws_one_mark_per_finite_point():
@@ -308,6 +309,17 @@ def test_method_impact_counts_follow_the_got_worse_rule():
     assert len(comp["worsened"]) == done_first5
     assert comp["n_both"] == sum(1 for e in a if e["status"] == "done")
     assert not comp["improved"]
+
+
+def test_residue_lines_break_at_gaps_in_the_numbering(tmp_path):
+    """Residues 1-10, then a ligand numbered 201 in the same chain: the lines stop at residue 10 and
+    the ligand is a dot of its own, not the end of a segment from residue 10."""
+    rows = [{"chain": "A", "seq": k, "icode": "", "resname": "ALA", "cc_before": 0.7, "cc_after": 0.8,
+             "q_score_before": 0.5, "q_score_after": 0.6} for k in list(range(1, 11)) + [201]]
+    v = site.entry_view({"pdb_id": "1abc", "resolution": 3.0, "residues": site.residue_columns(rows)})
+    (chart,) = site._residue_charts(v)
+    paths = re.findall(r'class="line s-after" d="([^"]+)"', chart["svg"])
+    assert paths and all(d.count("M") == 2 and d.endswith("h0") for d in paths)
 
 
 def test_entry_page_shows_the_placement_check(tmp_path):
