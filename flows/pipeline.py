@@ -201,8 +201,8 @@ def stage_placement(st, sharpened: mapio.DensityMap, resolution: float) -> dict 
 
     try:
         return placement_check(st, sharpened, resolution, by="chain")
-    except (InputError, ValueError) as exc:
-        log.warning("placement check skipped: %s", exc)
+    except Exception as exc:  # a diagnosis never costs the entry its refinement; the log keeps why
+        log.warning("placement check skipped: %s: %s", type(exc).__name__, exc)
         return None
 
 

@@ -191,3 +191,21 @@ def test_half_maps_are_cut_to_the_primary_box(pairs, tmp_path):
     other = mapio.write_map(tmp_path / "coarse.mrc", coarse)
     with pytest.raises(InputError, match="7cec: half-map coarse.mrc"):
         pipeline.stage_half_boxes(EntryJob("7cec", "EMD-30342", model, mp, [other, other], res), box)
+
+
+def test_placement_stage_never_fails_the_entry(pairs, monkeypatch):
+    """The placement check is a diagnosis: when it breaks, the stage gives None instead of failing
+    the entry; when it works, it records the groups."""
+    from rerefine.flows import pipeline
+    from rerefine.refine import mapio, modelio, rigidbody
+
+    model, mp, res = pairs["emd_20026_box_3ajo_refined"]
+    st, dmap = modelio.read_model(model), mapio.read_map(mp)
+    ok = pipeline.stage_placement(st, dmap, res)
+    assert ok["by"] == "chain" and ok["groups"] and not ok["misplaced"]
+
+    def broken(*args, **kwargs):
+        raise FloatingPointError("overflow in the fit")
+
+    monkeypatch.setattr(rigidbody, "placement_check", broken)
+    assert pipeline.stage_placement(st, dmap, res) is None
