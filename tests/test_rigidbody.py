@@ -148,8 +148,11 @@ def test_cli_refine_rigid_body(pairs, test_data, tmp_path, capsys):
         if flag:
             assert [g["group"] for g in rep["rigid_body"]] == ["A", "B", "C", "D"]
             assert all(0.8 < g["rotation_deg"] < 2.0 for g in rep["rigid_body"])
+            assert rep["placement"] is None
         else:
             assert rep["rigid_body"] is None
+            # without the option the report still says the map would turn the chains
+            assert rep["placement"]["misplaced"] and len(rep["placement"]["groups"]) == 4
     assert cc[True] > cc[False] + 0.01
 
 

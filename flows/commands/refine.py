@@ -77,6 +77,12 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
     if monlib is None:
         raise InputError("no monomer library: set RR_MONOMER_LIB or CLIBD_MON, or give --monlib")
     before = _metrics(st, dmap, resolution)
+    placement = None
+    if not rigid_body:
+        from rerefine.refine.rigidbody import placement_check
+
+        # the same diagnosis as on the nightly site: would the map move the chains as a whole?
+        placement = placement_check(st, dmap, resolution, by="chain")
     res = refine_model(st, dmap, resolution, monlib, adp=adp, cycles=cycles, weight=weight,
                        b_sharpen=sharpen_b, per_chain=per_chain, rigid_body=rigid_body,
                        **({"reference_sigma": None, "fit_reference_sigma": None} if free else {}))
@@ -99,6 +105,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         "occupancies_refined": res.occupancy is not None,
         "reference_restraint": not free,
         "rigid_body": res.rigid_body.summary() if res.rigid_body is not None else None,
+        "placement": placement,
         "refine_seconds": refine_seconds,
         "seconds": time.perf_counter() - t0,
         "warnings": res.warnings,
@@ -128,6 +135,12 @@ def run(args, settings) -> int:
             print(f"  {key:<20} {f(b.get(key), fmt):>8} -> {f(a.get(key), fmt)}")
         for g in rep["rigid_body"] or ():
             print(f"  rigid body {g['group']}: rotated {g['rotation_deg']:.2f} deg, shifted {g['shift']:.2f} Å")
+        if rep["placement"] and rep["placement"]["misplaced"]:
+            moves = ", ".join(f"{g['group']} {g['rotation_deg']:.1f} deg / {g['shift']:.1f} Å"
+                              for g in rep["placement"]["groups"])
+            kept = "; the refinement kept atoms near their input positions" if rep["reference_restraint"] else ""
+            print(f"  note: the map would move the input chains as rigid bodies ({moves}){kept}; "
+                  f"--rigid-body chain fits the chains first")
         for w in rep["warnings"]:
             print(f"  warning: {w}")
     emit_json(rep, args.json)
