@@ -13,7 +13,6 @@ reads its settings when it is imported.
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import logging
 import socket
 import time
@@ -21,28 +20,9 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+from rerefine.flows.prefect_env import no_gc_passes
 
-class _no_gc_passes:
-    """Context: no cyclic GC passes over what big imports (Prefect, numba, scipy) create.
-
-    Modules, classes and pydantic schemas live as long as the process, yet the collector walked
-    them again and again while they were being created and at every full pass after: 10-20 % of
-    those imports' time here. So the collector is off during the import, and what exists after
-    it is frozen (moved out of the collector's generations, as for a pre-fork server).
-    """
-
-    def __enter__(self):
-        self.was_enabled = gc.isenabled()
-        gc.disable()
-
-    def __exit__(self, *exc):
-        gc.freeze()
-        if self.was_enabled:
-            gc.enable()
-        return False
-
-
-with _no_gc_passes():
+with no_gc_passes():
     from prefect import flow, task
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.task_runners import ThreadPoolTaskRunner
@@ -319,7 +299,7 @@ def prepare_run(database: str) -> dict:
     t0 = time.perf_counter()
     db.upgrade(database)
     t1 = time.perf_counter()
-    with _no_gc_passes():
+    with no_gc_passes():
         for name in STAGE_MODULES:
             importlib.import_module(name)
     t2 = time.perf_counter()

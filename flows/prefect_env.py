@@ -9,6 +9,8 @@ Prefect server), both leave it alone.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 from pathlib import Path
 
@@ -158,6 +160,26 @@ class RetryBusyMiddleware:
             await asyncio.sleep(self.pause)
 
 
+@contextlib.contextmanager
+def no_gc_passes():
+    """No cyclic GC passes over what big imports (Prefect, its server, numba, scipy) create.
+
+    Modules, classes and pydantic schemas live as long as the process, yet the collector walked
+    them again and again while they were being created and at every full pass after: 10-20 % of
+    those imports' time here (~20 % of the server's start-up). So the collector is off inside
+    the block, and what exists at its end is frozen (moved out of the collector's generations,
+    as for a pre-fork server).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if was_enabled:
+            gc.enable()
+
+
 def create_server_app():
     """Prefect's API server app (what its temporary server runs) with :class:`RetryBusyMiddleware`."""
     from prefect.server.api.server import create_app
@@ -172,22 +194,16 @@ def serve(fd: int) -> None:
     not set TCP_NODELAY on the connections it accepts, and every response whose body is written
     after its headers waited for the client's delayed ACK (40 ms per API call here).
     """
-    import gc
     import socket
 
-    # Importing Prefect's server creates ~10^6 objects that live as long as the process; the
-    # cyclic GC walking them again and again during the import was ~20% of the start-up.
-    gc.disable()
-    try:
+    # Importing Prefect's server creates ~10^6 objects that live as long as the process.
+    with no_gc_passes():
         import uvicorn
 
         import prefect.server.api.server  # noqa: F401
 
         gc.freeze()  # later collections (one in create_app, the serving process's) skip them
         app = create_server_app()
-        gc.freeze()
-    finally:
-        gc.enable()
     sock = socket.socket(fileno=fd)  # family (AF_INET) read from the descriptor
     _prompt_server_class(uvicorn)(uvicorn.Config(app, log_level="error", lifespan="on")).run(sockets=[sock])
 
@@ -410,8 +426,6 @@ class LocalPrefectServer:
         return time.perf_counter() - t
 
     def stop(self) -> None:
-        import subprocess
-
         proc, self.process = self.process, None
         if proc is None or proc.poll() is not None:
             return
