@@ -740,12 +740,11 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
 
     start = xyz0
     if rigid_body:
-        from .rigidbody import chain_groups, fit_rigid_body
+        from .rigidbody import fit_rigid_body, rigid_groups
 
-        if rigid_body not in ("model", "chain"):
-            raise ValueError(f"rigid_body must be 'model' or 'chain' (got {rigid_body!r})")
-        groups, labels = chain_groups(work) if rigid_body == "chain" else (None, None)
-        result.rigid_body = fit_rigid_body(xyz0, dmap, resolution, w_atom, groups, labels, b_sharpen=b_sharpen)
+        groups, labels = rigid_groups(work, rigid_body)
+        # the final stage fits the very target the coordinate cycles use: no second filtering of the map
+        result.rigid_body = fit_rigid_body(xyz0, dmap, resolution, w_atom, groups, labels, target=target)
         start = result.rigid_body.xyz
 
     auto = weight is None

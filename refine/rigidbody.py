@@ -115,19 +115,30 @@ def chain_groups(st: gemmi.Structure) -> tuple[list[np.ndarray], list[str]]:
     return [np.asarray(v, np.int64) for v in order.values()], list(order)
 
 
+def rigid_groups(st: gemmi.Structure, by: str) -> tuple[list[np.ndarray] | None, list[str] | None]:
+    """Groups and labels for :func:`fit_rigid_body`: each chain (``by="chain"``, see
+    :func:`chain_groups`) or the whole model (``"model"``: ``(None, None)``, the default group)."""
+    if by not in ("chain", "model"):
+        raise ValueError(f"rigid-body groups must be by 'chain' or 'model' (got {by!r})")
+    return chain_groups(st) if by == "chain" else (None, None)
+
+
+def _apply(xyz: np.ndarray, groups: list[np.ndarray], centres: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Positions after turning group ``k`` by ``p[6k:6k+3]`` (rotation vector, radians) about
+    ``centres[k]`` and shifting it by ``p[6k+3:6k+6]`` (Å); atoms of no group stay."""
+    x = xyz.copy()
+    for k, g in enumerate(groups):
+        r = rotation_matrix(p[6 * k:6 * k + 3])
+        x[g] = (xyz[g] - centres[k]) @ r.T + centres[k] + p[6 * k + 3:6 * k + 6]
+    return x
+
+
 def _fit_stage(target: MapTarget, xyz: np.ndarray, weights: np.ndarray, groups: list[np.ndarray],
                centres: np.ndarray, p0: np.ndarray, max_iter: int) -> np.ndarray:
     ng = len(groups)
 
-    def pose(p):
-        x = xyz.copy()
-        for k, g in enumerate(groups):
-            r = rotation_matrix(p[6 * k:6 * k + 3])
-            x[g] = (xyz[g] - centres[k]) @ r.T + centres[k] + p[6 * k + 3:6 * k + 6]
-        return x
-
     def fg(p):
-        x = pose(p)
+        x = _apply(xyz, groups, centres, p)
         e, grad = target.energy_gradient(x, weights)
         out = np.empty(6 * ng)
         for k, g in enumerate(groups):
@@ -143,7 +154,8 @@ def _fit_stage(target: MapTarget, xyz: np.ndarray, weights: np.ndarray, groups: 
 
 def fit_rigid_body(xyz: np.ndarray, dmap: DensityMap, resolution: float, weights: np.ndarray,
                    groups: list[np.ndarray] | None = None, labels: list[str] | None = None, *,
-                   b_sharpen: float = 0.0, max_iter: int = 100) -> RigidBodyFit:
+                   b_sharpen: float = 0.0, target: MapTarget | None = None,
+                   max_iter: int = 100) -> RigidBodyFit:
     """Move each group of atoms as a rigid body to maximise the weighted map values at the atoms.
 
     Parameters
@@ -163,6 +175,9 @@ def fit_rigid_body(xyz: np.ndarray, dmap: DensityMap, resolution: float, weights
         Names of the groups (default ``"model"`` / ``"group<k>"``).
     b_sharpen : float
         Å², sharpening of the map for the final stage (as :meth:`MapTarget.from_map`).
+    target : MapTarget, optional
+        The final stage's target when the caller has it already (``dmap`` filtered to
+        ``resolution`` with ``b_sharpen``, as coordinate refinement builds it); else built here.
     max_iter : int
         L-BFGS iterations per stage.
     """
@@ -176,7 +191,7 @@ def fit_rigid_body(xyz: np.ndarray, dmap: DensityMap, resolution: float, weights
     groups = [np.asarray(groups[k], np.int64) for k in keep]
     labels = [labels[k] for k in keep]
     ng = len(groups)
-    final = MapTarget.from_map(dmap, resolution, b_sharpen=b_sharpen)
+    final = target if target is not None else MapTarget.from_map(dmap, resolution, b_sharpen=b_sharpen)
     wsum = float(weights.sum()) or 1.0
     map_before = float(np.dot(weights, final.values(xyz)) / wsum)
     if ng == 0:
@@ -185,14 +200,13 @@ def fit_rigid_body(xyz: np.ndarray, dmap: DensityMap, resolution: float, weights
     centres = np.array([xyz[g].mean(axis=0) for g in groups])
     p = np.zeros(6 * ng)
     coarse_d = max(2.0 * resolution, COARSE_RESOLUTION)
-    for target in (MapTarget.from_map(dmap, coarse_d), final):
-        p = _fit_stage(target, xyz, weights, groups, centres, p, max_iter)
+    for stage in (MapTarget.from_map(dmap, coarse_d), final):
+        p = _fit_stage(stage, xyz, weights, groups, centres, p, max_iter)
 
-    moved = xyz.copy()
+    moved = _apply(xyz, groups, centres, p)
     angles, axes, shifts = np.zeros(ng), np.zeros((ng, 3)), np.zeros((ng, 3))
-    for k, g in enumerate(groups):
+    for k in range(ng):
         omega, t = p[6 * k:6 * k + 3], p[6 * k + 3:6 * k + 6]
-        moved[g] = (xyz[g] - centres[k]) @ rotation_matrix(omega).T + centres[k] + t
         theta = float(np.linalg.norm(omega))
         angles[k] = np.degrees(theta)
         axes[k] = omega / theta if theta > 0 else 0.0
@@ -222,9 +236,7 @@ def placement_check(st: gemmi.Structure, dmap: DensityMap, resolution: float, *,
     from .maptarget import scattering_weights
     from .restraints import atom_xyz
 
-    if by not in ("chain", "model"):
-        raise ValueError(f"by must be 'chain' or 'model' (got {by!r})")
-    groups, labels = chain_groups(st) if by == "chain" else (None, None)
+    groups, labels = rigid_groups(st, by)
     fit = fit_rigid_body(atom_xyz(st), dmap, resolution, scattering_weights(st, resolution), groups, labels)
     rows = fit.summary()
     return {"by": by, "groups": rows, "map_before": fit.map_before, "map_after": fit.map_after,

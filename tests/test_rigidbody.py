@@ -17,7 +17,7 @@ from rerefine.refine import mapio, modelio
 from rerefine.refine.maptarget import MapTarget, scattering_weights
 from rerefine.refine.restraints import atom_xyz
 from rerefine.refine.rigidbody import (MIN_GROUP_ATOMS, chain_groups, fit_rigid_body, left_jacobian,
-                                       rotation_matrix)
+                                       rigid_groups, rotation_matrix)
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +128,9 @@ def test_chain_groups_and_small_groups_stay(p5me2):
     tiny = groups[0][:MIN_GROUP_ATOMS - 1]
     fit = fit_rigid_body(x0, dmap, res, scattering_weights(st, res), [tiny], ["tiny"])
     assert fit.labels == [] and np.array_equal(fit.xyz, x0)
+    assert rigid_groups(st, "chain")[1] == labels and rigid_groups(st, "model") == (None, None)
+    with pytest.raises(ValueError, match="residue"):
+        rigid_groups(st, "residue")
 
 
 def test_cli_refine_rigid_body(pairs, test_data, tmp_path, capsys):
