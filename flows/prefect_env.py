@@ -205,61 +205,7 @@ def serve(fd: int) -> None:
         gc.freeze()  # later collections (one in create_app, the serving process's) skip them
         app = create_server_app()
     sock = socket.socket(fileno=fd)  # family (AF_INET) read from the descriptor
-    _prompt_server_class(uvicorn)(uvicorn.Config(app, log_level="error", lifespan="on")).run(sockets=[sock])
-
-
-def _prompt_server_class(uvicorn):
-    """uvicorn's ``Server``, stopping as soon as SIGTERM comes.
-
-    uvicorn looks at its exit flag every 0.1 s and, once stopping, pauses 0.1 s before it waits
-    for open connections: 0.15 s of every run's exit on average, as the run waits for its server.
-    Here the signal wakes the main loop, and the wait for connections and requests in flight
-    polls every 5 ms; what is stopped, and in which order, is uvicorn's (then Prefect's lifespan
-    drains its services, so the last task states reach the database).
-    """
-    import asyncio
-
-    class PromptServer(uvicorn.Server):
-        _loop = None
-        _wake = None
-
-        def handle_exit(self, sig, frame):
-            super().handle_exit(sig, frame)
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._wake.set)
-
-        async def main_loop(self) -> None:
-            self._wake = asyncio.Event()
-            self._loop = asyncio.get_running_loop()
-            counter = 0
-            while not await self.on_tick(counter):
-                counter = (counter + 1) % 864000
-                try:
-                    await asyncio.wait_for(self._wake.wait(), 0.1)
-                except asyncio.TimeoutError:
-                    pass
-
-        async def shutdown(self, sockets=None) -> None:
-            for server in self.servers:
-                server.close()
-            for sock in sockets or []:
-                sock.close()
-            state = self.server_state
-            for connection in list(state.connections):
-                connection.shutdown()
-            loop = asyncio.get_running_loop()
-            grace = self.config.timeout_graceful_shutdown
-            deadline = None if grace is None else loop.time() + grace
-            while (state.connections or state.tasks) and not self.force_exit:
-                if deadline is not None and loop.time() > deadline:
-                    for t in state.tasks:
-                        t.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
-                    break
-                await asyncio.sleep(0.005)
-            if not self.force_exit:
-                await self.lifespan.shutdown()
-
-    return PromptServer
+    uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on")).run(sockets=[sock])
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
