@@ -54,6 +54,22 @@ def emit_json(obj, dest: str | None) -> None:
     write_atomic(dest, text)
 
 
+class OneLineRerefineErrors(logging.Filter):
+    """Drop the traceback of a logged :class:`RerefineError` (without ``--debug``).
+
+    Those errors say in one line which entry or file failed and why (the CLI prints that line
+    last), yet Prefect logs every failed task and flow with its traceback, which on a terminal
+    buries the cause. Handlers that saw the record before (Prefect's own, sending logs to its
+    API) keep the traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], RerefineError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rerefine",
@@ -76,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     # Prefect's client logs every API request at INFO; that is noise on a terminal.
     for noisy in ("httpx", "httpcore", "distributed", "numba", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if not args.debug:
+        for handler in logging.getLogger().handlers:
+            if not any(isinstance(f, OneLineRerefineErrors) for f in handler.filters):
+                handler.addFilter(OneLineRerefineErrors())
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

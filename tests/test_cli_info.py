@@ -52,3 +52,33 @@ def test_version(capsys):
         main(["--version"])
     assert e.value.code == 0
     assert "rerefine" in capsys.readouterr().out
+
+
+def test_logged_rerefine_errors_lose_their_traceback_but_others_keep_it():
+    """Prefect logs failed tasks with their traceback; for rerefine's own one-line errors the CLI's
+    filter drops it (the cause is in the message), for anything else (a bug) it stays."""
+    import io
+    import logging
+
+    from rerefine.flows.cli import OneLineRerefineErrors
+    from rerefine.refine.errors import ArchiveError
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(OneLineRerefineErrors())
+    logger = logging.getLogger("test.one_line_errors")
+    logger.addHandler(handler)
+    logger.propagate = False  # restored below: this test leaves logging as it found it
+    try:
+        for exc in (ArchiveError("5me2: map EMD-3488: not found (HTTP 404)"), ZeroDivisionError("bug")):
+            try:
+                raise exc
+            except Exception:
+                logger.error("Task run failed with exception: %r", exc, exc_info=True)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    text = out.getvalue()
+    assert "not found (HTTP 404)" in text and "bug" in text
+    assert text.count("Traceback (most recent call last)") == 1
+    assert text.index("Traceback") > text.index("not found")  # the one kept belongs to the bug
