@@ -56,7 +56,7 @@ from urllib.parse import urlsplit
 
 from rerefine.harvester.http import HttpClient, verify_gzip_file
 from rerefine.harvester.loopback import LoopbackArchive
-from rerefine.refine.errors import ArchiveError
+from rerefine.common.errors import ArchiveError
 
 HERE = Path(__file__).resolve().parent
 REAL_MAP = "maps_models/emd_3488_5me2/emd_3488.mrc"

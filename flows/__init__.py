@@ -1,8 +1,5 @@
 """Orchestration: settings, the ``rerefine`` CLI and the Prefect flows that tie the stages together."""
 
-from importlib.metadata import PackageNotFoundError, version
+from rerefine.common.version import __version__
 
-try:
-    __version__ = version("rerefine")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+__all__ = ["__version__"]

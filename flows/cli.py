@@ -17,8 +17,8 @@ from pathlib import Path
 
 from rerefine.flows import __version__
 from rerefine.flows.settings import load_settings
-from rerefine.refine.atomicfile import write_atomic
-from rerefine.refine.errors import RerefineError
+from rerefine.common.atomicfile import write_atomic
+from rerefine.common.errors import RerefineError
 
 COMMANDS = ["info", "db", "compare", "site", "sharpen", "harvest", "sample_archive", "metrics", "diffmap", "nightly", "entry", "serve", "refine"]
 

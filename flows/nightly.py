@@ -29,7 +29,7 @@ with no_gc_passes():
 
 from rerefine.flows import __version__, pipeline
 from rerefine.flows.pipeline import EntryJob, PipelineParams, timed
-from rerefine.refine.errors import ArchiveError, RerefineError
+from rerefine.common.errors import ArchiveError, RerefineError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from rerefine.refine import mapio, modelio
-from rerefine.refine.errors import InputError
+from rerefine.common.errors import InputError
 
 log = logging.getLogger(__name__)
 

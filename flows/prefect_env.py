@@ -351,7 +351,7 @@ class LocalPrefectServer:
     def _record_migrated(self) -> None:
         import json
 
-        from rerefine.refine.atomicfile import write_atomic
+        from rerefine.common.atomicfile import write_atomic
 
         rev = _db_revision(self.home / "prefect.db")
         if rev:
@@ -362,7 +362,7 @@ class LocalPrefectServer:
         """Block until the server answers; returns the seconds spent waiting here."""
         import time
 
-        from rerefine.refine.errors import RerefineError
+        from rerefine.common.errors import RerefineError
 
         t = time.perf_counter()
         self._thread.join()

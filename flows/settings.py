@@ -12,7 +12,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from rerefine.refine.errors import InputError
+from rerefine.common.errors import InputError
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 

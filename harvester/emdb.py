@@ -23,7 +23,7 @@ import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
-from rerefine.refine.errors import ArchiveError, InputError
+from rerefine.common.errors import ArchiveError, InputError
 
 from . import ids
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import requests
 
-from rerefine.refine.errors import ArchiveError, InputError, RerefineError
+from rerefine.common.errors import ArchiveError, InputError, RerefineError
 
 from . import emdb, ids, rcsb
 from .http import HttpClient, link_into, verify_gzip_file

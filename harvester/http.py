@@ -45,8 +45,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from rerefine.refine.atomicfile import write_atomic
-from rerefine.refine.errors import ArchiveError
+from rerefine.common.atomicfile import write_atomic
+from rerefine.common.errors import ArchiveError
 
 try:  # ISA-L's inflate: about twice zlib's speed on map data, same CRC-32/ISIZE checks
     from isal import isal_zlib as _inflate

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from rerefine.refine.errors import InputError
+from rerefine.common.errors import InputError
 
 _CLASSIC = re.compile(r"^[0-9][a-z0-9]{3}$")
 _EXTENDED = re.compile(r"^pdb_[a-z0-9]{8}$")

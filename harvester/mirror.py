@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
-from rerefine.refine.errors import ArchiveError, InputError
+from rerefine.common.errors import ArchiveError, InputError
 
 from . import ids
 from .http import HttpClient

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from rerefine.refine.errors import ArchiveError, InputError
+from rerefine.common.errors import ArchiveError, InputError
 
 from . import ids
 from .http import HttpClient

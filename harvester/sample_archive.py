@@ -46,8 +46,8 @@ import os
 import re
 from pathlib import Path
 
-from rerefine.refine.atomicfile import write_atomic
-from rerefine.refine.errors import InputError
+from rerefine.common.atomicfile import write_atomic
+from rerefine.common.errors import InputError
 
 from . import ids
 from .mirror import Mirror

@@ -28,7 +28,7 @@ import gemmi
 import mrcfile
 import numpy as np
 
-from .errors import InputError
+from rerefine.common.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import gemmi
 import numpy as np
 from numba import njit
 
-from .errors import InputError
+from rerefine.common.errors import InputError
 from .mapio import DensityMap
 
 SOLVENT_RADIUS = 1.11

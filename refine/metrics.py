@@ -42,7 +42,7 @@ import gemmi
 import numpy as np
 
 from . import mapcc, mapio, mask, modelmap
-from .errors import InputError
+from rerefine.common.errors import InputError
 from .mapio import DensityMap
 
 log = logging.getLogger(__name__)

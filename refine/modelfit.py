@@ -40,7 +40,7 @@ import numpy as np
 from numba import njit, prange
 from scipy import fft as sfft
 
-from .errors import InputError
+from rerefine.common.errors import InputError
 from .mapio import DensityMap, cut_box
 from .maptarget import _reciprocal_sq, resolution_filter
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
-from .errors import InputError
+from rerefine.common.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ import gemmi
 import numpy as np
 import scipy.fft
 
-from .errors import InputError
+from rerefine.common.errors import InputError
 from .mapio import DensityMap
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ import gemmi
 import numpy as np
 from scipy import optimize
 
-from .errors import InputError, RefinementError
+from rerefine.common.errors import InputError, RefinementError
 from .mapio import DensityMap, fraction_inside
 from .maptarget import MapTarget, scattering_weights
 from .nonbonded import nonbonded_range

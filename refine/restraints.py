@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import gemmi
 import numpy as np
 
-from .errors import InputError
+from rerefine.common.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ import scipy.ndimage as ndi
 from numba import njit, prange
 
 from . import fsc as fscmod
-from .errors import InputError
+from rerefine.common.errors import InputError
 from .mapio import DensityMap
 
 log = logging.getLogger(__name__)

@@ -66,7 +66,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from rerefine.refine.errors import InputError
+from rerefine.common.errors import InputError
 
 RUN_STATUSES = ("queued", "running", "done", "failed", "skipped")
 VERDICTS = ("improved", "unchanged", "worse")

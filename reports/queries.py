@@ -35,7 +35,7 @@ from typing import Iterable, Sequence
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import Engine
 
-from rerefine.refine.errors import InputError
+from rerefine.common.errors import InputError
 from rerefine.reports import db
 from rerefine.reports.verdict import CC_MARGIN, decide, got_worse
 

@@ -43,8 +43,8 @@ import jinja2
 import numpy as np
 
 from rerefine.reports import plots
-from rerefine.refine.atomicfile import write_atomic
-from rerefine.refine.errors import InputError
+from rerefine.common.atomicfile import write_atomic
+from rerefine.common.errors import InputError
 from rerefine.reports.verdict import CC_MARGIN, got_worse
 from rerefine.reports.verdict import finite_float as _f
 

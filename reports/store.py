@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection, Engine
 
-from rerefine.refine.errors import InputError
+from rerefine.common.errors import InputError
 from rerefine.reports import db
 from rerefine.reports.verdict import decide, finite_float
 

@@ -61,7 +61,7 @@ def test_logged_rerefine_errors_lose_their_traceback_but_others_keep_it():
     import logging
 
     from rerefine.flows.cli import OneLineRerefineErrors
-    from rerefine.refine.errors import ArchiveError
+    from rerefine.common.errors import ArchiveError
 
     out = io.StringIO()
     handler = logging.StreamHandler(out)

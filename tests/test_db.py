@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from rerefine.refine.errors import InputError
+from rerefine.common.errors import InputError
 from rerefine.reports import db, queries, store
 from rerefine.reports.verdict import decide, got_worse
 

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from rerefine.flows.commands.serve import next_run
 from rerefine.flows.pipeline import EntryJob, entry_dir
 from rerefine.harvester import sample_archive
-from rerefine.refine.errors import InputError
+from rerefine.common.errors import InputError
 
 FAST = ["--cycles", "1", "--no-adp"]
 

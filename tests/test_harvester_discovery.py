@@ -18,7 +18,7 @@ from rerefine.harvester import emdb, rcsb
 from rerefine.harvester.harvest import discover, emdb_metadata
 from rerefine.harvester.http import HttpClient
 from rerefine.harvester.loopback import LoopbackArchive
-from rerefine.refine.errors import ArchiveError
+from rerefine.common.errors import ArchiveError
 
 SEARCH = "/rcsbsearch/v2/query"
 DATA = "/rest/v1/core/entry"

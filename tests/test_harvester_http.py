@@ -16,7 +16,7 @@ import pytest
 
 from rerefine.harvester.http import HttpClient, verify_gzip_file
 from rerefine.harvester.loopback import LoopbackArchive
-from rerefine.refine.errors import ArchiveError
+from rerefine.common.errors import ArchiveError
 
 
 def _client(**kw) -> HttpClient:

@@ -15,7 +15,7 @@ from rerefine.harvester.http import HttpClient
 from rerefine.harvester.loopback import LoopbackArchive
 from rerefine.harvester.mirror import Mirror, model_record
 from rerefine.refine import mapio, modelio
-from rerefine.refine.errors import ArchiveError, InputError
+from rerefine.common.errors import ArchiveError, InputError
 
 MAPS = {"5me2": ("EMD-3488", "emd_3488_5me2/emd_3488.mrc"),
         "7cec": ("EMD-30342", "emd_30342_zone_7cec_chainA/390_emd_30342_A_z4.mrc"),

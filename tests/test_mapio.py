@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rerefine.refine import mapio, modelio
-from rerefine.refine.errors import InputError
+from rerefine.common.errors import InputError
 
 
 @pytest.mark.parametrize("name", ["emd_3488_5me2", "emd_30342_zone_7cec_chainA", "emd_20026_box_3ajo_refined"])

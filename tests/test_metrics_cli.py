@@ -11,7 +11,7 @@ import pytest
 
 from rerefine.flows.cli import main
 from rerefine.refine import diffmap, mapio, metrics, modelio
-from rerefine.refine.errors import InputError
+from rerefine.common.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rerefine.refine import mapio, modelio, modelmap
-from rerefine.refine.errors import InputError
+from rerefine.common.errors import InputError
 
 
 def _box(origin, shape, voxel):

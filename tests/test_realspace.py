@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rerefine.refine import mapio, modelio
-from rerefine.refine.errors import InputError
+from rerefine.common.errors import InputError
 
 MONLIB_SUB = "monomers"
 

@@ -10,7 +10,7 @@ import gemmi
 import numpy as np
 import pytest
 
-from rerefine.refine.errors import InputError
+from rerefine.common.errors import InputError
 from rerefine.refine.geometry import geometry_stats
 from rerefine.refine.modelio import atom_positions, read_model
 from rerefine.refine.restraints import atom_xyz, build_restraints, set_xyz

@@ -21,7 +21,7 @@ import pytest
 
 from rerefine.flows.cli import main as cli_main
 from rerefine.refine import fsc, mapcc, mapio, mask, modelio, modelmap, sharpen
-from rerefine.refine.errors import InputError
+from rerefine.common.errors import InputError
 
 NAMES = ["emd_3488_5me2", "emd_30342_zone_7cec_chainA", "emd_20026_box_3ajo_refined"]
 

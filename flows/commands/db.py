@@ -55,7 +55,7 @@ def run_upgrade(args, settings) -> int:
 def run_stats(args, settings) -> int:
     _quiet_alembic(args)
     from rerefine.flows.cli import emit_json
-    from rerefine.refine.errors import InputError
+    from rerefine.common.errors import InputError
     from rerefine.reports import db, queries
 
     url = _url(args, settings)

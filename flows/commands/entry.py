@@ -20,7 +20,7 @@ def register(sub) -> None:
 def run(args, settings) -> int:
     from rerefine.flows.cli import emit_json
     from rerefine.flows.prefect_env import configure_prefect
-    from rerefine.refine.errors import InputError
+    from rerefine.common.errors import InputError
 
     if args.resolution is not None and args.resolution <= 0:
         raise InputError("--resolution must be positive")

@@ -31,7 +31,7 @@ def run(args, settings) -> int:
     from rerefine.flows.cli import emit_json
     from rerefine.harvester.harvest import discover, fetch_entry
     from rerefine.harvester.http import HttpClient
-    from rerefine.refine.errors import InputError, RerefineError
+    from rerefine.common.errors import InputError, RerefineError
 
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1")

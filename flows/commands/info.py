@@ -41,7 +41,7 @@ def describe(model_path, map_path) -> dict:
 
 def run(args, settings) -> int:
     from rerefine.flows.cli import emit_json
-    from rerefine.refine.errors import InputError
+    from rerefine.common.errors import InputError
 
     info = describe(args.model, args.map)
     if info["fraction_inside"] == 0.0:

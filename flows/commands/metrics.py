@@ -20,7 +20,7 @@ def register(sub) -> None:
 def resolve_resolution(given, st, model_path) -> float:
     """The resolution to use: ``given``, else the model's stated one, else a one-line error."""
     from rerefine.refine import modelio
-    from rerefine.refine.errors import InputError
+    from rerefine.common.errors import InputError
 
     if given is not None:
         if not given > 0:

@@ -32,7 +32,7 @@ def add_pipeline_options(p) -> None:
 
 def pipeline_params(args):
     from rerefine.flows.pipeline import PipelineParams
-    from rerefine.refine.errors import InputError
+    from rerefine.common.errors import InputError
 
     p = PipelineParams()
     if args.cycles is not None:
@@ -63,7 +63,7 @@ def print_summary(summary: dict) -> None:
 def run(args, settings) -> int:
     from rerefine.flows.cli import emit_json
     from rerefine.flows.prefect_env import configure_prefect, start_local_server
-    from rerefine.refine.errors import InputError
+    from rerefine.common.errors import InputError
 
     workers = args.workers if args.workers is not None else settings.concurrency
     if workers < 1:

@@ -62,7 +62,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
     """Refine ``model_path`` against ``map_path``, write ``output``; the report as a dict."""
     from rerefine.flows import __version__
     from rerefine.refine import mapio, modelio
-    from rerefine.refine.errors import InputError
+    from rerefine.common.errors import InputError
     from rerefine.refine.realspace import refine_model
 
     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ def next_run(cron: str, now: dt.datetime) -> dt.datetime:
     """The first time after ``now`` (UTC, naive) that matches the five-field ``cron`` expression."""
     from cronsim import CronSim, CronSimError
 
-    from rerefine.refine.errors import InputError
+    from rerefine.common.errors import InputError
 
     try:
         return next(CronSim(cron, now.replace(second=0, microsecond=0)))
@@ -37,7 +37,7 @@ def register(sub) -> None:
 
 def run(args, settings) -> int:
     from rerefine.flows.prefect_env import configure_prefect
-    from rerefine.refine.errors import InputError
+    from rerefine.common.errors import InputError
 
     cron = args.cron or settings.schedule_cron
     if len(cron.split()) != 5:

@@ -26,7 +26,7 @@ def run_build(args, settings) -> int:
     from pathlib import Path
 
     from rerefine.flows.cli import emit_json
-    from rerefine.refine.errors import InputError
+    from rerefine.common.errors import InputError
     from rerefine.reports import db, site
 
     url = args.url or settings.database
