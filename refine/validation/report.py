@@ -9,7 +9,7 @@ from pathlib import Path
 import gemmi
 
 from rerefine.common.errors import InputError
-from . import cbeta, clashscore, peptides, ramachandran, rotamer
+from . import cbeta, clashscore, hydrogens, peptides, ramachandran, rotamer
 from .residues import is_amino_acid, protein_residues
 from .tables import CREDIT, default_top8000_dir
 
@@ -116,7 +116,7 @@ def validate(st: gemmi.Structure, monlib_dir: str | os.PathLike | None = None, *
         from ..restraints import atom_xyz, build_restraints
 
         if add_hydrogens:
-            work = clashscore.add_hydrogens(st, monlib_dir)
+            work = hydrogens.add_hydrogens(st, monlib_dir)
         else:
             work = st.clone()
             while len(work) > 1:
@@ -124,14 +124,20 @@ def validate(st: gemmi.Structure, monlib_dir: str | os.PathLike | None = None, *
         r = build_restraints(work, monlib_dir)
         warnings.extend(r.warnings)
         xyz = atom_xyz(work)
+        counted = clashscore.counted_atoms(work)
+        if add_hydrogens:
+            hydrogens.his_acceptors(work, r.hb_type)
+        rad = clashscore.contact_radii(r, work)
+        if add_hydrogens:
+            xyz = hydrogens.optimize_rotors(xyz, r.element, r.bonds.idx, rad, r.hb_type,
+                                            ~counted, r.altloc, r.partner_ptr, r.partner_idx, r.partner_code)
         allg = bond_angle_rmsds(r, xyz)
         heavy = bond_angle_rmsds(r, xyz, heavy_only=True)
         inv = peptides.restraint_inversions(r.chirals.idx, r.chirals.ideal, r.chirals.both, xyz)
         cras = list(work[0].all())
-        ci, cj, ov = clashscore.clashes(r, xyz, clashscore.occupancies(work),
-                                        clashscore.counted_atoms(work))
+        ci, cj, ov = clashscore.clashes(r, xyz, clashscore.occupancies(work), counted, rad)
         labels = clashscore.atom_labels(work)
-        n_counted = int(clashscore.counted_atoms(work).sum())
+        n_counted = int(counted.sum())
         for a, b, o in zip(ci.tolist(), cj.tolist(), ov.tolist()):
             clash_list.append({"a": labels[a], "b": labels[b], "overlap": round(o, 3)})
             for t in {_res_key(cras[a]), _res_key(cras[b])}:
