@@ -23,6 +23,7 @@ import pytest
 
 from rerefine.reports import site
 
+from ci import missing  # noqa: E402
 from test_site import XSS_TITLE, make_entries  # noqa: E402  (tests/ is on sys.path under pytest)
 
 pytestmark = pytest.mark.browser
@@ -38,12 +39,12 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage
 
 def _need_browser():
     if not CHROMIUM or not CHROMEDRIVER:
-        pytest.skip("headless Chromium tests need the Debian packages chromium and chromium-driver "
+        missing("headless Chromium tests need the Debian packages chromium and chromium-driver "
                     "(apt-get install -y chromium chromium-driver; .ci/run installs them)")
     try:
         import selenium  # noqa: F401
     except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[test]')")
+        missing("selenium is not installed (pip install -e '.[test]')")
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
