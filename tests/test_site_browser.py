@@ -24,7 +24,7 @@ import pytest
 from rerefine.reports import site
 
 from ci import missing  # noqa: E402
-from test_site import XSS_TITLE, make_entries  # noqa: E402  (tests/ is on sys.path under pytest)
+from test_site import XSS_TITLE, history_engine, make_entries  # noqa: E402  (tests/ is on sys.path under pytest)
 
 pytestmark = pytest.mark.browser
 
@@ -59,7 +59,9 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("www")
     entries = make_entries(60, seed=21)
     small = root / "small"
-    site.build_site(site.DictSource(entries, history={"1.0": entries}), small)
+    engine = history_engine(tmp_path_factory.mktemp("db"), {"1.0": (entries, {"cycles": 5})})
+    site.build_site(site.DictSource(entries, engine=engine), small)
+    engine.dispose()
     big = root / "big"
     shutil.copytree(small, big)
     rng = random.Random(4)
