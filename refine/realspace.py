@@ -48,6 +48,7 @@ from rerefine.common.errors import InputError, RefinementError
 from .mapio import DensityMap, fraction_inside
 from .maptarget import MapTarget, scattering_weights
 from .nonbonded import nonbonded_range
+from .threads import PARALLEL_MIN_ATOMS
 
 log = logging.getLogger(__name__)
 
@@ -465,11 +466,6 @@ def rebuild_peptides(xyz: np.ndarray, units: np.ndarray, energy, *, tolerance: f
 #: 1999, J Mol Biol 286:291: 5.2 % and 0.03 % of peptides in the PDB), used as ``-2 ln p`` in
 #: the cis/trans choice of :func:`rebuild_peptides` (the target is on a -2 log-likelihood scale).
 CIS_PRIOR = {"PRO": 0.052, "other": 0.0003}
-
-
-#: Below this many atoms numba kernels run on one thread: thread start-up costs more than the
-#: work, and on a loaded machine spinning threads slow everything down.
-PARALLEL_MIN_ATOMS = 20000
 
 
 @contextlib.contextmanager
