@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from prefect import flow, task
@@ -306,8 +306,8 @@ def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, wo
     """Harvest, process every accepted entry, rebuild the site; return the summary dict."""
     import os
 
-    params = params or PipelineParams()
     s = _settings_dict(settings)
+    params = replace(params or PipelineParams(), monomer_library=pipeline.monomer_library_identity(s["monlib"]))
     setup = prepare_run(s["database"])
     prefect_startup = {"api_url": os.environ.get("PREFECT_API_URL") or "ephemeral"}
     runner = make_task_runner(workers, dask_address)
@@ -464,7 +464,7 @@ def run_single(*, settings, pdb_id: str, mirror=None, resolution: float | None =
     from rerefine.reports import db
 
     s = _settings_dict(settings)
-    params = params or PipelineParams()
+    params = replace(params or PipelineParams(), monomer_library=pipeline.monomer_library_identity(s["monlib"]))
     cand = harvest.candidate_for(pdb_id, data_url=s["data_url"], emdb_api_url=s["emdb_api_url"], mirror=mirror,
                                  max_resolution=s["max_resolution"], max_map_mb=s["max_map_mb"],
                                  accept_unknown_resolution=resolution is not None, cache_dir=s["downloads"])
