@@ -306,7 +306,7 @@ def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, wo
     """Harvest, process every accepted entry, rebuild the site; return the summary dict."""
     import os
 
-    s = _settings_dict(settings)
+    s = run_settings(settings)
     params = replace(params or PipelineParams(), monomer_library=pipeline.monomer_library_identity(s["monlib"]))
     setup = prepare_run(s["database"])
     prefect_startup = {"api_url": os.environ.get("PREFECT_API_URL") or "ephemeral"}
@@ -324,7 +324,8 @@ def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, wo
     return summary
 
 
-def _settings_dict(settings) -> dict:
+def run_settings(settings) -> dict:
+    """The settings a run needs, as plain data (it travels to Dask workers and Prefect)."""
     return {
         "database": settings.database, "downloads": str(settings.downloads), "site_dir": str(settings.site_dir),
         "monlib": str(settings.monomer_library) if settings.monomer_library else None,
@@ -463,7 +464,7 @@ def run_single(*, settings, pdb_id: str, mirror=None, resolution: float | None =
     from rerefine.harvester import harvest
     from rerefine.reports import db
 
-    s = _settings_dict(settings)
+    s = run_settings(settings)
     params = replace(params or PipelineParams(), monomer_library=pipeline.monomer_library_identity(s["monlib"]))
     cand = harvest.candidate_for(pdb_id, data_url=s["data_url"], emdb_api_url=s["emdb_api_url"], mirror=mirror,
                                  max_resolution=s["max_resolution"], max_map_mb=s["max_map_mb"],

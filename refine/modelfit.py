@@ -42,7 +42,7 @@ from scipy import fft as sfft
 
 from rerefine.common.errors import InputError
 from .mapio import DensityMap, cut_box
-from .maptarget import _reciprocal_sq, resolution_filter
+from .maptarget import reciprocal_sq, resolution_filter
 
 
 @njit(cache=True, inline="always")
@@ -373,7 +373,7 @@ class ModelMapFit:
         data = np.asarray(box.data, dtype=np.float64)
         fast = tuple(sfft.next_fast_len(int(n), real=True) for n in data.shape)
         data = np.pad(data, [(0, f - n) for f, n in zip(fast, data.shape)])
-        s2 = _reciprocal_sq(box, data.shape)
+        s2 = reciprocal_sq(box, data.shape)
         step = np.ascontiguousarray(box.voxel_size, dtype=np.float64)
         g = np.ascontiguousarray(box.grid_coordinates(xyz))
         if target == "ccmask":

@@ -199,7 +199,7 @@ def residue_columns(res) -> dict:
             cols = {k: [r.get(k) for r in res] for k in keys}
     for k, c in cols.items():
         if k not in ("chain", "icode", "resname") and not isinstance(c, np.ndarray):
-            cols[k] = plots._arr(c)
+            cols[k] = plots.as_floats(c)
     return cols
 
 
@@ -327,8 +327,8 @@ def _residue_charts(v: dict) -> list[dict]:
         c = res.get(key)
         return c if c is not None and len(c) == n_all else empty
 
-    seq = plots._arr(column("seq"))
-    cols = {k: plots._arr(column(k)) for k in
+    seq = plots.as_floats(column("seq"))
+    cols = {k: plots.as_floats(column(k)) for k in
             ("cc_before", "cc_after", "q_score_before", "q_score_after", "b_iso_before", "b_iso_after")}
     has_b = bool(np.isfinite(cols["b_iso_before"]).any() or np.isfinite(cols["b_iso_after"]).any())
     eq = v["expected_q"]
@@ -380,7 +380,7 @@ def _scatter_cc_q(v: dict) -> str | None:
         y = res.get("q_score_" + when)
         if x is None or y is None:
             continue
-        x, y = plots._arr(x), plots._arr(y)
+        x, y = plots.as_floats(x), plots.as_floats(y)
         if x.size and x.size == y.size and (np.isfinite(x) & np.isfinite(y)).any():
             series.append(plots.Series(f"{when} ({'deposited' if when == 'before' else 're-refined'})", x, y, when))
     if not series:
