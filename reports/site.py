@@ -94,15 +94,13 @@ def page_slug(text: str) -> str:
 # --- science -----------------------------------------------------------------------------
 
 def expected_q(resolution) -> float | None:
-    """Expected mean Q-score of a well-fitted model at a map resolution ``d`` (Å).
-
-    The linear fit of Q-score against reported resolution over well-fitted EMDB models,
-    Q_exp = -0.1775 d + 1.1192 (Pintilie et al. 2020, Nat. Methods 17:328, Fig. 3);
-    it is meant for roughly 1.5-5 Å and is clipped to [0, 1].
-    """
+    """Expected mean Q-score (σ 0.6 Å, protein) at a map resolution (Å), or None when it is unknown:
+    :func:`rerefine.refine.qscore.expected_q` (MapQ's line, Pintilie et al. 2020)."""
     if resolution is None or not math.isfinite(resolution) or resolution <= 0:
         return None
-    return min(1.0, max(0.0, -0.1775 * float(resolution) + 1.1192))
+    from rerefine.refine.qscore import expected_q as mapq_expected_q  # numba module: loaded when needed
+
+    return mapq_expected_q(float(resolution))
 
 
 # name -> (label, higher is better, decimals); names as in rerefine.reports.db.METRIC_COLUMNS.
