@@ -268,8 +268,8 @@ def without_heartbeats():
     """Settings context with Prefect's flow-run heartbeats off.
 
     Heartbeats let a Prefect server notice crashed runs; each (sub-)flow run pays for its
-    heartbeat thread with a join of up to a second at exit, which was 60 % of Prefect's
-    per-entry cost here. Our own crash detection is the database's ``running`` state
+    heartbeat thread with a join of up to a second at exit. Our own crash detection is the
+    database's ``running`` state
     (:func:`rerefine.reports.store.recover_interrupted`), so runs without a Prefect server
     turn them off. Dask workers inherit the setting with each submitted task.
     """
