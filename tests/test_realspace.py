@@ -421,6 +421,18 @@ def test_cli_refine(pairs, monlib, tmp_path, capsys):
         assert np.isfinite(rep["after"][key]), key
     assert rep["after"]["bond_rmsd"] <= max(rep["before"]["bond_rmsd"], BOND_FLOOR) + BOND_TOL
     assert rep["after"]["angle_rmsd"] <= max(rep["before"]["angle_rmsd"], ANGLE_FLOOR) + ANGLE_TOL
+    # validation summary of the deposited model: MolProbity-class figures of the same file
+    # (reference/molprobity_reference.json, cctbx 2025.11 + reduce + probe): 0 Ramachandran
+    # outliers, 98.24 % favoured, 0 rotamer and C-beta outliers; clashscore within the 15 %
+    # agreement the validation tests hold (tests/test_validation.py), +-1.5 below 10
+    mp = json.loads((monlib.parent / "reference" / "molprobity_reference.json").read_text())["3ajo_fitted_deposited"]
+    assert rep["before"]["rama_outliers"] == mp["rama_summary"]["n_outliers"]
+    assert rep["before"]["rama_favored_pct"] == pytest.approx(mp["rama_summary"]["favored_pct"], abs=0.01)
+    assert rep["before"]["rotamer_outliers"] == mp["rota_summary"]["n_outliers"]
+    assert rep["before"]["cbeta_outliers"] == mp["cbeta_summary"]["n_outliers_ge_0.25"]
+    assert rep["before"]["clashscore"] == pytest.approx(mp["clash_summary"]["clashscore"], abs=1.5)
+    from rerefine.refine.validation import SUMMARY_KEYS
+    assert all(np.isfinite(rep["after"][k]) for k in SUMMARY_KEYS)
     assert rep["weight"] > 0 and rep["cycles"] >= 2 and rep["seconds"] > 0
     # deposited 3AJO-in-EMD-20026: CC_mask (cctbx-style) 0.818; refinement must not lower it
     assert rep["after"]["cc_mask"] >= rep["before"]["cc_mask"] - 0.005
