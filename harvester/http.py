@@ -24,6 +24,10 @@ worker threads compute the SHA-256, write the ``.part`` file (``O_DIRECT`` where
 and inflate the gzip stream to check it, so the checks overlap with the transfer on a multi-core machine
 and memory stays flat whatever the file size. A broken gzip member stops the transfer
 early. The optional ``isal`` package (ISA-L) speeds the gzip check up about twofold.
+
+Length: one job, getting archive files right: the client, the resumable download and its
+verification (hash, gzip check, disk writes on worker threads) share one buffer pool and one state;
+split, they would only pass that state around.
 """
 
 from __future__ import annotations

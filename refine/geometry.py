@@ -20,6 +20,9 @@ buffers are summed at the end. A single parallel region per evaluation matters o
 machine: every region entry waits for all worker threads to be scheduled. Models below
 :data:`rerefine.refine.threads.PARALLEL_MIN_ATOMS` (and any model when ``NUMBA_NUM_THREADS=1``)
 take the serial driver unless ``parallel=True`` is asked for.
+
+Length: the kernels of every restraint term are called from the one restraint pass
+(:func:`_pass_chunk`), and the statistics reuse them; they stay together.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ dictionary (``both`` = either hand), planes as a single sigma per plane (Å).
 Residues with no dictionary are *fixed*: no restraints, ``fixed`` mask True,
 a warning in :attr:`Restraints.warnings`; they still take part in the nonbonded
 term and in the metrics.
+
+Length: one job, turning gemmi's topology into restraint arrays (with the residue and link
+handling that needs).
 """
 
 from __future__ import annotations
