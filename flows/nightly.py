@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from prefect import flow, task
@@ -268,8 +268,8 @@ def without_heartbeats():
     """Settings context with Prefect's flow-run heartbeats off.
 
     Heartbeats let a Prefect server notice crashed runs; each (sub-)flow run pays for its
-    heartbeat thread with a join of up to a second at exit, which was 60 % of Prefect's
-    per-entry cost here. Our own crash detection is the database's ``running`` state
+    heartbeat thread with a join of up to a second at exit. Our own crash detection is the
+    database's ``running`` state
     (:func:`rerefine.reports.store.recover_interrupted`), so runs without a Prefect server
     turn them off. Dask workers inherit the setting with each submitted task.
     """
@@ -306,8 +306,8 @@ def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, wo
     """Harvest, process every accepted entry, rebuild the site; return the summary dict."""
     import os
 
-    params = params or PipelineParams()
-    s = _settings_dict(settings)
+    s = run_settings(settings)
+    params = replace(params or PipelineParams(), monomer_library=pipeline.monomer_library_identity(s["monlib"]))
     setup = prepare_run(s["database"])
     prefect_startup = {"api_url": os.environ.get("PREFECT_API_URL") or "ephemeral"}
     runner = make_task_runner(workers, dask_address)
@@ -324,7 +324,8 @@ def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, wo
     return summary
 
 
-def _settings_dict(settings) -> dict:
+def run_settings(settings) -> dict:
+    """The settings a run needs, as plain data (it travels to Dask workers and Prefect)."""
     return {
         "database": settings.database, "downloads": str(settings.downloads), "site_dir": str(settings.site_dir),
         "monlib": str(settings.monomer_library) if settings.monomer_library else None,
@@ -463,8 +464,8 @@ def run_single(*, settings, pdb_id: str, mirror=None, resolution: float | None =
     from rerefine.harvester import harvest
     from rerefine.reports import db
 
-    s = _settings_dict(settings)
-    params = params or PipelineParams()
+    s = run_settings(settings)
+    params = replace(params or PipelineParams(), monomer_library=pipeline.monomer_library_identity(s["monlib"]))
     cand = harvest.candidate_for(pdb_id, data_url=s["data_url"], emdb_api_url=s["emdb_api_url"], mirror=mirror,
                                  max_resolution=s["max_resolution"], max_map_mb=s["max_map_mb"],
                                  accept_unknown_resolution=resolution is not None, cache_dir=s["downloads"])

@@ -13,13 +13,14 @@ import hashlib
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rerefine.refine import mapio, modelio
 from rerefine.common.errors import InputError
+from rerefine.harvester.harvest import EntryFiles
+from rerefine.refine import mapio, modelio
 
 log = logging.getLogger(__name__)
 
@@ -27,32 +28,13 @@ BOX_PADDING = 8.0  # Å around the model; enough for the 2 Å Q-score shells and
 
 
 @dataclass
-class EntryJob:
-    """What one entry's pipeline needs: local files and the archive's metadata."""
+class EntryJob(EntryFiles):
+    """What one entry's pipeline needs: local files and the archive's metadata
+    (:class:`rerefine.harvester.harvest.EntryFiles`), plus the resolution (Å) and contour level
+    it is measured with."""
 
-    pdb_id: str
-    emdb_id: str | None
-    model_path: Path
-    map_path: Path
-    half_map_paths: list[Path] = field(default_factory=list)
     resolution: float | None = None
     contour: float | None = None
-    metadata: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["model_path"] = str(self.model_path)
-        d["map_path"] = str(self.map_path)
-        d["half_map_paths"] = [str(p) for p in self.half_map_paths]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EntryJob:
-        d = dict(d)
-        d["model_path"] = Path(d["model_path"])
-        d["map_path"] = Path(d["map_path"])
-        d["half_map_paths"] = [Path(p) for p in d.get("half_map_paths") or []]
-        return cls(**d)
 
 
 @dataclass
@@ -64,9 +46,28 @@ class PipelineParams:
     refine_adp: bool = True
     macro_cycles: int = 5
     keep_maps: bool = True
+    #: the monomer library's identity (:func:`monomer_library_identity`): another library, another version
+    monomer_library: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def monomer_library_identity(monlib) -> str:
+    """``"<folder> sha256:<first 16 hex digits of list/mon_lib_list.cif's SHA-256>"``.
+
+    Raises
+    ------
+    InputError
+        No library given (``RR_MONOMER_LIB``/``CLIBD_MON`` unset) or not a monomer library.
+    """
+    if monlib is None:
+        raise InputError("no monomer library: set RR_MONOMER_LIB (or CCP4's CLIBD_MON) to the CCP4 monomer "
+                         "library (README, Configuration)")
+    lst = Path(monlib) / "list" / "mon_lib_list.cif"
+    if not lst.is_file():
+        raise InputError(f"{monlib}: not a monomer library (no list/mon_lib_list.cif)")
+    return f"{Path(monlib).resolve()} sha256:{file_sha256(lst)[:16]}"
 
 
 def file_sha256(path: Path) -> str:
