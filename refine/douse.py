@@ -333,27 +333,123 @@ def _free_chain_name(st: gemmi.Structure) -> str:
     raise InputError(f"{st.name or 'model'}: no free chain name for the waters")
 
 
-def _nearest(tree: cKDTree | None, xyz: np.ndarray):
-    if tree is None or tree.n == 0:
-        return np.full(len(xyz), np.inf), np.zeros(len(xyz), int)
-    d, j = tree.query(xyz)
-    return np.asarray(d, float), np.asarray(j, int)
+def _nearest(tree: cKDTree | None, xyz: np.ndarray) -> np.ndarray:
+    """Distance (Å) from each position to the nearest point of ``tree`` (inf without one)."""
+    if tree is None or tree.n == 0 or len(xyz) == 0:
+        return np.full(len(xyz), np.inf)
+    return np.asarray(tree.query(xyz)[0], float)
 
 
-def _hbond_partner(polar_tree, xyz, lo, hi):
-    """Nearest polar atom within [lo, hi] Å of each position: (index or -1, distance)."""
-    out_j = np.full(len(xyz), -1, int)
+def _hbond_partner(tree: cKDTree | None, xyz: np.ndarray, lo: float, hi: float, k: int = 12):
+    """Nearest point of ``tree`` at ``lo``-``hi`` Å from each position: (index or -1, distance Å).
+
+    The ``k`` nearest points within ``hi`` are searched (a water has far fewer polar atoms
+    within 3.5 Å).
+    """
+    out_j = np.full(len(xyz), -1, np.int64)
     out_d = np.full(len(xyz), np.inf)
-    if polar_tree is None or polar_tree.n == 0 or len(xyz) == 0:
+    if tree is None or tree.n == 0 or len(xyz) == 0:
         return out_j, out_d
-    for i, cand in enumerate(polar_tree.query_ball_point(xyz, hi)):
-        best = np.inf
-        for j in cand:
-            d = float(np.linalg.norm(polar_tree.data[j] - xyz[i]))
-            if lo <= d < best:
-                best, out_j[i] = d, j
-        out_d[i] = best
+    k = min(k, tree.n)
+    d, j = tree.query(xyz, k=k, distance_upper_bound=hi)
+    d, j = np.asarray(d, float).reshape(len(xyz), k), np.asarray(j).reshape(len(xyz), k)
+    ok = (d >= lo) & (d <= hi)
+    first = np.argmax(ok, axis=1)
+    has = ok[np.arange(len(xyz)), first]
+    out_j[has] = j[has, first[has]]
+    out_d[has] = d[has, first[has]]
     return out_j, out_d
+
+
+@njit(cache=True)
+def greedy_spacing(xyz, fixed, min_dist):
+    """Accept positions in the given order unless one already accepted (or ``fixed``) is
+    closer than ``min_dist`` Å; a cell list keeps it linear in the number of positions.
+
+    Parameters
+    ----------
+    xyz : numpy.ndarray
+        (N, 3) candidate positions, Å, in order of preference.
+    fixed : numpy.ndarray
+        (M, 3) positions already taken, Å.
+    min_dist : float
+        Å.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool (N,), accepted.
+    """
+    n, m = xyz.shape[0], fixed.shape[0]
+    acc = np.zeros(n, dtype=np.bool_)
+    if n == 0:
+        return acc
+    lo = np.empty(3)
+    hi = np.empty(3)
+    for a in range(3):  # fixed points farther out cannot be within min_dist of a candidate
+        lo[a] = xyz[:, a].min() - min_dist
+        hi[a] = xyz[:, a].max() + min_dist
+    dims = np.empty(3, dtype=np.int64)
+    for a in range(3):
+        dims[a] = int((hi[a] - lo[a]) / min_dist) + 1
+    head = np.full(dims[0] * dims[1] * dims[2], -1, dtype=np.int64)
+    nxt = np.full(n + m, -1, dtype=np.int64)
+    pts = np.empty((n + m, 3))
+    d2 = min_dist * min_dist
+    count = 0
+
+    def cell(x, a):
+        c = int(np.floor((x - lo[a]) / min_dist))
+        return c
+
+    for q in range(n + m):
+        src = fixed[q] if q < m else xyz[q - m]
+        cx, cy, cz = cell(src[0], 0), cell(src[1], 1), cell(src[2], 2)
+        clash = False
+        for ix in range(cx - 1, cx + 2):
+            if ix < 0 or ix >= dims[0] or clash:
+                continue
+            for iy in range(cy - 1, cy + 2):
+                if iy < 0 or iy >= dims[1] or clash:
+                    continue
+                for iz in range(cz - 1, cz + 2):
+                    if iz < 0 or iz >= dims[2]:
+                        continue
+                    h = head[(ix * dims[1] + iy) * dims[2] + iz]
+                    while h >= 0:
+                        dx = pts[h, 0] - src[0]
+                        dy = pts[h, 1] - src[1]
+                        dz = pts[h, 2] - src[2]
+                        if dx * dx + dy * dy + dz * dz < d2:
+                            clash = True
+                            break
+                        h = nxt[h]
+                    if clash:
+                        break
+        if q >= m:
+            if clash:
+                continue
+            acc[q - m] = True
+        inside = 0 <= cx < dims[0] and 0 <= cy < dims[1] and 0 <= cz < dims[2]
+        if inside:
+            pts[count] = src
+            c = (cx * dims[1] + cy) * dims[2] + cz
+            nxt[count] = head[c]
+            head[c] = count
+            count += 1
+    return acc
+
+
+@dataclass
+class _Context:
+    """What the tests of one douse run share: the water-free model and its difference map."""
+
+    dry: gemmi.Structure
+    diff: DensityMap
+    dsd: float
+    model_tree: cKDTree
+    polar_tree: cKDTree | None
+    polar_label: list
 
 
 def douse(st: gemmi.Structure, dmap: DensityMap, resolution: float, params: DouseParams | None = None,
@@ -377,206 +473,184 @@ def douse(st: gemmi.Structure, dmap: DensityMap, resolution: float, params: Dous
     Returns
     -------
     DouseResult
+        ``status`` ``"skipped: ..."`` (and the input model unchanged) at a resolution worse than
+        the cut-off, for a flat map, when the model explains less than :data:`MIN_EXPLAINED` of
+        the map's variance around it (no signal), or when less than
+        :data:`MIN_SOLVENT_FRACTION` of the box is solvent.
 
     Raises
     ------
     InputError
-        Non-positive resolution or a non-orthogonal map.
+        Non-positive resolution, a non-orthogonal map, or a model of waters only.
     """
     t0 = time.perf_counter()
     p = params or DouseParams()
     if max_resolution is not None:
         p = DouseParams(**{**p.__dict__, "max_resolution": float(max_resolution)})
     name = st.name or "model"
-    out = st.clone()
-    result = DouseResult(structure=out, params=dict(p.__dict__))
+    result = DouseResult(structure=st.clone(), params=dict(p.__dict__))
     if not (resolution and resolution > 0):
         raise InputError(f"{name}: douse needs a positive resolution (got {resolution})")
     if not dmap.is_orthogonal:
         raise InputError(f"{dmap.name}: douse needs an orthogonal map cell")
+    ctx = None
     if resolution > p.max_resolution:
         result.status = (f"skipped: resolution {resolution:.2f} Å is worse than the {p.max_resolution:.2f} Å "
                          f"cut-off for ordered waters")
-        result.seconds = time.perf_counter() - t0
-        return result
+    else:
+        ctx = _prepare(st, dmap, resolution, result)
+    if ctx is not None:
+        kept_xyz = _judge_existing(result.structure, ctx, p, result)
+        _place_new(ctx, dmap, kept_xyz, p, result)
+        result.structure.setup_entities()
+    result.seconds = time.perf_counter() - t0
+    return result
 
-    # The model without waters, and its difference map.
+
+def _prepare(st: gemmi.Structure, dmap: DensityMap, resolution: float, result: DouseResult) -> _Context | None:
+    """Water-free model, its difference map and neighbour trees; None (status set) when the
+    map gives nothing to work with."""
     dry = st.clone()
     for ci, ri in reversed(_water_residues(dry)):
         del dry[0][ci][ri]
     dry.remove_empty_chains()
     mxyz, mpolar, mlabel = _atom_table(dry, waters=False)
     if len(mxyz) == 0:
-        raise InputError(f"{name}: douse needs a model with non-water atoms")
+        raise InputError(f"{st.name or 'model'}: douse needs a model with non-water atoms")
     diff, _info = diffmap.difference_map(dry, dmap, resolution)
     dsd = float(diff.data.std(dtype=np.float64))
-    mvals_src = dmap
     msd = float(dmap.data.std(dtype=np.float64))
-    mmean = float(dmap.data.mean(dtype=np.float64))
     result.diff_sd, result.map_sd = dsd, msd
     if not (dsd > 0 and msd > 0):
         result.status = f"skipped: map {dmap.name} is flat around the model"
-        result.seconds = time.perf_counter() - t0
-        return result
-
+        return None
     # The model must explain the map: otherwise D is the map itself (noise, or a map of
     # something else) and its peaks say nothing about water.
     explained = 1.0 - (dsd / _box_sd(dmap, diff)) ** 2
     if explained < MIN_EXPLAINED:
         result.status = (f"skipped: the model explains {100 * max(explained, 0):.0f}% of the variance of "
                          f"{dmap.name} around it (< {100 * MIN_EXPLAINED:.0f}%): no signal to place waters in")
-        result.seconds = time.perf_counter() - t0
-        return result
-
-    # A solvent region must exist: voxels of the box farther than 3 Å from every atom.
+        return None
     solvent = _solvent_fraction(diff, mxyz)
     if solvent < MIN_SOLVENT_FRACTION:
         result.status = (f"skipped: no clear solvent region in {dmap.name} around the model "
                          f"({100 * solvent:.1f}% of the box is > 3 Å from the model)")
-        result.seconds = time.perf_counter() - t0
-        return result
+        return None
+    return _Context(dry=dry, diff=diff, dsd=dsd, model_tree=cKDTree(mxyz),
+                    polar_tree=cKDTree(mxyz[mpolar]) if mpolar.any() else None,
+                    polar_label=[lab for lab, f in zip(mlabel, mpolar) if f])
 
-    model_tree = cKDTree(mxyz)
-    polar_xyz = mxyz[mpolar]
-    polar_label = [lab for lab, f in zip(mlabel, mpolar) if f]
 
-    # Existing waters: keep those that still fit.
+def _judge_existing(out: gemmi.Structure, ctx: _Context, p: DouseParams, result: DouseResult) -> np.ndarray:
+    """Keep the existing waters that still fit, delete the others from ``out``; return the kept
+    positions (Å)."""
     waters = []
     for ch in out[0]:
         for res in ch:
             if res.is_water():
                 o = next((a for a in res if a.element.name == "O"), None)
                 waters.append((ch.name, res.seqid.num, res.seqid.icode.strip(),
-                               np.array(o.pos.tolist()) if o is not None else None))
-    keep_mask = np.zeros(len(waters), bool)
-    wxyz = np.array([w[3] if w[3] is not None else (np.nan, np.nan, np.nan) for w in waters], float).reshape(-1, 3)
-    if len(waters):
-        hts = interpolate.values_at(diff, wxyz, outside=np.nan) / dsd
-        dclash, _ = _nearest(model_tree, np.nan_to_num(wxyz, nan=1e9))
-        polar_tree = cKDTree(polar_xyz) if len(polar_xyz) else None
-        reasons = []
-        for i, (cn, sq, ic, pos) in enumerate(waters):
-            if pos is None:
-                reasons.append("no oxygen atom")
-            elif not np.isfinite(hts[i]):
-                reasons.append("outside the map")
-            elif dclash[i] < p.clash_min:
-                reasons.append(f"clash ({dclash[i]:.2f} Å from the model)")
-            elif hts[i] < p.keep_sd:
-                reasons.append(f"weak density ({hts[i]:.1f} SD < {p.keep_sd:g})")
-            else:
-                reasons.append(None)
-        # hydrogen-bond partners: model polar atoms, then (shell by shell) kept waters
-        ok = np.array([r is None for r in reasons], bool)
-        # A kept water must belong to a hydrogen-bonded network anchored on the model: a polar
-        # model atom, or a kept water so anchored, within the (wider) checking window.
-        safe = np.nan_to_num(wxyz, nan=1e9)
-        lo, hi = p.keep_hbond_min, p.keep_hbond_max
-        pj, _pd = _hbond_partner(polar_tree, safe, lo, hi)
-        bonded = ok & (pj >= 0)
-        while True:
-            wt = cKDTree(wxyz[bonded]) if bonded.any() else None
-            pj2, _ = _hbond_partner(wt, safe, lo, hi)
-            grown = bonded | (ok & (pj2 >= 0))
-            if grown.sum() == bonded.sum():
-                break
-            bonded = grown
-        for i in range(len(waters)):
-            if ok[i] and not bonded[i]:
-                reasons[i] = f"no polar partner or bonded water at {lo:g}-{hi:g} Å"
-        keep_mask = ok & bonded
-        order = np.argsort(-np.nan_to_num(hts, nan=-1e9))
-        taken = []
-        for i in order:
-            if not keep_mask[i]:
-                continue
-            if taken and np.min(np.linalg.norm(wxyz[taken] - wxyz[i], axis=1)) < lo:
-                keep_mask[i] = False
-                reasons[i] = f"closer than {lo:g} Å to a stronger water"
-                continue
-            taken.append(i)
-        for i, (cn, sq, ic, pos) in enumerate(waters):
-            row = {"chain": cn, "seq": sq, "icode": ic,
-                   "xyz": [round(float(c), 3) for c in wxyz[i]] if pos is not None else None,
-                   "height_sd": round(float(hts[i]), 2) if np.isfinite(hts[i]) else None}
-            if keep_mask[i]:
-                result.kept.append(row)
-            else:
-                result.removed.append({**row, "reason": reasons[i]})
-        # delete removed waters from the output
-        drop = {(w[0], w[1], w[2]) for w, k in zip(waters, keep_mask) if not k}
-        for ch in out[0]:
-            for ri in range(len(ch) - 1, -1, -1):
-                res = ch[ri]
-                if res.is_water() and (ch.name, res.seqid.num, res.seqid.icode.strip()) in drop:
-                    del ch[ri]
-        out.remove_empty_chains()
-    kept_xyz = wxyz[keep_mask]
+                               o.pos.tolist() if o is not None else [np.nan] * 3))
+    if not waters:
+        return np.zeros((0, 3))
+    wxyz = np.array([w[3] for w in waters], float)
+    safe = np.nan_to_num(wxyz, nan=1e9)
+    hts = interpolate.values_at(ctx.diff, safe, outside=np.nan) / ctx.dsd
+    dclash = _nearest(ctx.model_tree, safe)
+    reasons = []
+    for i in range(len(waters)):
+        if not np.all(np.isfinite(wxyz[i])):
+            reasons.append("no oxygen atom")
+        elif not np.isfinite(hts[i]):
+            reasons.append("outside the map")
+        elif dclash[i] < p.clash_min:
+            reasons.append(f"clash ({dclash[i]:.2f} Å from the model)")
+        elif hts[i] < p.keep_sd:
+            reasons.append(f"weak density ({hts[i]:.1f} SD < {p.keep_sd:g})")
+        else:
+            reasons.append(None)
+    ok = np.array([r is None for r in reasons], bool)
+    # A kept water must belong to a hydrogen-bonded network anchored on the model: a polar
+    # model atom, or a kept water so anchored, within the (wider) checking window.
+    lo, hi = p.keep_hbond_min, p.keep_hbond_max
+    bonded = ok & (_hbond_partner(ctx.polar_tree, safe, lo, hi)[0] >= 0)
+    while bonded.any():
+        grown = bonded | (ok & (_hbond_partner(cKDTree(wxyz[bonded]), safe, lo, hi)[0] >= 0))
+        if grown.sum() == bonded.sum():
+            break
+        bonded = grown
+    for i in np.flatnonzero(ok & ~bonded):
+        reasons[i] = f"no polar partner or bonded water at {lo:g}-{hi:g} Å"
+    keep = ok & bonded
+    order = np.flatnonzero(keep)[np.argsort(-hts[keep], kind="stable")]
+    spaced = greedy_spacing(np.ascontiguousarray(wxyz[order]), np.zeros((0, 3)), float(lo))
+    for i in order[~spaced]:
+        keep[i] = False
+        reasons[i] = f"closer than {lo:g} Å to a stronger water"
+    for i, (cn, sq, ic, _pos) in enumerate(waters):
+        row = {"chain": cn, "seq": sq, "icode": ic,
+               "xyz": [round(float(c), 3) for c in wxyz[i]] if np.all(np.isfinite(wxyz[i])) else None,
+               "height_sd": round(float(hts[i]), 2) if np.isfinite(hts[i]) else None}
+        if keep[i]:
+            result.kept.append(row)
+        else:
+            result.removed.append({**row, "reason": reasons[i]})
+    drop = {(w[0], w[1], w[2]) for w, k in zip(waters, keep) if not k}
+    for ch in out[0]:
+        for ri in range(len(ch) - 1, -1, -1):
+            res = ch[ri]
+            if res.is_water() and (ch.name, res.seqid.num, res.seqid.icode.strip()) in drop:
+                del ch[ri]
+    out.remove_empty_chains()
+    return wxyz[keep]
 
-    # New peaks.
-    peaks = find_peaks(diff, p.peak_sd * dsd, dsd)
+
+def _place_new(ctx: _Context, dmap: DensityMap, kept_xyz: np.ndarray, p: DouseParams, result: DouseResult) -> None:
+    """Peaks of D that pass every test become new waters, strongest first, shell by shell."""
+    peaks = find_peaks(ctx.diff, p.peak_sd * ctx.dsd, ctx.dsd)
     result.n_peaks = int(len(peaks.xyz))
     rej = {"map_level": 0, "shape": 0, "clash": 0, "not_isolated": 0, "no_partner": 0, "near_water": 0}
-    if len(peaks.xyz):
-        mv = (interpolate.values_at(mvals_src, peaks.xyz, outside=np.nan) - mmean) / msd
-        dmod, _ = _nearest(model_tree, peaks.xyz)
-        good = np.ones(len(peaks.xyz), bool)
-        bad = ~(mv >= p.map_sd)
-        rej["map_level"] = int(np.sum(bad & good))
-        good &= ~bad
-        bad = peaks.sphericity < p.sphericity_min
-        rej["shape"] = int(np.sum(bad & good))
-        good &= ~bad
-        bad = dmod < p.clash_min
-        rej["clash"] = int(np.sum(bad & good))
-        good &= ~bad
-        bad = blob_volumes(diff, p.blob_sd * dsd, peaks.xyz) > p.blob_max
-        rej["not_isolated"] = int(np.sum(bad & good))
-        good &= ~bad
-        cand = np.flatnonzero(good)
-        polar_tree = cKDTree(polar_xyz) if len(polar_xyz) else None
-        pj, pd = _hbond_partner(polar_tree, peaks.xyz[cand], p.hbond_min, p.hbond_max)
-        placed = [x for x in kept_xyz]
-        placed_partner: list = []
-        accepted = []  # (peak index, partner label, distance)
-        pending = {int(c): (int(j), float(d)) for c, j, d in zip(cand, pj, pd)}
-        for shell in range(max(p.shells, 1)):
-            if shell == 0:
-                batch = [(c, polar_label[j], d) for c, (j, d) in pending.items() if j >= 0]
-            else:
-                if not placed:
-                    break
-                wt = cKDTree(np.array(placed))
-                rest = np.array(sorted(pending), int)
-                if len(rest) == 0:
-                    break
-                wj, wd = _hbond_partner(wt, peaks.xyz[rest], p.hbond_min, p.hbond_max)
-                batch = [(int(c), f"water at {np.round(wt.data[j], 2).tolist()}", float(d))
-                         for c, j, d in zip(rest, wj, wd) if j >= 0]
-            batch.sort(key=lambda t: t[0])  # peaks are strongest first
-            new = 0
-            wtree_pts = list(placed)
-            for c, lab, d in batch:
-                x = peaks.xyz[c]
-                if wtree_pts and np.min(np.linalg.norm(np.array(wtree_pts) - x, axis=1)) < p.water_min:
-                    rej["near_water"] += 1
-                    pending.pop(c, None)
-                    continue
-                wtree_pts.append(x)
-                accepted.append((c, lab, d))
-                pending.pop(c, None)
-                new += 1
-            placed = wtree_pts
-            placed_partner.append(new)
-            if new == 0:
-                break
-        rej["no_partner"] = len(pending)
-        if accepted:
-            _add_waters(out, dry, peaks, accepted, mv, result)
     result.rejected = rej
-    out.setup_entities()
-    result.seconds = time.perf_counter() - t0
-    return result
+    if not len(peaks.xyz):
+        return
+    mmean = float(dmap.data.mean(dtype=np.float64))
+    mv = (interpolate.values_at(dmap, peaks.xyz, outside=np.nan) - mmean) / result.map_sd
+    good = np.ones(len(peaks.xyz), bool)
+    for key, bad in (("map_level", lambda: ~(mv >= p.map_sd)),
+                     ("shape", lambda: peaks.sphericity < p.sphericity_min),
+                     ("clash", lambda: _nearest(ctx.model_tree, peaks.xyz) < p.clash_min),
+                     ("not_isolated", lambda: blob_volumes(ctx.diff, p.blob_sd * ctx.dsd, peaks.xyz) > p.blob_max)):
+        b = bad()
+        rej[key] = int(np.sum(b & good))
+        good &= ~b
+    pending = np.flatnonzero(good)  # strongest first
+    placed = np.asarray(kept_xyz, float).reshape(-1, 3)
+    accepted = []  # (peak index, partner label, distance)
+    for shell in range(max(p.shells, 1)):
+        if len(pending) == 0:
+            break
+        if shell == 0:
+            j, d = _hbond_partner(ctx.polar_tree, peaks.xyz[pending], p.hbond_min, p.hbond_max)
+            labels = [ctx.polar_label[k] if k >= 0 else "" for k in j]
+        else:
+            new_tree = cKDTree(peaks.xyz[[a[0] for a in accepted]]) if accepted else None
+            j, d = _hbond_partner(new_tree, peaks.xyz[pending], p.hbond_min, p.hbond_max)
+            labels = ["a water of the previous shell"] * len(j)
+        has = j >= 0
+        batch = pending[has]
+        ok = greedy_spacing(np.ascontiguousarray(peaks.xyz[batch]), placed, float(p.water_min))
+        rej["near_water"] += int(np.sum(~ok))
+        lab_b = [lab for lab, h in zip(labels, has) if h]
+        d_b = d[has]
+        for c, lab, dist in zip(batch[ok], np.array(lab_b, object)[ok], d_b[ok]):
+            accepted.append((int(c), str(lab), float(dist)))
+        placed = np.vstack([placed, peaks.xyz[batch[ok]]])
+        pending = pending[~has]
+        if not ok.any():
+            break
+    rej["no_partner"] = int(len(pending))
+    if accepted:
+        _add_waters(result.structure, ctx.dry, peaks, accepted, mv, result)
 
 
 def blob_volumes(diff: DensityMap, level: float, xyz: np.ndarray) -> np.ndarray:

@@ -66,6 +66,21 @@ def test_local_maxima_matches_scipy(apo):
     assert np.array_equal(got, ref)
 
 
+def test_greedy_spacing_matches_brute_force():
+    """The cell-list kernel accepts exactly what an all-pairs greedy pass accepts."""
+    rng = np.random.default_rng(1)
+    for n, m in ((500, 0), (2000, 300), (50, 50)):
+        x = rng.uniform(0, 20, (n, 3))
+        fixed = rng.uniform(-3, 23, (m, 3)).reshape(-1, 3)
+        taken, ref = list(fixed), []
+        for q in x:
+            ok = all(np.linalg.norm(q - t) >= 2.4 for t in taken)
+            ref.append(ok)
+            if ok:
+                taken.append(q)
+        assert np.array_equal(douse.greedy_spacing(x, fixed, 2.4), np.array(ref))
+
+
 def test_recovers_removed_waters(apo, redoused):
     st, _, _ = apo
     res = redoused
