@@ -19,7 +19,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from dataclasses import replace
 
-from rerefine.refine import douse, mapio, modelio
+from rerefine.refine import douse, mapio, mappeaks, modelio
 
 MEASURED_PRECISION = 0.448
 MEASURED_RECALL = 0.284
@@ -56,7 +56,7 @@ def test_local_maxima_matches_scipy(apo):
     _, dmap, _ = apo
     data = dmap.data
     thr = float(data.mean() + 3 * data.std())
-    got = douse.local_maxima(data, np.float32(thr))
+    got = mappeaks.local_maxima(data, np.float32(thr))
     fp = np.ones((3, 3, 3), bool)
     fp[1, 1, 1] = False
     neigh = ndimage.maximum_filter(data, footprint=fp, mode="constant", cval=-np.inf)
@@ -78,7 +78,7 @@ def test_greedy_spacing_matches_brute_force():
             ref.append(ok)
             if ok:
                 taken.append(q)
-        assert np.array_equal(douse.greedy_spacing(x, fixed, 2.4), np.array(ref))
+        assert np.array_equal(mappeaks.greedy_spacing(x, fixed, 2.4), np.array(ref))
 
 
 def test_recovers_removed_waters(apo, redoused):
