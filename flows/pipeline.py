@@ -64,6 +64,8 @@ class PipelineParams:
     refine_adp: bool = True
     macro_cycles: int = 5
     keep_maps: bool = True
+    douse: bool = True
+    douse_max_resolution: float = 3.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,6 +193,48 @@ def stage_refine(st, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolut
         raise InputError("no monomer library configured (set RR_MONOMER_LIB or CLIBD_MON)")
     return refine_model(st, sharpened, resolution, monlib, adp=params.refine_adp, cycles=params.macro_cycles,
                         fit_map=box)
+
+
+def stage_douse(refined, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolution: float,
+                monlib: Path | None, params: PipelineParams):
+    """Ordered waters on the refined model (:func:`rerefine.refine.douse.douse`, in the sharpened
+    map), then the B of the waters alone against the deposited box (:func:`douse.refine_water_b`).
+
+    It runs after :func:`stage_refine` (coordinates and B of the model) rather than between its
+    coordinate and B steps, so that the refinement itself is unchanged; only the waters' B are
+    refined afterwards. Entries worse than ``params.douse_max_resolution`` are left as they are
+    (the summary says so).
+
+    Returns
+    -------
+    (gemmi.Structure, dict, dict or None)
+        The model with its waters, the douse summary (``status``, ``added``, ``kept``,
+        ``removed``, ...), and the geometry of the new model (waters included, so clashes with
+        them count in the verdict) when the waters changed, else None.
+    """
+    from rerefine.refine import douse
+
+    if not params.douse:
+        return refined, {"status": "skipped: turned off"}, None
+    res = douse.douse(refined, sharpened, resolution, max_resolution=params.douse_max_resolution)
+    summary = res.summary()
+    if res.status != "ok" or not (res.added or res.removed):
+        return refined, summary, None
+    st = res.structure
+    adp = douse.refine_water_b(st, box, resolution)
+    if adp is not None:
+        summary["water_b"] = {"cc_before": adp.cc_before, "cc_after": adp.cc_after}
+        bmap = {(w.chain.name, w.residue.seqid.num): w.atom.b_iso for w in st[0].all() if w.residue.is_water()}
+        for row in summary["added"]:
+            row["b_iso"] = round(float(bmap.get((row["chain"], row["seq"]), float("nan"))), 1)
+    geometry = None
+    if monlib is not None:
+        from rerefine.refine.geometry import geometry_stats
+        from rerefine.refine.realspace import refinement_topology
+        from rerefine.refine.restraints import atom_xyz
+
+        geometry = geometry_stats(refinement_topology(st, monlib), atom_xyz(st))
+    return st, summary, geometry
 
 
 def stage_placement(st, sharpened: mapio.DensityMap, resolution: float) -> dict | None:

@@ -239,3 +239,30 @@ def test_cli(apo, pairs, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad.mrc" in err[0]
     assert not (tmp_path / "y.cif").exists()
+
+
+def test_pipeline_stage(apo, test_data):
+    """The nightly's douse stage: waters placed in the sharpened map, their B refined against
+    the deposited box, geometry recomputed with the waters; skipped above the cut-off."""
+    from rerefine.flows import pipeline
+    from rerefine.flows.commands.nightly import pipeline_params
+    from rerefine.flows.settings import load_settings
+
+    st, dmap, res = apo
+    dry = _without_waters(st)
+    box = pipeline.stage_box(dry, dmap)
+    sharp = pipeline.stage_sharpen(box, res, [])
+    params = pipeline.PipelineParams()
+    out, summary, geometry = pipeline.stage_douse(dry, sharp.map, box, res, test_data / "monomers", params)
+    assert summary["status"] == "ok" and summary["n_added"] > 50
+    assert len(_waters(out)) == summary["n_added"]
+    bs = [w["b_iso"] for w in summary["added"]]
+    assert len(set(bs)) > 1 and all(1.0 <= b <= 500.0 for b in bs)  # refined, inside adp's bounds
+    assert summary["water_b"]["cc_after"] >= summary["water_b"]["cc_before"]
+    assert geometry["nonbonded_overlaps"] >= 0 and geometry["n_bonds"] > 0
+    # the setting: RR_DOUSE_MAX_RESOLUTION reaches the pipeline parameters; worse entries untouched
+    settings = load_settings(env={"RR_DOUSE_MAX_RESOLUTION": "1.5"}, config=test_data / "no-such.toml")
+    p2 = pipeline_params(type("A", (), {"cycles": None, "no_adp": False, "q_sigma": None})(), settings)
+    assert p2.douse_max_resolution == 1.5
+    same, summary2, geometry2 = pipeline.stage_douse(dry, sharp.map, box, res, None, p2)
+    assert same is dry and geometry2 is None and summary2["status"].startswith("skipped: resolution 1.75")
