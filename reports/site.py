@@ -43,6 +43,7 @@ import jinja2
 import numpy as np
 
 from rerefine.reports import plots
+from rerefine.reports.waters import waters_view
 from rerefine.common.atomicfile import write_atomic
 from rerefine.common.errors import InputError
 from rerefine.reports.verdict import CC_MARGIN, got_worse
@@ -247,6 +248,7 @@ def entry_view(d: dict) -> dict:
         "artefacts": list(d.get("artefacts") or []),
     }
     v["placement"] = _placement(metrics["before"].get("placement"))
+    v["waters"] = waters_view(metrics["after"].get("douse"))
     eq = _f(metrics["before"].get("q_score_expected")) or _f(metrics["after"].get("q_score_expected"))
     v["expected_q"] = eq if eq is not None else expected_q(v["resolution"])
     return v
