@@ -212,6 +212,9 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
             arts = pipeline.write_artefacts(outdir, job.pdb_id, ref.structure,
                                             sharp.map if params.keep_maps else None,
                                             diff if params.keep_maps else None, version=ctx["version"])
+            view = pipeline.write_viewer(outdir, job.pdb_id, st, ref.structure, sharp.map, diff, box, before, after)
+            if view is not None:
+                arts.append(view)
         with timed(timings, "store"):
             sharpening = {k: v for k, v in sharp.as_dict().items()
                           if isinstance(v, (int, float, str)) or v is None}

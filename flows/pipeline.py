@@ -258,6 +258,28 @@ def stage_diffmap(st, box: mapio.DensityMap, resolution: float):
     return diff, difference_peaks(diff, st)
 
 
+def write_viewer(outdir: Path, pdb_id: str, deposited, refined, sharpened: mapio.DensityMap,
+                 diff: mapio.DensityMap | None, box: mapio.DensityMap, before: dict, after: dict) -> dict | None:
+    """The entry page's 3D-view data (:func:`rerefine.reports.viewer.write_viewer_data`) as an
+    artefact record (kind ``viewer_data``): both models, the sharpened map at the level enclosing
+    the volume of the atom-inclusion contour (EMDB's when known) on the deposited box, the
+    difference map, and the residues to visit. None, with a log line, when it cannot be made:
+    a picture never costs the entry."""
+    from rerefine.reports import viewer
+
+    try:
+        contour = before.get("contour")
+        level = viewer.matched_level(box, float(contour), sharpened) if contour is not None else \
+            float(sharpened.data.mean() + 1.5 * sharpened.data.std())
+        residues = viewer.residue_list(before.get("per_residue"), after.get("per_residue"))
+        p = viewer.write_viewer_data(Path(outdir) / f"{pdb_id.lower()}_viewer.js", deposited, refined, sharpened,
+                                     diff, level, residues=residues, title=pdb_id)
+    except Exception as exc:  # noqa: BLE001 - the 3D view is optional; the log keeps why
+        log.warning("%s: 3D-view data skipped: %s: %s", pdb_id, type(exc).__name__, exc)
+        return None
+    return {"kind": "viewer_data", "path": str(p), "size": p.stat().st_size, "sha256": file_sha256(p)}
+
+
 def write_artefacts(outdir: Path, pdb_id: str, refined_st, sharpened: mapio.DensityMap | None,
                     diff: mapio.DensityMap | None, *, version: str) -> list[dict]:
     """Write the refined model and kept maps atomically; return their artefact records."""

@@ -43,6 +43,7 @@ import jinja2
 import numpy as np
 
 from rerefine.reports import plots
+from rerefine.reports.viewer import copy_viewer_assets
 from rerefine.reports.waters import waters_view
 from rerefine.common.atomicfile import write_atomic
 from rerefine.common.errors import InputError
@@ -914,6 +915,7 @@ def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = Tr
     b = SiteBuilder(Path(out_dir), full=full, copy_artefacts=copy_artefacts)
     b.out.mkdir(parents=True, exist_ok=True)
     b.static()
+    copy_viewer_assets(_static_dir(), b.out / "static")
     since = None if (full or not b.old) else b.old_started
     rows = []
     todo: list[tuple[dict, str]] = []
