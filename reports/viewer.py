@@ -17,7 +17,7 @@ The archive holds
   the archive gives one);
 * the difference map at +3 and -3 of its standard deviations (green, red).
 
-Maps are cut to the model plus :data:`PADDING` Å and stored as MRC mode 0 (int8) in steps of
+Maps are cut to the model plus :data:`PADDING` Å (block-averaged above :data:`MAX_VOXELS`) and stored as MRC mode 0 (int8) in steps of
 0.1 SD of each map (``(value - mean) / sd * 10``, clipped to ±12.7 SD): a contour needs no more
 precision, and the zip's deflate shrinks the mostly-solvent boxes well.
 """
@@ -42,6 +42,9 @@ from rerefine.refine.mapio import DensityMap
 
 #: Å of map kept around the model.
 PADDING = 3.0
+#: Larger map boxes are averaged over k×k×k blocks (k the smallest whole number that brings
+#: them under this): a browser contours some millions of voxels in seconds, not 70 million.
+MAX_VOXELS = 2 ** 23
 #: Map values are stored in these units of each map's SD.
 STEP_SD = 0.1
 #: SD of the difference-map contours (the usual ±3 sigma of an mFo-DFc map).
@@ -59,6 +62,21 @@ def quantize(data: np.ndarray) -> tuple[np.ndarray, float, float]:
     sd = float(data.std(dtype=np.float64)) or 1.0
     q = np.clip(np.rint((data - mean) / (sd * STEP_SD)), -127, 127).astype(np.int8)
     return q, mean, sd
+
+
+def coarsen(dmap: DensityMap, max_voxels: int = MAX_VOXELS) -> DensityMap:
+    """``dmap`` averaged over k×k×k blocks when it has more than ``max_voxels`` voxels (orthogonal
+    maps; the block centres keep their absolute positions), else ``dmap`` itself."""
+    n = np.array(dmap.shape)
+    if np.prod(n) <= max_voxels or not dmap.is_orthogonal:
+        return dmap
+    k = int(np.ceil((np.prod(n) / max_voxels) ** (1 / 3) - 1e-9))
+    m = n // k
+    d = dmap.data[:m[0] * k, :m[1] * k, :m[2] * k].reshape(m[0], k, m[1], k, m[2], k).mean(axis=(1, 3, 5))
+    vox = dmap.voxel_size
+    cell = gemmi.UnitCell(*(vox * k * m), 90, 90, 90)
+    return DensityMap(data=np.ascontiguousarray(d, dtype=np.float32), cell=cell, sampling=tuple(int(x) for x in m),
+                      start=(0, 0, 0), origin_shift=dmap.origin + 0.5 * (k - 1) * vox, name=dmap.name)
 
 
 def mrc_int8_bytes(q: np.ndarray, dmap: DensityMap) -> bytes:
@@ -157,7 +175,7 @@ def build_archive(deposited: gemmi.Structure, refined: gemmi.Structure, sharpene
     """
     xyz = np.array([c.atom.pos.tolist() for c in refined[0].all()], float).reshape(-1, 3)
     files = {"deposited.cif": model_cif(deposited), "rerefined.cif": model_cif(refined)}
-    box = mapio.cut_box(sharpened, xyz, padding=PADDING) if sharpened.is_orthogonal else sharpened
+    box = coarsen(mapio.cut_box(sharpened, xyz, padding=PADDING) if sharpened.is_orthogonal else sharpened)
     q, mean, sd = quantize(box.data)
     level_sd = (map_level - mean) / sd
     files["sharpened.map"] = mrc_int8_bytes(q, box)
@@ -167,7 +185,7 @@ def build_archive(deposited: gemmi.Structure, refined: gemmi.Structure, sharpene
                 _volume_node("sharpened.map", [(round(level_sd / STEP_SD, 2), COLOURS["map"], 0.6)])]
     info = {"map_level_sd": round(level_sd, 3), "diff_level_sd": None}
     if diff is not None:
-        dbox = mapio.cut_box(diff, xyz, padding=PADDING) if diff.is_orthogonal else diff
+        dbox = coarsen(mapio.cut_box(diff, xyz, padding=PADDING) if diff.is_orthogonal else diff)
         dq, _dm, _ds = quantize(dbox.data)
         files["difference.map"] = mrc_int8_bytes(dq, dbox)
         step = round(DIFF_SD / STEP_SD, 2)

@@ -93,3 +93,15 @@ def test_pipeline_writes_the_viewer_artefact_and_survives_bad_input(emd3488, tmp
     assert art["kind"] == "viewer_data" and art["size"] == (tmp_path / "5me2_viewer.js").stat().st_size
     # a map the viewer cannot use costs the picture, not the entry
     assert pipeline.write_viewer(tmp_path, "5ME2", st, other, None, None, dmap, {}, {}) is None
+
+
+def test_large_boxes_are_block_averaged_in_place(emd3488):
+    """Above MAX_VOXELS a map is averaged over k³ blocks whose centres keep their positions."""
+    _, _, dmap, _ = emd3488
+    small = viewer.coarsen(dmap, max_voxels=dmap.data.size // 8)  # k = 2
+    assert small.shape == tuple(n // 2 for n in dmap.shape)
+    assert np.allclose(small.voxel_size, 2 * dmap.voxel_size)
+    assert small.data[3, 4, 5] == pytest.approx(dmap.data[6:8, 8:10, 10:12].mean(), rel=1e-5)
+    centre = dmap.origin + dmap.orth_matrix @ np.array([6.5, 8.5, 10.5])
+    assert np.allclose(small.origin + small.orth_matrix @ np.array([3, 4, 5]), centre)
+    assert viewer.coarsen(dmap) is dmap
