@@ -77,6 +77,11 @@ def refine_task(st, sharpened, box, resolution: float, monlib, params: PipelineP
     return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params)
 
 
+@task(name="douse")
+def douse_task(st, sharpened, box, resolution: float, monlib, params: PipelineParams):
+    return pipeline.stage_douse(st, sharpened, box, resolution, monlib, params)
+
+
 @task(name="placement")
 def placement_task(st, sharpened, resolution: float):
     return pipeline.stage_placement(st, sharpened, resolution)
@@ -176,6 +181,11 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
             placement = placement_task(st, sharp.map, res)
         with timed(timings, "refine"):
             ref = refine_task(st, sharp.map, box, res, ctx.get("monlib"), params)
+        with timed(timings, "douse"):
+            ref.structure, waters, geometry = douse_task(ref.structure, sharp.map, box, res, ctx.get("monlib"),
+                                                         params)
+        if geometry:
+            ref.geometry_after = geometry
         with timed(timings, "metrics_before"):
             before = _with_b(metrics_task(st, box, res, job, params, ref.geometry_before), st)
         with timed(timings, "metrics_after"):
@@ -190,6 +200,7 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
         after["refinement"] = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles,
                                "rmsd_moved": ref.rmsd_moved,
                                "warnings": (job.metadata.get("warnings", []) + list(ref.warnings))[:20]}
+        after["douse"] = waters
         with timed(timings, "diffmap"):
             diff, peaks = diffmap_task(ref.structure, box, res)
         after["difference_peaks"] = peaks
@@ -198,6 +209,9 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
             arts = pipeline.write_artefacts(outdir, job.pdb_id, ref.structure,
                                             sharp.map if params.keep_maps else None,
                                             diff if params.keep_maps else None, version=ctx["version"])
+            view = pipeline.write_viewer(outdir, job.pdb_id, st, ref.structure, sharp.map, diff, box, before, after)
+            if view is not None:
+                arts.append(view)
         with timed(timings, "store"):
             sharpening = {k: v for k, v in sharp.as_dict().items()
                           if isinstance(v, (int, float, str)) or v is None}
@@ -277,7 +291,7 @@ def without_heartbeats():
 
 
 # Modules every entry's stages import on first use (numpy, scipy, gemmi, numba and our kernels).
-STAGE_MODULES = ("rerefine.refine.sharpen", "rerefine.refine.fsc", "rerefine.refine.geometry",
+STAGE_MODULES = ("rerefine.refine.sharpen", "rerefine.refine.douse", "rerefine.refine.fsc", "rerefine.refine.geometry",
                  "rerefine.refine.realspace", "rerefine.refine.metrics", "rerefine.refine.diffmap",
                  "rerefine.reports.store", "rerefine.reports.verdict", "rerefine.reports.site",
                  "rerefine.harvester.harvest")

@@ -48,6 +48,8 @@ class PipelineParams:
     keep_maps: bool = True
     #: the monomer library's identity (:func:`monomer_library_identity`): another library, another version
     monomer_library: str = ""
+    douse: bool = True
+    douse_max_resolution: float = 3.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -194,6 +196,48 @@ def stage_refine(st, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolut
                         fit_map=box)
 
 
+def stage_douse(refined, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolution: float,
+                monlib: Path | None, params: PipelineParams):
+    """Ordered waters on the refined model (:func:`rerefine.refine.douse.douse`, in the sharpened
+    map), then the B of the waters alone against the deposited box (:func:`douse.refine_water_b`).
+
+    It runs after :func:`stage_refine` (coordinates and B of the model) rather than between its
+    coordinate and B steps, so that the refinement itself is unchanged; only the waters' B are
+    refined afterwards. Entries worse than ``params.douse_max_resolution`` are left as they are
+    (the summary says so).
+
+    Returns
+    -------
+    (gemmi.Structure, dict, dict or None)
+        The model with its waters, the douse summary (``status``, ``added``, ``kept``,
+        ``removed``, ...), and the geometry of the new model (waters included, so clashes with
+        them count in the verdict) when the waters changed, else None.
+    """
+    from rerefine.refine import douse
+
+    if not params.douse:
+        return refined, {"status": "skipped: turned off"}, None
+    res = douse.douse(refined, sharpened, resolution, max_resolution=params.douse_max_resolution)
+    summary = res.summary()
+    if res.status != "ok" or not (res.added or res.removed):
+        return refined, summary, None
+    st = res.structure
+    adp = douse.refine_water_b(st, box, resolution)
+    if adp is not None:
+        summary["water_b"] = {"cc_before": adp.cc_before, "cc_after": adp.cc_after}
+        bmap = {(w.chain.name, w.residue.seqid.num): w.atom.b_iso for w in st[0].all() if w.residue.is_water()}
+        for row in summary["added"]:
+            row["b_iso"] = round(float(bmap.get((row["chain"], row["seq"]), float("nan"))), 1)
+    geometry = None
+    if monlib is not None:
+        from rerefine.refine.geometry import geometry_stats
+        from rerefine.refine.realspace import refinement_topology
+        from rerefine.refine.restraints import atom_xyz
+
+        geometry = geometry_stats(refinement_topology(st, monlib), atom_xyz(st))
+    return st, summary, geometry
+
+
 def stage_placement(st, sharpened: mapio.DensityMap, resolution: float) -> dict | None:
     """Rigid-body placement check of the deposited model, chain by chain, in the sharpened map
     (a diagnosis for the entry page; the refinement does not apply it). None, with a log line,
@@ -213,6 +257,28 @@ def stage_diffmap(st, box: mapio.DensityMap, resolution: float):
 
     diff, _info = difference_map(st, box, resolution)
     return diff, difference_peaks(diff, st)
+
+
+def write_viewer(outdir: Path, pdb_id: str, deposited, refined, sharpened: mapio.DensityMap,
+                 diff: mapio.DensityMap | None, box: mapio.DensityMap, before: dict, after: dict) -> dict | None:
+    """The entry page's 3D-view data (:func:`rerefine.reports.viewer.write_viewer_data`) as an
+    artefact record (kind ``viewer_data``): both models, the sharpened map at the level enclosing
+    the volume of the atom-inclusion contour (EMDB's when known) on the deposited box, the
+    difference map, and the residues to visit. None, with a log line, when it cannot be made:
+    a picture never costs the entry."""
+    from rerefine.reports import viewer
+
+    try:
+        contour = before.get("contour")
+        level = viewer.matched_level(box, float(contour), sharpened) if contour is not None else \
+            float(sharpened.data.mean() + 1.5 * sharpened.data.std())
+        residues = viewer.residue_list(before.get("per_residue"), after.get("per_residue"))
+        p = viewer.write_viewer_data(Path(outdir) / f"{pdb_id.lower()}_viewer.js", deposited, refined, sharpened,
+                                     diff, level, residues=residues, title=pdb_id)
+    except Exception as exc:  # noqa: BLE001 - the 3D view is optional; the log keeps why
+        log.warning("%s: 3D-view data skipped: %s: %s", pdb_id, type(exc).__name__, exc)
+        return None
+    return {"kind": "viewer_data", "path": str(p), "size": p.stat().st_size, "sha256": file_sha256(p)}
 
 
 def write_artefacts(outdir: Path, pdb_id: str, refined_st, sharpened: mapio.DensityMap | None,

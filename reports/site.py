@@ -43,6 +43,8 @@ import jinja2
 import numpy as np
 
 from rerefine.reports import plots
+from rerefine.reports.viewer import copy_viewer_assets
+from rerefine.reports.waters import waters_view
 from rerefine.common.atomicfile import write_atomic
 from rerefine.common.errors import InputError
 from rerefine.reports.verdict import CC_MARGIN
@@ -245,6 +247,7 @@ def entry_view(d: dict) -> dict:
         "artefacts": list(d.get("artefacts") or []),
     }
     v["placement"] = _placement(metrics["before"].get("placement"))
+    v["waters"] = waters_view(metrics["after"].get("douse"))
     eq = _f(metrics["before"].get("q_score_expected")) or _f(metrics["after"].get("q_score_expected"))
     v["expected_q"] = eq if eq is not None else expected_q(v["resolution"])
     return v
@@ -868,6 +871,7 @@ def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = Tr
     b = SiteBuilder(Path(out_dir), full=full, copy_artefacts=copy_artefacts)
     b.out.mkdir(parents=True, exist_ok=True)
     b.static()
+    copy_viewer_assets(_static_dir(), b.out / "static")
     since = None if (full or not b.old) else b.old_started
     rows = []
     todo: list[tuple[dict, str]] = []
