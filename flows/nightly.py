@@ -85,6 +85,16 @@ def placement_task(st, sharpened, resolution: float):
     return pipeline.stage_placement(st, sharpened, resolution)
 
 
+@task(name="crossval")
+def crossval_task(job: EntryJob, st, box, resolution: float, monlib, params: PipelineParams, b_sharpen: float):
+    return pipeline.stage_entry_crossval(job, st, box, resolution, monlib, params, b_sharpen)
+
+
+@task(name="input-b-fit")
+def input_b_task(refined_st, st, box, resolution: float):
+    return pipeline.stage_input_b_fit(refined_st, st, box, resolution)
+
+
 @task(name="diffmap")
 def diffmap_task(st, box, resolution: float):
     return pipeline.stage_diffmap(st, box, resolution)
@@ -190,6 +200,12 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
                       "b_sharpen": sharp.b_sharpen, "sharpen_method": sharp.method})
         with timed(timings, "sharpen"):
             after["sharpening"] = {"radial": pipeline.radial_profiles(box, sharp.map)}
+        with timed(timings, "crossval"):
+            cv = crossval_task(job, st, box, res, ctx.get("monlib"), params, sharp.b_sharpen)
+        with timed(timings, "metrics_after"):
+            cc_input_b = input_b_task(ref.structure, st, box, res)
+        pipeline.add_fit_figures(before, after, cc_mask_input_b=cc_input_b, crossval=cv,
+                                 warnings=job.metadata.setdefault("warnings", []))
         after["refinement"] = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles,
                                "rmsd_moved": ref.rmsd_moved,
                                "warnings": (job.metadata.get("warnings", []) + list(ref.warnings))[:20]}
