@@ -33,6 +33,7 @@ class Settings:
     database_url: str = ""
     work_dir: Path | None = None
     monomer_lib: Path | None = None
+    top8000: Path | None = None
     test_data: Path | None = None
     rcsb_search_url: str = "https://search.rcsb.org/rcsbsearch/v2/query"
     rcsb_data_url: str = "https://data.rcsb.org/rest/v1/core/entry"
@@ -70,6 +71,13 @@ class Settings:
             return Path(os.environ["CLIBD_MON"])
         sub = self.test_data_dir / "monomers"
         return sub if sub.is_dir() else None
+
+    @property
+    def top8000_dir(self) -> Path:
+        """Top8000 validation data (Ramachandran/rotamer tables): RR_TOP8000, else the test data's copy."""
+        if self.top8000:
+            return Path(self.top8000)
+        return self.test_data_dir / "validation" / "top8000"
 
     @property
     def test_data_dir(self) -> Path:

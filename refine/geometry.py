@@ -620,3 +620,24 @@ def geometry_stats(r: Restraints, xyz: np.ndarray) -> dict:
         "n_chirals": int(len(r.chirals)),
         "n_planes": int(len(r.planes)),
     }
+
+
+def bond_angle_rmsds(r: Restraints, xyz: np.ndarray, *, heavy_only: bool = False) -> dict:
+    """RMS deviations (from the library ideals) of bond lengths (Å) and angles (deg).
+
+    With ``heavy_only`` only restraints among non-hydrogen atoms count (what cctbx/MolProbity
+    report for models validated without hydrogens); otherwise every bond and angle, as
+    :func:`geometry_stats`. Returns ``bond_rmsd``, ``angle_rmsd``, ``n_bonds``, ``n_angles``.
+    """
+    xyz = _check_xyz(r, xyz)
+    b_idx, b_ideal = r.bonds.idx, r.bonds.ideal
+    a_idx, a_ideal = r.angles.idx, r.angles.ideal
+    if heavy_only:
+        heavy = (r.element != "H") & (r.element != "D")
+        kb = heavy[b_idx].all(axis=1)
+        ka = heavy[a_idx].all(axis=1)
+        b_idx, b_ideal = np.ascontiguousarray(b_idx[kb]), b_ideal[kb]
+        a_idx, a_ideal = np.ascontiguousarray(a_idx[ka]), a_ideal[ka]
+    bd = _bond_devs(xyz, b_idx, b_ideal)
+    ad = _angle_devs(xyz, a_idx, a_ideal)
+    return {"bond_rmsd": _rms(bd), "angle_rmsd": _rms(ad), "n_bonds": int(bd.size), "n_angles": int(ad.size)}

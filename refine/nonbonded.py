@@ -410,3 +410,19 @@ def count_overlaps(xyz, pi, pj, kind, rad, hb, overlap):
         if kind[k] != 4 and dx * dx + dy * dy + dz * dz < lim * lim:
             cnt += 1
     return cnt
+
+
+@njit(cache=True)
+def path_codes(ptr, idx, code, a, b):
+    """Bond-path codes (2..5 = 1-2 … 1-5, 0 = further) of the atom pairs ``(a[k], b[k])``."""
+    out = np.zeros(a.shape[0], dtype=np.uint8)
+    for k in range(a.shape[0]):
+        i = a[k]
+        j = b[k]
+        if i == j:
+            out[k] = 1
+        elif i < j:
+            out[k] = _partner_code(ptr, idx, code, i, j)
+        else:
+            out[k] = _partner_code(ptr, idx, code, j, i)
+    return out

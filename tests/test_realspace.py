@@ -408,6 +408,9 @@ def test_cli_refine(pairs, monlib, tmp_path, capsys):
         for key in ("cc_mask", "cc_box", "q_score", "atom_inclusion", "bond_rmsd", "angle_rmsd",
                     "chirality_rmsd", "planarity_rmsd", "nonbonded_overlaps"):
             assert rep[part][key] is not None, (part, key)
+        from rerefine.refine.validation import SUMMARY_KEYS
+        for key in SUMMARY_KEYS:
+            assert rep[part][key] is not None, (part, key)
     assert rep["weight"] > 0 and rep["cycles"] >= 2 and rep["seconds"] > 0
     # deposited 3AJO-in-EMD-20026: CC_mask (cctbx-style) 0.818; refinement must not lower it
     assert rep["after"]["cc_mask"] >= rep["before"]["cc_mask"] - 0.005

@@ -57,8 +57,17 @@ def _metrics(st, dmap, resolution) -> dict:
     return {k: m.get(k) for k in METRIC_KEYS}
 
 
+def _validation(st, monlib, top8000) -> dict:
+    """MolProbity-class summary (:data:`rerefine.refine.validation.SUMMARY_KEYS`) of a model."""
+    from rerefine.refine.validation import SUMMARY_KEYS, validate
+
+    s = validate(st, monlib, top8000_dir=top8000).summary
+    return {k: s[k] for k in SUMMARY_KEYS}
+
+
 def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, adp=True, cycles=3,
-                 weight=None, sharpen_b=0.0, per_chain=False, free=False, rigid_body=None) -> dict:
+                 weight=None, sharpen_b=0.0, per_chain=False, free=False, rigid_body=None,
+                 top8000=None) -> dict:
     """Refine ``model_path`` against ``map_path``, write ``output``; the report as a dict."""
     from rerefine.flows import __version__
     from rerefine.refine import mapio, modelio
@@ -95,8 +104,8 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         "output": str(output),
         "resolution": float(resolution),
         "status": res.status,
-        "before": {**before, **_geometry(res.geometry_before)},
-        "after": {**after, **_geometry(res.geometry_after)},
+        "before": {**before, **_geometry(res.geometry_before), **_validation(st, monlib, top8000)},
+        "after": {**after, **_geometry(res.geometry_after), **_validation(res.structure, monlib, top8000)},
         "weight": res.weight,
         "chain_weights": res.chain_weights,
         "cycles": res.cycles,
@@ -120,7 +129,7 @@ def run(args, settings) -> int:
     rep = refine_files(args.model, args.map, args.output, resolution=args.resolution, monlib=monlib,
                        adp=not args.no_adp, cycles=args.cycles, weight=args.weight,
                        sharpen_b=args.sharpen_b, per_chain=args.per_chain, free=args.free,
-                       rigid_body=args.rigid_body)
+                       rigid_body=args.rigid_body, top8000=settings.top8000_dir)
     if args.json != "-":
         b, a = rep["before"], rep["after"]
 
@@ -131,7 +140,9 @@ def run(args, settings) -> int:
               f"({rep['status']}; weight {f(rep['weight'], '.3g')}, {rep['cycles']} cycles, "
               f"{rep['seconds']:.1f} s) -> {rep['output']}")
         for key, fmt in (("cc_mask", ".3f"), ("cc_box", ".3f"), ("q_score", ".3f"), ("atom_inclusion", ".3f"),
-                         ("bond_rmsd", ".4f"), ("angle_rmsd", ".2f"), ("nonbonded_overlaps", "d")):
+                         ("bond_rmsd", ".4f"), ("angle_rmsd", ".2f"), ("nonbonded_overlaps", "d"),
+                         ("clashscore", ".2f"), ("rama_favored_pct", ".2f"), ("rama_outliers", "d"),
+                         ("rotamer_outliers", "d"), ("cbeta_outliers", "d")):
             print(f"  {key:<20} {f(b.get(key), fmt):>8} -> {f(a.get(key), fmt)}")
         for g in rep["rigid_body"] or ():
             print(f"  rigid body {g['group']}: rotated {g['rotation_deg']:.2f} deg, shifted {g['shift']:.2f} Å")
