@@ -95,6 +95,11 @@ def input_b_task(refined_st, st, box, resolution: float):
     return pipeline.stage_input_b_fit(refined_st, st, box, resolution)
 
 
+@task(name="validation")
+def validation_task(st, monlib, top8000):
+    return pipeline.stage_validation(st, monlib, top8000)
+
+
 @task(name="diffmap")
 def diffmap_task(st, box, resolution: float):
     return pipeline.stage_diffmap(st, box, resolution)
@@ -206,6 +211,9 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
             cc_input_b = input_b_task(ref.structure, st, box, res)
         pipeline.add_fit_figures(before, after, cc_mask_input_b=cc_input_b, crossval=cv,
                                  warnings=job.metadata.setdefault("warnings", []))
+        with timed(timings, "validation"):
+            before.update(validation_task(st, ctx.get("monlib"), ctx.get("top8000")))
+            after.update(validation_task(ref.structure, ctx.get("monlib"), ctx.get("top8000")))
         after["refinement"] = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles,
                                "rmsd_moved": ref.rmsd_moved,
                                "warnings": (job.metadata.get("warnings", []) + list(ref.warnings))[:20]}
@@ -297,6 +305,7 @@ def without_heartbeats():
 
 # Modules every entry's stages import on first use (numpy, scipy, gemmi, numba and our kernels).
 STAGE_MODULES = ("rerefine.refine.sharpen", "rerefine.refine.fsc", "rerefine.refine.geometry",
+                 "rerefine.refine.crossval", "rerefine.refine.validation",
                  "rerefine.refine.realspace", "rerefine.refine.metrics", "rerefine.refine.diffmap",
                  "rerefine.reports.store", "rerefine.reports.verdict", "rerefine.reports.site",
                  "rerefine.harvester.harvest")
@@ -356,6 +365,7 @@ def _settings_dict(settings) -> dict:
     return {
         "database": settings.database, "downloads": str(settings.downloads), "site_dir": str(settings.site_dir),
         "monlib": str(settings.monomer_library) if settings.monomer_library else None,
+        "top8000": str(settings.top8000_dir),
         "data_dir": str(Path(settings.data_dir).resolve()),
         "search_url": settings.rcsb_search_url, "data_url": settings.rcsb_data_url,
         "files_url": settings.rcsb_files_url, "emdb_api_url": settings.emdb_api_url,
@@ -366,7 +376,8 @@ def _settings_dict(settings) -> dict:
 
 def _entry_ctx(s: dict, params: dict, force: bool, mirror) -> dict:
     """What every per-entry flow needs from the settings (plain data: it travels to Dask workers)."""
-    return {"database": s["database"], "out_root": s["data_dir"], "monlib": s["monlib"], "version": __version__,
+    return {"database": s["database"], "out_root": s["data_dir"], "monlib": s["monlib"],
+            "top8000": s.get("top8000"), "version": __version__,
             "params": params, "force": force, "cache_dir": s["downloads"], "mirror": str(mirror or ""),
             "files_url": s["files_url"], "emdb_files_url": s["emdb_files_url"]}
 

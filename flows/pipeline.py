@@ -242,6 +242,46 @@ def stage_entry_crossval(job: EntryJob, st, box: mapio.DensityMap, resolution: f
     return stage_crossval(st, halves, resolution, monlib, params, b_sharpen)
 
 
+#: Per-residue validation fields kept with the metrics (for the Ramachandran plots and the residues
+#: whose class changed).
+VALIDATION_RESIDUE_FIELDS = ("chain", "seq", "icode", "resname", "phi", "psi", "rama", "rama_category",
+                             "rotamer", "rotamer_name", "cbeta_dev", "peptide")
+
+
+def stage_validation(st, monlib: Path | None, top8000: Path | None) -> dict:
+    """MolProbity-class validation of a model (:func:`rerefine.refine.validation.validate`) as flat
+    metric keys: :data:`rerefine.refine.validation.SUMMARY_KEYS`, ``cis_nonpro_peptides`` and
+    ``twisted_nonpro_peptides`` (the non-proline counts the verdict reads), plus
+    ``validation_residues`` (per residue: :data:`VALIDATION_RESIDUE_FIELDS`, angles rounded to
+    0.1°) and ``validation_warnings``. A validation that cannot run (bad input, no Top8000
+    folder) gives only the warning, so the verdict cannot be *improved*. The validation's own all-atom RMSDs are left out: the
+    metric dicts' ``bond_rmsd``/``angle_rmsd`` are the refinement restraints'."""
+    from rerefine.common.errors import RerefineError
+    from rerefine.refine.validation import SUMMARY_KEYS, validate
+
+    try:
+        rep = validate(st, monlib, top8000_dir=top8000)
+    except RerefineError as exc:  # the entry keeps its refinement; its verdict cannot be "improved"
+        log.warning("validation skipped: %s", exc)
+        return {"validation_warnings": [f"validation not made: {exc}"]}
+    s = rep.summary
+    out = {k: s.get(k) for k in SUMMARY_KEYS}
+    out["cis_nonpro_peptides"] = s.get("cis_general")
+    out["twisted_nonpro_peptides"] = s.get("twisted_general")
+    rows = []
+    for r in rep.per_residue:
+        row = {k: r.get(k) for k in VALIDATION_RESIDUE_FIELDS}
+        for k in ("phi", "psi"):
+            row[k] = None if row[k] is None else round(float(row[k]), 1)
+        if row["cbeta_dev"] is not None:
+            row["cbeta_dev"] = round(float(row["cbeta_dev"]), 3)
+        if any(row[k] is not None for k in ("phi", "rama", "rotamer", "cbeta_dev")):
+            rows.append(row)
+    out["validation_residues"] = rows
+    out["validation_warnings"] = list(rep.warnings)[:20]
+    return out
+
+
 CONTOUR_FALLBACK_WARNING = ("no EMDB recommended contour for this entry: atom inclusion uses the level "
                             "enclosing 17 Å³ per non-H atom, which assumes the model explains the whole map "
                             "(a partial model gets far too low an inclusion)")
