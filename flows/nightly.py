@@ -234,9 +234,12 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
                                started_at=started)
         from rerefine.reports.verdict import decide
 
-        verdict = decide(before, after).verdict
-        return {"pdb_id": job.pdb_id, "status": "done", "verdict": verdict, "reason": "", "timings": timings,
-                "cc_mask_before": before["cc_mask"], "cc_mask_after": after["cc_mask"]}
+        judged = decide(before, after)
+        return {"pdb_id": job.pdb_id, "status": "done", "verdict": judged.verdict, "verdict_gate": judged.gate,
+                "verdict_reasons": judged.reasons, "reason": "", "timings": timings,
+                "cc_mask_before": before["cc_mask"], "cc_mask_after": after["cc_mask"],
+                "cc_mask_input_b_after": after.get("cc_mask_input_b"),
+                "warnings": list(after["refinement"]["warnings"])}
     except RerefineError as exc:
         reason = str(exc)
     except MemoryError:

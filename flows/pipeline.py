@@ -304,6 +304,7 @@ def add_fit_figures(before: dict, after: dict, *, cc_mask_input_b: float | None,
         after.update(cv_after)
         after["crossval"] = info
     if str(before.get("contour_source") or "").startswith("default") and CONTOUR_FALLBACK_WARNING not in warnings:
+        log.warning(CONTOUR_FALLBACK_WARNING)
         warnings.append(CONTOUR_FALLBACK_WARNING)
 
 
