@@ -5,9 +5,9 @@ refine, metrics after, difference map, store); ``nightly_flow`` harvests new ent
 ``entry_flow`` for each on a task runner (threads, a local Dask cluster, or a remote Dask
 scheduler), isolating failures, then rebuilds the site incrementally.
 
-Call :func:`rerefine.flows.prefect_env.configure_prefect` (and, for the nightly run,
-:func:`rerefine.flows.prefect_env.start_local_server`) before importing this module: Prefect
-reads its settings when it is imported.
+Call :func:`rerefine.flows.prefect_home.configure_prefect` before importing this module: Prefect
+reads its settings when it is imported. Without ``PREFECT_API_URL`` Prefect starts its own
+temporary API server at the first flow call.
 """
 
 from __future__ import annotations
@@ -20,12 +20,9 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from rerefine.flows.prefect_env import no_gc_passes
-
-with no_gc_passes():
-    from prefect import flow, task
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.task_runners import ThreadPoolTaskRunner
+from prefect import flow, task
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from rerefine.flows import __version__, pipeline
 from rerefine.flows.pipeline import EntryJob, PipelineParams, timed
@@ -315,11 +312,9 @@ STAGE_MODULES = ("rerefine.refine.sharpen", "rerefine.refine.fsc", "rerefine.ref
 
 
 def prepare_run(database: str) -> dict:
-    """Our own start-up work, done before the flow so it overlaps Prefect's server start.
-
-    Upgrades the project database and imports the stage modules (otherwise the first entry's
-    stages pay for the imports). Returns its timings in seconds.
-    """
+    """Our own start-up work, done before the flow: upgrades the project database and imports
+    the stage modules (otherwise the first entry's stages pay for the imports). Returns its
+    timings in seconds."""
     import importlib
 
     from rerefine.reports import db
@@ -327,29 +322,22 @@ def prepare_run(database: str) -> dict:
     t0 = time.perf_counter()
     db.upgrade(database)
     t1 = time.perf_counter()
-    with no_gc_passes():
-        for name in STAGE_MODULES:
-            importlib.import_module(name)
+    for name in STAGE_MODULES:
+        importlib.import_module(name)
     t2 = time.perf_counter()
     return {"db_upgrade": round(t1 - t0, 3), "imports": round(t2 - t1, 3)}
 
 
 def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, workers=1,
                 dask_address=None, build_site=True, force=False, params: PipelineParams | None = None,
-                accept_unknown_resolution=None, server=None) -> dict:
-    """Harvest, process every accepted entry, rebuild the site; return the summary dict.
+                accept_unknown_resolution=None) -> dict:
+    """Harvest, process every accepted entry, rebuild the site; return the summary dict."""
+    import os
 
-    ``server`` is a started :class:`rerefine.flows.prefect_env.LocalPrefectServer` (or None when
-    Prefect starts its own): our set-up runs while it starts, then we wait for it.
-    """
     params = params or PipelineParams()
     s = _settings_dict(settings)
     setup = prepare_run(s["database"])
-    prefect_startup = {"own_server": server is not None}
-    if server is not None:
-        prefect_startup["server_wait_seconds"] = round(server.wait_ready(), 3)
-        prefect_startup["server_ready_after_seconds"] = round(server.ready_after, 3)
-        prefect_startup["server_migrations"] = server.migrations
+    prefect_startup = {"api_url": os.environ.get("PREFECT_API_URL") or "ephemeral"}
     runner = make_task_runner(workers, dask_address)
     nightly = nightly_flow.with_options(task_runner=runner)
     t0 = time.perf_counter()

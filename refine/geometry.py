@@ -18,10 +18,8 @@ region (:func:`_restraint_pass`) splits every restraint type into as many contig
 as numba has threads; each thread adds into its own gradient buffer (no write races) and the
 buffers are summed at the end. A single parallel region per evaluation matters on a busy
 machine: every region entry waits for all worker threads to be scheduled. Models below
-:data:`PARALLEL_MIN_ATOMS` (and any model when ``NUMBA_NUM_THREADS=1``) take the serial
-driver; measured on the 2-core test machine: ~105 ns per atom serial (5ME2 0.46 ms, 49k atoms
-5.1 ms), about half that threaded when both cores are free, but slower than serial as soon as
-another job holds a core.
+:data:`rerefine.refine.threads.PARALLEL_MIN_ATOMS` (and any model when ``NUMBA_NUM_THREADS=1``)
+take the serial driver unless ``parallel=True`` is asked for.
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ from numba import njit, prange
 
 from .nonbonded import CLASH_OVERLAP, SIGMA_NB, count_overlaps, nonbonded_range, probe_radii
 from .restraints import Restraints
+from .threads import use_parallel
 
 RAD = math.pi / 180.0
 DEG = 180.0 / math.pi
@@ -407,17 +406,13 @@ def _restraint_pass_serial(xyz, b_idx, b_ideal, b_sigma, a_idx, a_ideal, a_sigma
                            nb_d0, sigma_nb, weights, gbuf, eterms):
     """Same as :func:`_restraint_pass` on the calling thread only.
 
-    Below PARALLEL_MIN_ATOMS one evaluation takes well under a millisecond and waking worker
-    threads (worse, on a busy machine waiting for them) costs more than it saves.
+    Used below :data:`rerefine.refine.threads.PARALLEL_MIN_ATOMS` atoms (see that module).
     """
     nchunk = gbuf.shape[0]
     for c in range(nchunk):
         _pass_chunk(c, nchunk, xyz, b_idx, b_ideal, b_sigma, a_idx, a_ideal, a_sigma, t_idx, t_ideal, t_sigma,
                     t_period, c_idx, c_ideal, c_sigma, c_both, p_atoms, p_offsets, p_sigma, nb_pi, nb_pj, nb_d0,
                     sigma_nb, weights, gbuf, eterms)
-
-
-PARALLEL_MIN_ATOMS = 20000
 
 
 @njit(cache=True)
@@ -448,15 +443,17 @@ def _check_xyz(r: Restraints, xyz) -> np.ndarray:
 TERMS = ("bond", "angle", "torsion", "chiral", "plane", "nonbonded")
 
 
-def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None) -> dict:
+def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None, *,
+                 parallel: bool | None = None) -> dict:
     """Per-term restraint energies (dimensionless, weights applied); optional gradient into ``grad``.
 
     Keys ``bond``, ``angle``, ``torsion``, ``chiral``, ``plane``, ``nonbonded``.
-    Refreshes the nonbonded neighbour list when needed. Not re-entrant for one ``r``: the
+    Refreshes the nonbonded neighbour list when needed. ``parallel``: force the threaded (True)
+    or serial (False) drivers; by default :func:`rerefine.refine.threads.use_parallel` decides. Not re-entrant for one ``r``: the
     per-thread gradient buffers are kept on ``r`` between calls (use one Restraints per thread).
     """
     xyz = _check_xyz(r, xyz)
-    parallel = r.n_atoms >= PARALLEL_MIN_ATOMS
+    parallel = use_parallel(r.n_atoms, parallel)
     nchunk = max(1, numba.get_num_threads()) if parallel else 1
     # reuse the per-thread gradient buffers between calls: a fresh multi-MB array costs page
     # faults on every evaluation (the kernel zeroes them itself)
@@ -468,7 +465,7 @@ def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None)
     weights = np.array([float(r.weights[k]) for k in TERMS])
     nb = r.nonbonded
     if nb is not None and weights[5] != 0.0:
-        nb.update(xyz)
+        nb.update(xyz, parallel=parallel)
         pi, pj, d0 = nb.pi, nb.pj, nb.d0
     else:
         pi = pj = np.zeros(0, dtype=np.int32)
@@ -484,7 +481,8 @@ def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None)
     return {k: float(tot[i]) for i, k in enumerate(TERMS)}
 
 
-def restraint_energy_gradient(r: Restraints, xyz: np.ndarray) -> tuple[float, np.ndarray]:
+def restraint_energy_gradient(r: Restraints, xyz: np.ndarray, *, parallel: bool | None = None
+                              ) -> tuple[float, np.ndarray]:
     """Total restraint target and its analytic gradient.
 
     Parameters
@@ -494,6 +492,8 @@ def restraint_energy_gradient(r: Restraints, xyz: np.ndarray) -> tuple[float, np
         refreshed in place when an atom moved more than half the list buffer.
     xyz : ndarray (N, 3)
         Coordinates, Å, ``st[0].all()`` order.
+    parallel : bool, optional
+        Force the threaded or the serial drivers (default: by model size, see :mod:`.threads`).
 
     Returns
     -------
@@ -502,7 +502,7 @@ def restraint_energy_gradient(r: Restraints, xyz: np.ndarray) -> tuple[float, np
         (1/Å), zero rows for fixed atoms.
     """
     grad = np.empty((r.n_atoms, 3))
-    terms = energy_terms(r, xyz, grad)
+    terms = energy_terms(r, xyz, grad, parallel=parallel)
     return float(sum(terms.values())), grad
 
 

@@ -46,7 +46,7 @@ from rerefine.reports import plots
 from rerefine.common.atomicfile import write_atomic
 from rerefine.common.errors import InputError
 from rerefine.reports import entry_validation as ev
-from rerefine.reports.verdict import CC_MARGIN, got_worse
+from rerefine.reports.verdict import CC_MARGIN
 from rerefine.reports.verdict import finite_float as _f
 
 log = logging.getLogger(__name__)
@@ -480,22 +480,6 @@ def _script_json(obj) -> str:
 
 # --- sources ----------------------------------------------------------------------------------
 
-def _compare_rows(prev_rows: list[dict], cur_rows: list[dict], margin: float) -> dict:
-    """Method impact from index rows of two versions (for :class:`DictSource`): entries both
-    processed; improved / worsened = re-refined CCmask higher / lower by at least ``margin``,
-    or (worsened) a lower-ranked verdict — the rule of :func:`rerefine.reports.verdict.got_worse`."""
-    prev = {r["pdb_id"]: r for r in prev_rows}
-    both = []
-    for r in cur_rows:
-        p = prev.get(r["pdb_id"])
-        if p is None or p["cc_mask_after"] is None or r["cc_mask_after"] is None:
-            continue
-        both.append(_impact_item(r["pdb_id"], r["title"], r["resolution"], p["cc_mask_after"], r["cc_mask_after"],
-                                 _delta(p["q_score_after"], r["q_score_after"]), p["verdict"], r["verdict"],
-                                 got_worse(p, r, margin)))
-    return _impact(both, margin)
-
-
 def _impact_item(pdb_id, title, resolution, prev_cc, cur_cc, d_q, prev_verdict, cur_verdict, why) -> dict:
     return {"pdb_id": pdb_id, "slug": page_slug(pdb_id), "title": title or "", "resolution": _f(resolution),
             "prev_cc": _f(prev_cc), "cur_cc": _f(cur_cc), "d_cc": _delta(prev_cc, cur_cc), "d_q": _f(d_q),
@@ -510,14 +494,6 @@ def _impact(both: list[dict], margin: float) -> dict:
             "d_cc": [i["d_cc"] for i in both], "d_q": [i["d_q"] for i in both]}
 
 
-def _median(vals):
-    v = sorted(x for x in vals if x is not None)
-    if not v:
-        return None
-    m = len(v) // 2
-    return v[m] if len(v) % 2 else 0.5 * (v[m - 1] + v[m])
-
-
 class DictSource:
     """Site data held in memory (tests, previews).
 
@@ -525,18 +501,15 @@ class DictSource:
     ----------
     entries : list of dict
         The latest result of every entry, as :func:`entry_view` takes them.
-    history : dict, optional
-        ``{version label: [entry dicts]}`` in version order (oldest first): each version's
-        results, for the method-impact pages.
-    versions : list of dict, optional
-        ``version, created, git_commit, parameters`` per version label (same order).
+    engine : sqlalchemy.engine.Engine, optional
+        A results database whose pipeline versions make the method-impact pages (through
+        :class:`DatabaseSource`, i.e. :func:`rerefine.reports.queries.compare_versions`);
+        without it the site has no version pages.
     """
 
-    def __init__(self, entries: list[dict], history: dict[str, list[dict]] | None = None,
-                 versions: list[dict] | None = None):
+    def __init__(self, entries: list[dict], engine=None):
         self._entries = {str(e["pdb_id"]): e for e in entries}
-        self._history = history or {}
-        self._versions = {str(v["version"]): v for v in versions or []}
+        self._versions = DatabaseSource(engine) if engine is not None else None
 
     def listing(self, since=None) -> list[dict]:
         """Every entry (index-level data is all there is); marker = hash of the entry."""
@@ -546,22 +519,7 @@ class DictSource:
         return self._entries[str(item["pdb_id"])]
 
     def version_summaries(self) -> list[dict]:
-        out = []
-        prev_rows, prev_label = None, None
-        for label, results in self._history.items():
-            cur = [index_row(entry_view(d)) for d in results]
-            meta = self._versions.get(label, {})
-            counts: dict = {}
-            for r in cur:
-                k = r["verdict"] or r["status"]
-                counts[k] = counts.get(k, 0) + 1
-            out.append({"version": label, "created": meta.get("created"), "git_commit": meta.get("git_commit"),
-                        "parameters": meta.get("parameters") or {}, "n": len(cur), "counts": counts,
-                        "median_dcc": _median(_delta(r["cc_mask_before"], r["cc_mask_after"]) for r in cur),
-                        "previous": prev_label,
-                        "comp": _compare_rows(prev_rows, cur, CC_MARGIN) if prev_rows is not None else None})
-            prev_rows, prev_label = cur, label
-        return out
+        return self._versions.version_summaries() if self._versions is not None else []
 
 
 class DatabaseSource:

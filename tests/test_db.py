@@ -2,7 +2,8 @@
 
 Every database test runs on SQLite and on a real PostgreSQL server started by
 pytest-postgresql from Debian's binaries (``/usr/lib/postgresql/*/bin/pg_ctl``); the
-PostgreSQL variants are skipped, saying why, only when no ``pg_ctl`` exists.
+PostgreSQL variants are skipped, saying why, only when no ``pg_ctl`` exists (and fail
+under CI, where a missing server is a broken set-up).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from ci import missing  # noqa: E402  (tests/ is on sys.path under pytest)
 from rerefine.common.errors import InputError
 from rerefine.reports import db, queries, store
 from rerefine.reports.verdict import decide, got_worse
@@ -55,13 +57,13 @@ else:
         """PostgreSQL for a root session: initdb refuses to run as root, so pg_ctl runs as
         the ``postgres`` system user through a wrapper, on a data directory it owns."""
         if not PG_CTL:
-            pytest.skip(NO_PG)
+            missing(NO_PG)
         from pytest_postgresql.executors import PostgreSQLExecutor
 
         try:
             pw = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.skip("running as root and there is no `postgres` user to run the server as")
+            missing("running as root and there is no `postgres` user to run the server as")
         base = Path(tempfile.mkdtemp(prefix="rr-pgtest-"))
         os.chmod(base, 0o755)
         (base / "data").mkdir()
@@ -90,7 +92,7 @@ else:
 def pg_url(request, tmp_path):
     """URL of a fresh, empty PostgreSQL database (dropped after the test)."""
     if not PG_CTL:
-        pytest.skip(NO_PG)
+        missing(NO_PG)
     server = request.getfixturevalue("postgresql_server")
     from pytest_postgresql.janitor import DatabaseJanitor
 

@@ -23,6 +23,7 @@ from rerefine.flows.commands.serve import next_run
 from rerefine.flows.pipeline import EntryJob, entry_dir
 from rerefine.harvester import sample_archive
 from rerefine.common.errors import InputError
+from rerefine.reports.verdict import decide
 
 FAST = ["--cycles", "1", "--no-adp"]
 
@@ -101,18 +102,22 @@ def test_nightly_isolates_a_bad_entry_and_skips_finished_work(mirror, tmp_path, 
     assert "no associated EMDB map" in rejected["5ni1"]
     assert "resolution" in rejected["loc_3ajo_fitted"]
     runs = _runs(data_dir)
-    assert runs["7cec"]["status"] == "done" and runs["7cec"]["verdict"] in ("improved", "unchanged", "worse")
+    assert runs["7cec"]["status"] == "done"
     assert runs["5me2"]["status"] == "failed"
     assert runs["5ni1"]["status"] == "skipped"
     # metrics before refinement are the deposited model's: CCmask as cctbx reports it (0.8077)
     eng = sa.create_engine(f"sqlite:///{data_dir / 'rerefine.sqlite'}")
     with eng.connect() as c:
         cc_before = c.execute(sa.text("SELECT cc_mask_before FROM metrics")).scalar()
-        full_before = c.execute(sa.text("SELECT before FROM metrics_full")).scalar()
+        full_before, full_after = c.execute(sa.text('SELECT before, "after" FROM metrics_full')).one()
     eng.dispose()
+    full_before, full_after = (json.loads(x) if isinstance(x, str) else x for x in (full_before, full_after))
+    # the stored verdict is the verdict rule applied to the stored figures, and the summary counts it
+    want = decide(full_before, full_after).verdict
+    assert runs["7cec"]["verdict"] == want and s[want] == 1
     assert cc_before == pytest.approx(0.8077, abs=0.01)
     # the placement check of the deposited model: 7CEC sits where its map puts it (0.09 deg)
-    placement = (json.loads(full_before) if isinstance(full_before, str) else full_before)["placement"]
+    placement = full_before["placement"]
     assert placement["by"] == "chain" and [g["group"] for g in placement["groups"]] == ["A"]
     assert not placement["misplaced"] and placement["groups"][0]["rotation_deg"] < 0.5
     site = Path(s["site"])

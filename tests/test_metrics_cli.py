@@ -13,6 +13,8 @@ from rerefine.flows.cli import main
 from rerefine.refine import diffmap, mapio, metrics, modelio
 from rerefine.common.errors import InputError
 
+from test_inclusion import gemmi_inclusion  # noqa: E402  (tests/ is on sys.path under pytest)
+
 
 @pytest.fixture(scope="module")
 def zone(pairs):
@@ -44,7 +46,10 @@ def test_metrics_cli_json(zone, reference, tmp_path, capsys):
     assert set(row) == {"chain", "seq", "icode", "resname", "cc", "q_score", "atom_inclusion"}
     assert got["contour_source"].startswith("default")
     assert "WARNING" in capsys.readouterr().err  # the fallback contour is said loudly
-    assert 0.0 < got["atom_inclusion"] <= 1.0 and 0.0 < got["atom_inclusion_backbone"] <= 1.0
+    # atom inclusion at the reported contour, computed by gemmi alone (7CEC chain A: all amino acids)
+    assert got["atom_inclusion"] == pytest.approx(gemmi_inclusion(model, mp, got["contour"]), abs=1e-12)
+    assert got["atom_inclusion_backbone"] == pytest.approx(
+        gemmi_inclusion(model, mp, got["contour"], names={"N", "CA", "C", "O"}), abs=1e-12)
 
 
 def test_metrics_cli_contour_and_stdout(zone, capsys):
@@ -140,8 +145,6 @@ def test_diffmap_cli_finds_a_deleted_side_chain(pairs, tmp_path):
     near = [p for p in got["positive_peaks"]
             if np.min(np.linalg.norm(removed - np.array(p["xyz"]), axis=1)) < 1.5]
     assert near and max(p["height_sd"] for p in near) > 8.0
-    # the deleted atoms are the strongest unexplained density near that residue
-    assert all(p["height_sd"] < 0 for p in got["negative_peaks"])
 
 
 def test_difference_map_of_model_against_itself_is_flat(pairs):

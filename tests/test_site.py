@@ -75,6 +75,24 @@ def make_entries(n: int, seed: int = 1, **kw) -> list[dict]:
     return out
 
 
+def history_engine(folder: Path, history: dict):
+    """A SQLite results database holding ``{version: (entry dicts, parameters)}`` in that order
+    (through ``store.store_result``), for the version pages: they come from
+    ``queries.compare_versions`` like the real site's."""
+    from rerefine.reports import db, store
+
+    engine = db.make_engine(db.sqlite_url(folder / "history.sqlite"))
+    db.upgrade(engine)
+    for version, (entries, params) in history.items():
+        for e in entries:
+            m = e.get("metrics") or {}
+            store.store_result(engine, entry={k: e[k] for k in ("pdb_id", "emdb_id", "title", "resolution",
+                                                                 "release_date")},
+                               pipeline_version=version, params=params, status=e["status"],
+                               reason=e.get("reason"), metrics_before=m.get("before"), metrics_after=m.get("after"))
+    return engine
+
+
 # ----------------------------------------------------------------------------- HTML checks
 
 class _Collect(HTMLParser):
@@ -129,10 +147,10 @@ def built(tmp_path_factory):
     entries[0]["sharpening"]["radial"] = {"s": s_vals, "before": [math.exp(-25 * q * q) for q in s_vals],
                                           "after": [math.exp(-5 * q * q) for q in s_vals]}
     hist_a = make_entries(30, seed=5)
-    src = site.DictSource(entries, history={"1.0": hist_a, "1.1": entries},
-                          versions=[{"version": "1.0", "parameters": {"cycles": 3}},
-                                    {"version": "1.1", "parameters": {"cycles": 5}}])
-    report = site.build_site(src, out)
+    engine = history_engine(tmp_path_factory.mktemp("db"), {"1.0": (hist_a, {"cycles": 3}),
+                                                            "1.1": (entries, {"cycles": 5})})
+    report = site.build_site(site.DictSource(entries, engine=engine), out)
+    engine.dispose()
     return out, entries, report
 
 
@@ -294,7 +312,7 @@ def test_archive_and_version_pages(built):
     assert "This is the first recorded version" in text_of(out / "version" / "1.0.html")
 
 
-def test_method_impact_counts_follow_the_got_worse_rule():
+def test_method_impact_counts_follow_the_got_worse_rule(tmp_path):
     rng = random.Random(3)
     a = [make_entry(i, rng) for i in range(20)]
     b = [dict(e) for e in a]
@@ -303,8 +321,9 @@ def test_method_impact_counts_follow_the_got_worse_rule():
                         "after": dict(e.get("metrics", {}).get("after", {}) or {})}
         if e["metrics"]["after"]:
             e["metrics"]["after"]["cc_mask"] -= 0.05
-            e["verdict"] = e["verdict"]
-    s = site.DictSource(b, history={"a": a, "b": b}).version_summaries()
+    engine = history_engine(tmp_path, {"a": (a, {"v": "a"}), "b": (b, {"v": "b"})})
+    s = site.DictSource(b, engine=engine).version_summaries()
+    engine.dispose()
     comp = s[1]["comp"]
     done_first5 = sum(1 for e in a[:5] if e["status"] == "done")
     assert len(comp["worsened"]) == done_first5

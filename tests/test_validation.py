@@ -104,6 +104,35 @@ def test_per_residue_agreement(ref, reports, name):
     assert rep.summary["chirality_inversions"] == m["geometry"]["n_chiral_inverted"]
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_clashscore_agreement(ref, reports, name):
+    """Clashscore within 15 % of reduce+probe's (±1.5 below 10), the issue's target."""
+    mine = reports[name].summary["clashscore"]
+    theirs = ref[name]["clash_summary"]["clashscore"]
+    tol = 1.5 if theirs < 10 else 0.15 * theirs
+    assert abs(mine - theirs) <= tol, (mine, theirs)
+    # hydrogens as reduce adds them: the same atom count for 5ME2 (8886), within 0.3 % otherwise
+    n_ref = ref[name]["clash_summary"]["n_atoms_probe"]
+    assert abs(reports[name].summary["n_atoms_clash"] - n_ref) <= 0.003 * n_ref
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_clash_overlaps_match_probe(ref, reports, name):
+    """Clashes found by both: our dot overlaps against probe's (mean within 0.05 Å, each within 0.3 Å).
+
+    Measured: mean difference +0.015 (5ME2), +0.016 (7CEC), +0.043 Å (3AJO, 6 pairs, all N/O);
+    largest single difference 0.24 Å (7CEC, a hydrogen that reduce orients differently).
+    Pairs of the same atoms are compared; reduce names some methyl hydrogens differently.
+    """
+    mine = {frozenset((c["a"], c["b"])): c["overlap"] for c in reports[name].clashes}
+    theirs = {frozenset((c["a"], c["b"])): -c["overlap"] for c in ref[name]["clashes"]}
+    common = set(mine) & set(theirs)
+    assert len(common) >= 0.4 * len(theirs)
+    diff = np.array([mine[k] - theirs[k] for k in common])
+    assert abs(diff.mean()) <= 0.05
+    assert np.abs(diff).max() <= 0.3
+
+
 def test_summary_keys(reports):
     for rep in reports.values():
         assert set(SUMMARY_KEYS) <= set(rep.summary)

@@ -21,7 +21,7 @@ def register(sub) -> None:
 
 def run(args, settings) -> int:
     from rerefine.flows.cli import emit_json
-    from rerefine.flows.prefect_env import configure_prefect
+    from rerefine.flows.prefect_home import configure_prefect
     from rerefine.common.errors import InputError
 
     if args.resolution is not None and args.resolution <= 0:

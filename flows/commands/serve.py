@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 
 def run(args, settings) -> int:
-    from rerefine.flows.prefect_env import configure_prefect
+    from rerefine.flows.prefect_home import configure_prefect
     from rerefine.common.errors import InputError
 
     cron = args.cron or settings.schedule_cron

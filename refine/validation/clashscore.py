@@ -79,12 +79,14 @@ def clash_kernel(xyz, pi, pj, kind, rad, hb, is_h, occ, water, overlap):
 
 
 @njit(cache=True)
-def _dot_overlap(xyz, i, j, rad, adj_ptr, adj, density):
+def _dot_overlap(xyz, i, j, rad, adj_ptr, adj, t_ptr, t_idx, density):
     """Largest overlap (Å) of atom ``j``'s sphere by a surface dot of atom ``i``.
 
-    Dots: a Fibonacci sphere of ``density`` dots per Å² on ``i``'s van der Waals sphere; a dot
-    lying inside an atom bonded to ``i`` is buried (not on the molecular surface) and skipped,
-    as probe does. Returns -1 when no dot of ``i`` is inside ``j``.
+    Dots: a Fibonacci sphere of ``density`` dots per Å² on ``i``'s van der Waals sphere. As in
+    probe, a dot inside an atom bonded to ``i`` (``adj``) is buried and skipped, and a dot
+    belongs to the one target atom it overlaps most among ``i``'s targets (``t_idx``): a dot
+    that reaches deeper into another atom (e.g. the hydrogen of an H-bond donor) is not
+    ``j``'s. Returns -1 when no dot of ``i`` belongs to ``j``.
     """
     ri = rad[i]
     rj = rad[j]
@@ -101,31 +103,42 @@ def _dot_overlap(xyz, i, j, rad, adj_ptr, adj, density):
         dx = px - xyz[j, 0]
         dy = py - xyz[j, 1]
         dz = pz - xyz[j, 2]
-        dj = np.sqrt(dx * dx + dy * dy + dz * dz)
-        o = rj - dj
+        o = rj - np.sqrt(dx * dx + dy * dy + dz * dz)
         if o <= best:
             continue
-        buried = False
+        free = True
         for u in range(adj_ptr[i], adj_ptr[i + 1]):
             b = adj[u]
             ex = px - xyz[b, 0]
             ey = py - xyz[b, 1]
             ez = pz - xyz[b, 2]
             if ex * ex + ey * ey + ez * ez < rad[b] * rad[b]:
-                buried = True
+                free = False
                 break
-        if not buried:
+        if not free:
+            continue
+        for u in range(t_ptr[i], t_ptr[i + 1]):
+            b = t_idx[u]
+            if b == j:
+                continue
+            ex = px - xyz[b, 0]
+            ey = py - xyz[b, 1]
+            ez = pz - xyz[b, 2]
+            if rad[b] - np.sqrt(ex * ex + ey * ey + ez * ez) > o:
+                free = False
+                break
+        if free:
             best = o
     return best
 
 
 @njit(cache=True)
-def dot_overlaps(xyz, pi, pj, rad, adj_ptr, adj, density):
+def dot_overlaps(xyz, pi, pj, rad, adj_ptr, adj, t_ptr, t_idx, density):
     """Probe-style overlap of each pair: the larger of i's dots in j and j's dots in i."""
     out = np.empty(pi.shape[0])
     for k in range(pi.shape[0]):
-        a = _dot_overlap(xyz, pi[k], pj[k], rad, adj_ptr, adj, density)
-        b = _dot_overlap(xyz, pj[k], pi[k], rad, adj_ptr, adj, density)
+        a = _dot_overlap(xyz, pi[k], pj[k], rad, adj_ptr, adj, t_ptr, t_idx, density)
+        b = _dot_overlap(xyz, pj[k], pi[k], rad, adj_ptr, adj, t_ptr, t_idx, density)
         out[k] = a if a > b else b
     return out
 
@@ -142,7 +155,7 @@ def parent_atoms(r) -> np.ndarray:
 
 
 def bond_adjacency(n: int, bond_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR adjacency (``ptr``, ``idx``) of the bond graph of ``n`` atoms."""
+    """CSR adjacency (``ptr``, ``idx``) of the graph of ``n`` atoms with edges ``bond_idx`` (M, 2)."""
     b = np.asarray(bond_idx, dtype=np.int64).reshape(-1, 2)
     both = np.concatenate([b, b[:, ::-1]])
     ptr = np.zeros(n + 1, dtype=np.int64)
@@ -223,7 +236,13 @@ def clashes(r, xyz: np.ndarray, occupancy: np.ndarray, counted: np.ndarray, rad:
     far = (pc == 0) | (pc == 5)
     pi, pj = pi[far], pj[far]
     ptr, adj = bond_adjacency(r.n_atoms, r.bonds.idx)
-    ov = dot_overlaps(xyz, pi, pj, rad, ptr, adj, DOT_DENSITY)
+    # every atom's possible targets (for assigning each dot to one target)
+    occ = np.asarray(occupancy, dtype=np.float64)
+    ai, aj = nb.pi.astype(np.int64), nb.pj.astype(np.int64)
+    pc_all = path_codes(r.partner_ptr, r.partner_idx, r.partner_code, par[ai], par[aj])
+    ok = ((pc_all == 0) | (pc_all == 5)) & (occ[ai] > 0) & (occ[aj] > 0)
+    t_ptr, t_idx = bond_adjacency(r.n_atoms, np.stack([ai[ok], aj[ok]], axis=1))
+    ov = dot_overlaps(xyz, pi, pj, rad, ptr, adj, t_ptr, t_idx, DOT_DENSITY)
     keep = ov >= OVERLAP
     pi, pj, ov = pi[keep], pj[keep], ov[keep]
     order = np.argsort(-ov, kind="stable")
