@@ -12,7 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rerefine.flows.pipeline import PipelineParams, add_fit_figures, stage_crossval, CONTOUR_FALLBACK_WARNING
+from pathlib import Path
+
+from rerefine.flows.pipeline import (CONTOUR_FALLBACK_WARNING, EntryJob, PipelineParams, add_fit_figures,
+                                     stage_box, stage_crossval, stage_entry_crossval, stage_half_boxes,
+                                     stage_metrics)
 from rerefine.refine import crossval, mapio, modelio
 from rerefine.refine.metrics import compute_metrics
 
@@ -77,7 +81,7 @@ def test_with_b_of_restores_input_b(zone_pair):
     assert crossval.cc_mask_with_b(changed, st, m, res) == pytest.approx(crossval.cc_mask(st, m, res), abs=1e-12)
 
 
-def test_half_map_cross_validation_on_synthetic_halves(zone_pair, test_data):
+def test_half_map_cross_validation_on_synthetic_halves(zone_pair, test_data, tmp_path):
     """Synthetic half-maps (see module doc). Measured with seeds 1 and 2: the deposited model's
     work and free FSC averages differ by 0.0003 / 0.0032 (it saw neither half); after refinement
     against half 1 both rise (B and coordinates fit the signal) and work - free is 0.0134 / 0.0116
@@ -87,7 +91,13 @@ def test_half_map_cross_validation_on_synthetic_halves(zone_pair, test_data):
     sd = float(m.data.std())
     h1 = m.with_data((m.data + rng.normal(0.0, sd, m.shape)).astype(np.float32))
     h2 = m.with_data((m.data + rng.normal(0.0, sd, m.shape)).astype(np.float32))
-    before, after, info = stage_crossval(st, [h1, h2], res, test_data / "monomers", PipelineParams())
+    # as the nightly meets them: half-map files on the primary map's grid, cut to the entry's box
+    paths = [mapio.write_map(tmp_path / f"half_{i}.mrc", h) for i, h in ((1, h1), (2, h2))]
+    job = EntryJob(pdb_id="7CEC", emdb_id="EMD-30342", model_path=Path("unused.cif"), map_path=Path("unused.mrc"),
+                   half_map_paths=paths, resolution=res)
+    box = stage_box(st, m)
+    h1, h2 = stage_half_boxes(job, box)
+    before, after, info = stage_entry_crossval(job, st, box, res, test_data / "monomers", PipelineParams())
     assert info["status"] == "ok"
     assert abs(before["fsc_avg_work"] - before["fsc_avg_free"]) < 0.01
     assert after["fsc_avg_free"] > before["fsc_avg_free"]
@@ -95,11 +105,40 @@ def test_half_map_cross_validation_on_synthetic_halves(zone_pair, test_data):
     gap1 = after["fsc_avg_work"] - after["fsc_avg_free"]
     assert gap1 > gap0 + 0.005
     assert after["cc_mask_work"] > after["cc_mask_free"]
-    # no half-maps: no cross-validation
+    # no half-maps, or half-maps off the primary grid: no cross-validation, and a warning says why
     assert stage_crossval(st, [h1], res, test_data / "monomers", PipelineParams()) is None
+    assert stage_entry_crossval(EntryJob(**{**job.to_dict(), "half_map_paths": paths[:1]}), st, box, res,
+                                test_data / "monomers", PipelineParams()) is None
+    shifted = mapio.write_map(tmp_path / "half_shifted.mrc", _shifted(mapio.read_map(paths[1])))
+    bad = EntryJob(**{**job.to_dict(), "half_map_paths": [paths[0], shifted]})
+    assert stage_entry_crossval(bad, st, box, res, test_data / "monomers", PipelineParams()) is None
+    assert "not on the primary map's grid" in bad.metadata["warnings"][0]
     # the figures land in the metric dicts the verdict reads
     b, a, warnings = {"cc_mask": 0.8, "contour_source": "default: level enclosing 17 Å³ per non-H atom"}, {}, []
     add_fit_figures(b, a, cc_mask_input_b=0.81, crossval=(before, after, info), warnings=warnings)
     assert b["cc_mask_input_b"] == 0.8 and a["cc_mask_input_b"] == 0.81
     assert a["fsc_avg_free"] == after["fsc_avg_free"] and b["fsc_avg_free"] == before["fsc_avg_free"]
     assert warnings == [CONTOUR_FALLBACK_WARNING]
+
+
+def _shifted(dmap):
+    """The same values one voxel further along x (a half-map that is not on the primary grid)."""
+    from dataclasses import replace
+
+    return replace(dmap, start=tuple(int(x) + (1 if i == 0 else 0) for i, x in enumerate(dmap.start)))
+
+
+def test_contour_from_emdb_is_used_and_the_fallback_is_said(zone_pair):
+    """The archive's recommended contour (API answer or header XML, harvester/emdb.py) reaches the
+    metrics as contour_source 'emdb' with no warning; without one the fallback is flagged."""
+    st, m, res = zone_pair
+    job = EntryJob(pdb_id="7CEC", emdb_id="EMD-30342", model_path=Path("x"), map_path=Path("y"), contour=0.03)
+    with_emdb = stage_metrics(st, m, res, job, PipelineParams())
+    assert (with_emdb["contour"], with_emdb["contour_source"]) == (0.03, "emdb")
+    warnings: list = []
+    add_fit_figures(with_emdb, {}, cc_mask_input_b=None, crossval=None, warnings=warnings)
+    assert warnings == []
+    job.contour = None
+    fallback = stage_metrics(st, m, res, job, PipelineParams())
+    add_fit_figures(fallback, {}, cc_mask_input_b=None, crossval=None, warnings=warnings)
+    assert fallback["contour_source"].startswith("default") and warnings == [CONTOUR_FALLBACK_WARNING]
