@@ -238,6 +238,121 @@ def stage_douse(refined, sharpened: mapio.DensityMap, box: mapio.DensityMap, res
     return st, summary, geometry
 
 
+def stage_input_b_fit(refined_st, st, box: mapio.DensityMap, resolution: float) -> float:
+    """CCmask of the refined coordinates with the deposited B-factors on the deposited box: the
+    coordinates' own fit, which B refinement cannot raise (:mod:`rerefine.refine.crossval`)."""
+    from rerefine.refine.crossval import cc_mask_with_b
+
+    return cc_mask_with_b(refined_st, st, box, resolution)
+
+
+def stage_crossval(st, halves: list[mapio.DensityMap], resolution: float, monlib: Path | None,
+                   params: PipelineParams, b_sharpen: float = 0.0):
+    """Half-map cross-validation (Brown et al. 2015): refine coordinates and B against half-map 1
+    with the main refinement's parameters (the map sharpened by the same ``b_sharpen``, Å²), then
+    measure the deposited and the half-1-refined model against half-map 1 (work) and half-map 2
+    (free). Returns ``(before, after, info)``: two dicts of ``fsc_avg_work``, ``fsc_avg_free``,
+    ``cc_mask_work``, ``cc_mask_free`` and the half-1 refinement's status; None when the entry
+    has not both half-maps."""
+    from rerefine.refine.crossval import half_map_fit
+    from rerefine.refine.realspace import refine_model
+
+    if len(halves) != 2:
+        return None
+    if monlib is None:
+        raise InputError("no monomer library configured (set RR_MONOMER_LIB or CLIBD_MON)")
+    h1, h2 = halves
+    before = half_map_fit(st, h1, h2, resolution)
+    ref = refine_model(st, h1, resolution, monlib, adp=params.refine_adp, cycles=params.macro_cycles,
+                       b_sharpen=float(b_sharpen or 0.0), fit_map=h1)
+    after = half_map_fit(ref.structure, h1, h2, resolution)
+    info = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles, "rmsd_moved": ref.rmsd_moved,
+            "b_sharpen": float(b_sharpen or 0.0), "seconds": ref.seconds}
+    return before, after, info
+
+
+def stage_entry_crossval(job: EntryJob, st, box: mapio.DensityMap, resolution: float, monlib: Path | None,
+                         params: PipelineParams, b_sharpen: float = 0.0):
+    """:func:`stage_crossval` on the entry's half-maps cut to the primary box; None (with a warning
+    in ``job.metadata``) when the entry has no usable pair of half-maps."""
+    from rerefine.common.errors import RerefineError
+
+    if len(job.half_map_paths) != 2:
+        return None
+    try:
+        halves = stage_half_boxes(job, box)
+    except RerefineError as exc:
+        job.metadata.setdefault("warnings", []).append(f"{exc}; no half-map cross-validation")
+        return None
+    return stage_crossval(st, halves, resolution, monlib, params, b_sharpen)
+
+
+#: Per-residue validation fields kept with the metrics (for the Ramachandran plots and the residues
+#: whose class changed).
+VALIDATION_RESIDUE_FIELDS = ("chain", "seq", "icode", "resname", "phi", "psi", "rama", "rama_category",
+                             "rotamer", "rotamer_name", "cbeta_dev", "peptide")
+
+
+def stage_validation(st, monlib: Path | None, top8000: Path | None) -> dict:
+    """MolProbity-class validation of a model (:func:`rerefine.refine.validation.validate`) as flat
+    metric keys: :data:`rerefine.refine.validation.SUMMARY_KEYS`, ``cis_nonpro_peptides`` and
+    ``twisted_nonpro_peptides`` (the non-proline counts the verdict reads), plus
+    ``validation_residues`` (per residue: :data:`VALIDATION_RESIDUE_FIELDS`, angles rounded to
+    0.1°) and ``validation_warnings``. A validation that cannot run (bad input, no Top8000
+    folder) gives only the warning, so the verdict cannot be *improved*. The validation's own all-atom RMSDs are left out: the
+    metric dicts' ``bond_rmsd``/``angle_rmsd`` are the refinement restraints'."""
+    from rerefine.common.errors import RerefineError
+    from rerefine.refine.validation import SUMMARY_KEYS, validate
+
+    try:
+        rep = validate(st, monlib, top8000_dir=top8000)
+    except RerefineError as exc:  # the entry keeps its refinement; its verdict cannot be "improved"
+        log.warning("validation skipped: %s", exc)
+        return {"validation_warnings": [f"validation not made: {exc}"]}
+    s = rep.summary
+    out = {k: s.get(k) for k in SUMMARY_KEYS}
+    out["cis_nonpro_peptides"] = s.get("cis_general")
+    out["twisted_nonpro_peptides"] = s.get("twisted_general")
+    rows = []
+    for r in rep.per_residue:
+        row = {k: r.get(k) for k in VALIDATION_RESIDUE_FIELDS}
+        for k in ("phi", "psi"):
+            row[k] = None if row[k] is None else round(float(row[k]), 1)
+        if row["cbeta_dev"] is not None:
+            row["cbeta_dev"] = round(float(row["cbeta_dev"]), 3)
+        if any(row[k] is not None for k in ("phi", "rama", "rotamer", "cbeta_dev")):
+            rows.append(row)
+    out["validation_residues"] = rows
+    out["validation_warnings"] = list(rep.warnings)[:20]
+    return out
+
+
+CONTOUR_FALLBACK_WARNING = ("no EMDB recommended contour for this entry: atom inclusion uses the level "
+                            "enclosing 17 Å³ per non-H atom, which assumes the model explains the whole map "
+                            "(a partial model gets far too low an inclusion)")
+
+
+def add_fit_figures(before: dict, after: dict, *, cc_mask_input_b: float | None, crossval,
+                    warnings: list) -> None:
+    """Put the fit figures refinement cannot inflate into the metric dicts (in place).
+
+    ``before["cc_mask_input_b"]`` is the deposited CCmask (its B are the input B);
+    ``after["cc_mask_input_b"]`` the refined coordinates' with the input B. ``crossval`` is
+    :func:`stage_crossval`'s result or None. A fallback contour adds
+    :data:`CONTOUR_FALLBACK_WARNING` to ``warnings``.
+    """
+    before["cc_mask_input_b"] = before.get("cc_mask")
+    after["cc_mask_input_b"] = cc_mask_input_b
+    if crossval is not None:
+        cv_before, cv_after, info = crossval
+        before.update(cv_before)
+        after.update(cv_after)
+        after["crossval"] = info
+    if str(before.get("contour_source") or "").startswith("default") and CONTOUR_FALLBACK_WARNING not in warnings:
+        log.warning(CONTOUR_FALLBACK_WARNING)
+        warnings.append(CONTOUR_FALLBACK_WARNING)
+
+
 def stage_placement(st, sharpened: mapio.DensityMap, resolution: float) -> dict | None:
     """Rigid-body placement check of the deposited model, chain by chain, in the sharpened map
     (a diagnosis for the entry page; the refinement does not apply it). None, with a log line,
