@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from prefect import flow, task
@@ -75,6 +75,11 @@ def metrics_task(st, box, resolution: float, job: EntryJob, params: PipelinePara
 @task(name="refine")
 def refine_task(st, sharpened, box, resolution: float, monlib, params: PipelineParams):
     return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params)
+
+
+@task(name="douse")
+def douse_task(st, sharpened, box, resolution: float, monlib, params: PipelineParams):
+    return pipeline.stage_douse(st, sharpened, box, resolution, monlib, params)
 
 
 @task(name="placement")
@@ -191,6 +196,14 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
             placement = placement_task(st, sharp.map, res)
         with timed(timings, "refine"):
             ref = refine_task(st, sharp.map, box, res, ctx.get("monlib"), params)
+        # the coordinates' own fit is measured on the refined model before douse changes its waters:
+        # added waters carry refined B, which the CCmask-with-input-B figure must not reward
+        refined_coordinates = ref.structure
+        with timed(timings, "douse"):
+            ref.structure, waters, geometry = douse_task(ref.structure, sharp.map, box, res, ctx.get("monlib"),
+                                                         params)
+        if geometry:
+            ref.geometry_after = geometry
         with timed(timings, "metrics_before"):
             before = _with_b(metrics_task(st, box, res, job, params, ref.geometry_before), st)
         with timed(timings, "metrics_after"):
@@ -205,7 +218,7 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
         with timed(timings, "crossval"):
             cv = crossval_task(job, st, box, res, ctx.get("monlib"), params, sharp.b_sharpen)
         with timed(timings, "metrics_after"):
-            cc_input_b = input_b_task(ref.structure, st, box, res)
+            cc_input_b = input_b_task(refined_coordinates, st, box, res)
         pipeline.add_fit_figures(before, after, cc_mask_input_b=cc_input_b, crossval=cv,
                                  warnings=job.metadata.setdefault("warnings", []))
         with timed(timings, "validation"):
@@ -214,6 +227,7 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
         after["refinement"] = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles,
                                "rmsd_moved": ref.rmsd_moved,
                                "warnings": (job.metadata.get("warnings", []) + list(ref.warnings))[:20]}
+        after["douse"] = waters
         with timed(timings, "diffmap"):
             diff, peaks = diffmap_task(ref.structure, box, res)
         after["difference_peaks"] = peaks
@@ -222,6 +236,9 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
             arts = pipeline.write_artefacts(outdir, job.pdb_id, ref.structure,
                                             sharp.map if params.keep_maps else None,
                                             diff if params.keep_maps else None, version=ctx["version"])
+            view = pipeline.write_viewer(outdir, job.pdb_id, st, ref.structure, sharp.map, diff, box, before, after)
+            if view is not None:
+                arts.append(view)
         with timed(timings, "store"):
             sharpening = {k: v for k, v in sharp.as_dict().items()
                           if isinstance(v, (int, float, str)) or v is None}
@@ -295,8 +312,8 @@ def without_heartbeats():
     """Settings context with Prefect's flow-run heartbeats off.
 
     Heartbeats let a Prefect server notice crashed runs; each (sub-)flow run pays for its
-    heartbeat thread with a join of up to a second at exit, which was 60 % of Prefect's
-    per-entry cost here. Our own crash detection is the database's ``running`` state
+    heartbeat thread with a join of up to a second at exit. Our own crash detection is the
+    database's ``running`` state
     (:func:`rerefine.reports.store.recover_interrupted`), so runs without a Prefect server
     turn them off. Dask workers inherit the setting with each submitted task.
     """
@@ -304,7 +321,7 @@ def without_heartbeats():
 
 
 # Modules every entry's stages import on first use (numpy, scipy, gemmi, numba and our kernels).
-STAGE_MODULES = ("rerefine.refine.sharpen", "rerefine.refine.fsc", "rerefine.refine.geometry",
+STAGE_MODULES = ("rerefine.refine.sharpen", "rerefine.refine.douse", "rerefine.refine.fsc", "rerefine.refine.geometry",
                  "rerefine.refine.crossval", "rerefine.refine.validation",
                  "rerefine.refine.realspace", "rerefine.refine.metrics", "rerefine.refine.diffmap",
                  "rerefine.reports.store", "rerefine.reports.verdict", "rerefine.reports.site",
@@ -334,8 +351,8 @@ def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, wo
     """Harvest, process every accepted entry, rebuild the site; return the summary dict."""
     import os
 
-    params = params or PipelineParams()
-    s = _settings_dict(settings)
+    s = run_settings(settings)
+    params = replace(params or PipelineParams(), monomer_library=pipeline.monomer_library_identity(s["monlib"]))
     setup = prepare_run(s["database"])
     prefect_startup = {"api_url": os.environ.get("PREFECT_API_URL") or "ephemeral"}
     runner = make_task_runner(workers, dask_address)
@@ -352,7 +369,8 @@ def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, wo
     return summary
 
 
-def _settings_dict(settings) -> dict:
+def run_settings(settings) -> dict:
+    """The settings a run needs, as plain data (it travels to Dask workers and Prefect)."""
     return {
         "database": settings.database, "downloads": str(settings.downloads), "site_dir": str(settings.site_dir),
         "monlib": str(settings.monomer_library) if settings.monomer_library else None,
@@ -493,8 +511,8 @@ def run_single(*, settings, pdb_id: str, mirror=None, resolution: float | None =
     from rerefine.harvester import harvest
     from rerefine.reports import db
 
-    s = _settings_dict(settings)
-    params = params or PipelineParams()
+    s = run_settings(settings)
+    params = replace(params or PipelineParams(), monomer_library=pipeline.monomer_library_identity(s["monlib"]))
     cand = harvest.candidate_for(pdb_id, data_url=s["data_url"], emdb_api_url=s["emdb_api_url"], mirror=mirror,
                                  max_resolution=s["max_resolution"], max_map_mb=s["max_map_mb"],
                                  accept_unknown_resolution=resolution is not None, cache_dir=s["downloads"])

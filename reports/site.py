@@ -43,6 +43,8 @@ import jinja2
 import numpy as np
 
 from rerefine.reports import plots
+from rerefine.reports.viewer import copy_viewer_assets
+from rerefine.reports.waters import waters_view
 from rerefine.common.atomicfile import write_atomic
 from rerefine.common.errors import InputError
 from rerefine.reports import entry_validation as ev
@@ -95,15 +97,13 @@ def page_slug(text: str) -> str:
 # --- science -----------------------------------------------------------------------------
 
 def expected_q(resolution) -> float | None:
-    """Expected mean Q-score of a well-fitted model at a map resolution ``d`` (Å).
-
-    The linear fit of Q-score against reported resolution over well-fitted EMDB models,
-    Q_exp = -0.1775 d + 1.1192 (Pintilie et al. 2020, Nat. Methods 17:328, Fig. 3);
-    it is meant for roughly 1.5-5 Å and is clipped to [0, 1].
-    """
+    """Expected mean Q-score (σ 0.6 Å, protein) at a map resolution (Å), or None when it is unknown:
+    :func:`rerefine.refine.qscore.expected_q` (MapQ's line, Pintilie et al. 2020)."""
     if resolution is None or not math.isfinite(resolution) or resolution <= 0:
         return None
-    return min(1.0, max(0.0, -0.1775 * float(resolution) + 1.1192))
+    from rerefine.refine.qscore import expected_q as mapq_expected_q  # numba module: loaded when needed
+
+    return mapq_expected_q(float(resolution))
 
 
 # name -> (label, higher is better, decimals); names as in rerefine.reports.db.METRIC_COLUMNS.
@@ -200,7 +200,7 @@ def residue_columns(res) -> dict:
             cols = {k: [r.get(k) for r in res] for k in keys}
     for k, c in cols.items():
         if k not in ("chain", "icode", "resname") and not isinstance(c, np.ndarray):
-            cols[k] = plots._arr(c)
+            cols[k] = plots.as_floats(c)
     return cols
 
 
@@ -250,6 +250,7 @@ def entry_view(d: dict) -> dict:
         "artefacts": list(d.get("artefacts") or []),
     }
     v["placement"] = _placement(metrics["before"].get("placement"))
+    v["waters"] = waters_view(metrics["after"].get("douse"))
     refinement = metrics["after"].get("refinement") if isinstance(metrics["after"].get("refinement"), dict) else {}
     v["warnings"] = [str(w) for w in refinement.get("warnings") or []] + \
         [str(w) for w in metrics["after"].get("validation_warnings") or []]
@@ -335,8 +336,8 @@ def _residue_charts(v: dict) -> list[dict]:
         c = res.get(key)
         return c if c is not None and len(c) == n_all else empty
 
-    seq = plots._arr(column("seq"))
-    cols = {k: plots._arr(column(k)) for k in
+    seq = plots.as_floats(column("seq"))
+    cols = {k: plots.as_floats(column(k)) for k in
             ("cc_before", "cc_after", "q_score_before", "q_score_after", "b_iso_before", "b_iso_after")}
     has_b = bool(np.isfinite(cols["b_iso_before"]).any() or np.isfinite(cols["b_iso_after"]).any())
     eq = v["expected_q"]
@@ -388,7 +389,7 @@ def _scatter_cc_q(v: dict) -> str | None:
         y = res.get("q_score_" + when)
         if x is None or y is None:
             continue
-        x, y = plots._arr(x), plots._arr(y)
+        x, y = plots.as_floats(x), plots.as_floats(y)
         if x.size and x.size == y.size and (np.isfinite(x) & np.isfinite(y)).any():
             series.append(plots.Series(f"{when} ({'deposited' if when == 'before' else 're-refined'})", x, y, when))
     if not series:
@@ -899,6 +900,7 @@ def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = Tr
     b = SiteBuilder(Path(out_dir), full=full, copy_artefacts=copy_artefacts)
     b.out.mkdir(parents=True, exist_ok=True)
     b.static()
+    copy_viewer_assets(_static_dir(), b.out / "static")
     since = None if (full or not b.old) else b.old_started
     rows = []
     todo: list[tuple[dict, str]] = []

@@ -11,6 +11,8 @@ Crash safety: :func:`mark_running` commits a ``running`` row before the work sta
 nothing). A process killed mid-entry therefore leaves either the previous committed
 state or a ``running`` run with no result rows — never half a result — and
 :func:`recover_interrupted` turns such runs into ``failed`` (retryable) ones.
+
+Length: one job, the write path of results; its functions are the parts of one transaction.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ def run(args, settings) -> int:
 
     mirror = args.mirror if args.mirror is not None else (settings.mirror or None)
     out = run_single(settings=settings, pdb_id=args.pdb_id, mirror=mirror, resolution=args.resolution,
-                     force=args.force, params=pipeline_params(args))
+                     force=args.force, params=pipeline_params(args, settings))
     if args.json != "-":
         line = f"{out['pdb_id']}: {out['status']}"
         if out.get("verdict"):
