@@ -42,6 +42,7 @@ class Settings:
     emdb_files_url: str = "https://ftp.ebi.ac.uk/pub/databases/emdb/structures"
     mirror: str = ""
     max_resolution: float = 5.0
+    douse_max_resolution: float = 3.0
     max_map_mb: float = 2048.0
     concurrency: int = 2
     schedule_cron: str = "0 2 * * *"

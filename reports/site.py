@@ -43,8 +43,11 @@ import jinja2
 import numpy as np
 
 from rerefine.reports import plots
+from rerefine.reports.viewer import copy_viewer_assets
+from rerefine.reports.waters import waters_view
 from rerefine.common.atomicfile import write_atomic
 from rerefine.common.errors import InputError
+from rerefine.reports import entry_validation as ev
 from rerefine.reports.verdict import CC_MARGIN
 from rerefine.reports.verdict import finite_float as _f
 
@@ -107,6 +110,7 @@ def expected_q(resolution) -> float | None:
 # Unknown numeric metrics are shown with their own names after these (no better/worse colour).
 METRICS = {
     "cc_mask": ("CCmask", True, 3),
+    **ev.FIT_EXTRA,
     "cc_box": ("CCbox", True, 3),
     "cc_peaks": ("CCpeaks", True, 3),
     "cc_volume": ("CCvolume", True, 3),
@@ -124,17 +128,15 @@ GEOMETRY = {
     # library torsion targets include the alternatives refinement does not restrain (side-chain
     # rotamers, phi/psi): shown for information, without a better/worse tone
     "torsion_rmsd": ("RMSD torsions to library targets (°)", None, 1),
-    "clashscore": ("Clashscore", False, 2),
-    "rama_favored": ("Ramachandran favoured (%)", True, 2),
-    "rama_outliers": ("Ramachandran outliers (%)", False, 2),
-    "rotamer_outliers": ("Rotamer outliers (%)", False, 2),
 }
 # Numbers stored with the metrics that are not shown in the tables: shown elsewhere on the page,
 # or parameters and timings of the measurement rather than figures of the model.
 HIDDEN_METRICS = {"q_score_expected", "b_iso_before", "b_iso_after", "b_sharpen", "q_sigma", "resolution",
-                  "seconds"}
+                  "seconds"} | ev.NOT_IN_FIT_TABLE
 # Geometry figures shown as deltas in the index (when present).
 INDEX_GEOMETRY = ("bond_rmsd", "angle_rmsd", "nonbonded_overlaps")
+# Changes the archive page plots (fit gain against validation change), kept in the rows.
+ARCHIVE_DELTAS = ("cc_mask_input_b", "rama_favored_pct", "rotamer_outliers_pct", "clashscore")
 
 # Columns of the index data: key, header, kind (drives sorting/formatting in index.js).
 INDEX_COLUMNS = [
@@ -153,6 +155,7 @@ INDEX_COLUMNS = [
     ("d_angle_rmsd", "ΔRMSD angles (°)", "delta3"),
     ("d_nonbonded_overlaps", "ΔOverlaps", "delta0"),
     ("verdict", "Verdict", "text"),
+    ("verdict_gate", "Decided by", "text"),
     ("status", "Status", "text"),
     ("version", "Version", "text"),
 ]
@@ -234,6 +237,8 @@ def entry_view(d: dict) -> dict:
         "version": d.get("version"),
         "version_label": d.get("version_label"),
         "verdict_reasons": list(d.get("verdict_reasons") or []),
+        "verdict_gate": d.get("verdict_gate"),
+        "gates": ev.gate_rows(d.get("verdict_gates"), d.get("verdict_gate")),
         "history": list(d.get("history") or []),
         "git_commit": d.get("git_commit"),
         "parameters": d.get("parameters") or {},
@@ -245,6 +250,11 @@ def entry_view(d: dict) -> dict:
         "artefacts": list(d.get("artefacts") or []),
     }
     v["placement"] = _placement(metrics["before"].get("placement"))
+    v["waters"] = waters_view(metrics["after"].get("douse"))
+    refinement = metrics["after"].get("refinement") if isinstance(metrics["after"].get("refinement"), dict) else {}
+    v["warnings"] = [str(w) for w in refinement.get("warnings") or []] + \
+        [str(w) for w in metrics["after"].get("validation_warnings") or []]
+    v["contour_fallback"] = str(metrics["before"].get("contour_source") or "").startswith("default")
     eq = _f(metrics["before"].get("q_score_expected")) or _f(metrics["after"].get("q_score_expected"))
     v["expected_q"] = eq if eq is not None else expected_q(v["resolution"])
     return v
@@ -270,11 +280,12 @@ def index_row(v: dict) -> dict:
         "pdb_id": v["pdb_id"], "emdb_id": v["emdb_id"], "title": v["title"],
         "resolution": v["resolution"], "release_date": v["release_date"],
         "status": v["status"], "verdict": v["verdict"], "version": v["version"],
+        "verdict_gate": v["verdict_gate"],
     }
     for m in ("cc_mask", "q_score", "atom_inclusion"):
         row[m + "_before"] = _f(mb.get(m))
         row[m + "_after"] = _f(ma.get(m))
-    for g in INDEX_GEOMETRY:
+    for g in INDEX_GEOMETRY + ARCHIVE_DELTAS:
         row["d_" + g] = _delta(mb.get(g), ma.get(g))
     return row
 
@@ -539,11 +550,12 @@ class DatabaseSource:
             before = {n: r.get(f"{n}_before") for n in db.METRIC_COLUMNS}
             after = {n: r.get(f"{n}_after") for n in db.METRIC_COLUMNS}
             marker = None if changed is not None and r["pdb_id"] in changed else data_hash(
-                [r["run_id"], r["status"], r["verdict"], r["updated_at"], r["finished_at"], r["title"],
+                [r["run_id"], r["status"], r["verdict"], r["verdict_gate"], r["updated_at"], r["finished_at"], r["title"],
                  r["emdb_id"], r["resolution"], r["release_date"], r["version"], r["params_hash"]], "")
             out.append({"pdb_id": r["pdb_id"], "emdb_id": r["emdb_id"], "title": r["title"],
                         "resolution": r["resolution"], "release_date": r["release_date"],
                         "status": r["status"], "verdict": r["verdict"], "reason": r["reason"],
+                        "verdict_gate": r["verdict_gate"],
                         "version": r["version"],
                         "version_label": labels.get((r["version"], r["params_hash"]), r["version"]),
                         "metrics": {"before": before, "after": after},
@@ -621,6 +633,7 @@ def entry_from_detail(d: dict, version_label: str | None = None) -> dict:
     out.update({
         "status": run.get("status"), "verdict": run.get("verdict"), "reason": run.get("reason"),
         "verdict_reasons": run.get("verdict_reasons") or [],
+        "verdict_gate": run.get("verdict_gate"), "verdict_gates": run.get("verdict_gates") or [],
         "version": run.get("version"), "version_label": version_label or run.get("version"),
         "git_commit": run.get("git_commit"), "parameters": run.get("params") or {},
         "timings": run.get("timings") or {}, "host": run.get("host"),
@@ -763,6 +776,13 @@ def render_entry(b: SiteBuilder, v: dict) -> str:
         "emdb": emdb_url(v["emdb_id"]),
         "metric_rows": _metric_rows(v["metrics"]["before"], v["metrics"]["after"], METRICS, True),
         "geometry_rows": _metric_rows(v["metrics"]["before"], v["metrics"]["after"], GEOMETRY, False),
+        "validation_rows": _metric_rows(v["metrics"]["before"], v["metrics"]["after"], ev.VALIDATION, False),
+        "crossval_rows": _metric_rows(v["metrics"]["before"], v["metrics"]["after"], ev.CROSSVAL, False),
+        "changed_residues": ev.changed_residues(v["metrics"]["before"].get("validation_residues"),
+                                                v["metrics"]["after"].get("validation_residues")),
+        "rama_plots": ev.rama_plots(v["metrics"]["before"].get("validation_residues"),
+                                    v["metrics"]["after"].get("validation_residues")),
+        "rama_credit": ev.ramaplot.CREDIT,
         "residue_charts": _residue_charts(v),
         "scatter": _scatter_cc_q(v),
         "sharpening_chart": _sharpening_chart(v),
@@ -803,6 +823,17 @@ def render_archive(b: SiteBuilder, rows: list[dict]) -> str:
         "CCmask", "atom inclusion",
         [ser("deposited", "cc_mask_before", "atom_inclusion_before", "before"), ser("re-refined", "cc_mask_after", "atom_inclusion_after", "after")],
         width=480, height=400)
+    val_sc = []
+    for key, lab in (("d_rama_favored_pct", "Δ Ramachandran favoured (%)"), ("d_clashscore", "Δ clashscore")):
+        pts = [r for r in done if r.get(key) is not None and r.get("d_cc_mask_input_b") is not None]
+        series = [plots.Series(v, [r["d_cc_mask_input_b"] for r in pts if r["verdict"] == v],
+                               [r[key] for r in pts if r["verdict"] == v], f"v-{v}")
+                  for v in ("improved", "unchanged", "worse")]
+        val_sc.append(plots.scatter(
+            f"arch-val-{key}", f"CCmask gain against {lab[2:]} change",
+            f"{len(pts)} entries with validation before and after; x: CCmask of the re-refined coordinates "
+            f"with the input B-factors minus the deposited model's CCmask, y: {lab}; one point per entry, "
+            "by verdict.", "Δ CCmask (coordinates, input B)", lab, series, width=480, height=400))
     groups_cc, groups_q = [], []
     bins = []
     for lo, hi in RESOLUTION_BINS:
@@ -830,7 +861,8 @@ def render_archive(b: SiteBuilder, rows: list[dict]) -> str:
     for r in rows:
         status[r["status"]] = status.get(r["status"], 0) + 1
     return b.template("archive.html").render(root="", n_entries=len(rows), n_done=n, status=sorted(status.items()),
-                                             sc_q=sc_q, sc_ai=sc_ai, box_cc=box_cc, box_q=box_q, bins=bins)
+                                             sc_q=sc_q, sc_ai=sc_ai, box_cc=box_cc, box_q=box_q, bins=bins,
+                                             val_sc=val_sc)
 
 
 def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = True, jobs: int = 1) -> BuildReport:
@@ -868,6 +900,7 @@ def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = Tr
     b = SiteBuilder(Path(out_dir), full=full, copy_artefacts=copy_artefacts)
     b.out.mkdir(parents=True, exist_ok=True)
     b.static()
+    copy_viewer_assets(_static_dir(), b.out / "static")
     since = None if (full or not b.old) else b.old_started
     rows = []
     todo: list[tuple[dict, str]] = []

@@ -29,11 +29,13 @@ def add_pipeline_options(p) -> None:
     p.add_argument("--q-sigma", type=float, metavar="Å", help="Q-score reference width (default 0.6)")
 
 
-def pipeline_params(args):
+def pipeline_params(args, settings=None):
     from rerefine.flows.pipeline import PipelineParams
     from rerefine.common.errors import InputError
 
     p = PipelineParams()
+    if settings is not None:
+        p.douse_max_resolution = float(settings.douse_max_resolution)
     if args.cycles is not None:
         if args.cycles < 1:
             raise InputError("--cycles must be at least 1")
@@ -71,7 +73,7 @@ def run(args, settings) -> int:
         raise InputError("--limit must be at least 1")
     configure_prefect(settings.data_dir, quiet=args.json == "-")
     t = time.perf_counter()
-    params = pipeline_params(args)  # an invalid option stops the server again at exit
+    params = pipeline_params(args, settings)  # an invalid option stops the server again at exit
     params_s = time.perf_counter() - t
     t = time.perf_counter()
     from rerefine.flows.nightly import run_nightly
