@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _env(data_dir: Path, data: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RR_"))}
-    env.update(RR_DATA_DIR=str(data_dir), RR_TEST_DATA=str(data))
+    env.update(RR_DATA_DIR=str(data_dir), RR_TEST_DATA=str(data), RR_MONOMER_LIB=str(data / "monomers"))
     env.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba-cache"))
     return env
 

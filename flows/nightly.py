@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from prefect import flow, task
@@ -85,6 +85,21 @@ def douse_task(st, sharpened, box, resolution: float, monlib, params: PipelinePa
 @task(name="placement")
 def placement_task(st, sharpened, resolution: float):
     return pipeline.stage_placement(st, sharpened, resolution)
+
+
+@task(name="crossval")
+def crossval_task(job: EntryJob, st, box, resolution: float, monlib, params: PipelineParams, b_sharpen: float):
+    return pipeline.stage_entry_crossval(job, st, box, resolution, monlib, params, b_sharpen)
+
+
+@task(name="input-b-fit")
+def input_b_task(refined_st, st, box, resolution: float):
+    return pipeline.stage_input_b_fit(refined_st, st, box, resolution)
+
+
+@task(name="validation")
+def validation_task(st, monlib, top8000):
+    return pipeline.stage_validation(st, monlib, top8000)
 
 
 @task(name="diffmap")
@@ -181,6 +196,9 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
             placement = placement_task(st, sharp.map, res)
         with timed(timings, "refine"):
             ref = refine_task(st, sharp.map, box, res, ctx.get("monlib"), params)
+        # the coordinates' own fit is measured on the refined model before douse changes its waters:
+        # added waters carry refined B, which the CCmask-with-input-B figure must not reward
+        refined_coordinates = ref.structure
         with timed(timings, "douse"):
             ref.structure, waters, geometry = douse_task(ref.structure, sharp.map, box, res, ctx.get("monlib"),
                                                          params)
@@ -197,6 +215,15 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
                       "b_sharpen": sharp.b_sharpen, "sharpen_method": sharp.method})
         with timed(timings, "sharpen"):
             after["sharpening"] = {"radial": pipeline.radial_profiles(box, sharp.map)}
+        with timed(timings, "crossval"):
+            cv = crossval_task(job, st, box, res, ctx.get("monlib"), params, sharp.b_sharpen)
+        with timed(timings, "metrics_after"):
+            cc_input_b = input_b_task(refined_coordinates, st, box, res)
+        pipeline.add_fit_figures(before, after, cc_mask_input_b=cc_input_b, crossval=cv,
+                                 warnings=job.metadata.setdefault("warnings", []))
+        with timed(timings, "validation"):
+            before.update(validation_task(st, ctx.get("monlib"), ctx.get("top8000")))
+            after.update(validation_task(ref.structure, ctx.get("monlib"), ctx.get("top8000")))
         after["refinement"] = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles,
                                "rmsd_moved": ref.rmsd_moved,
                                "warnings": (job.metadata.get("warnings", []) + list(ref.warnings))[:20]}
@@ -221,9 +248,12 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
                                started_at=started)
         from rerefine.reports.verdict import decide
 
-        verdict = decide(before, after).verdict
-        return {"pdb_id": job.pdb_id, "status": "done", "verdict": verdict, "reason": "", "timings": timings,
-                "cc_mask_before": before["cc_mask"], "cc_mask_after": after["cc_mask"]}
+        judged = decide(before, after)
+        return {"pdb_id": job.pdb_id, "status": "done", "verdict": judged.verdict, "verdict_gate": judged.gate,
+                "verdict_reasons": judged.reasons, "reason": "", "timings": timings,
+                "cc_mask_before": before["cc_mask"], "cc_mask_after": after["cc_mask"],
+                "cc_mask_input_b_after": after.get("cc_mask_input_b"),
+                "warnings": list(after["refinement"]["warnings"])}
     except RerefineError as exc:
         reason = str(exc)
     except MemoryError:
@@ -282,8 +312,8 @@ def without_heartbeats():
     """Settings context with Prefect's flow-run heartbeats off.
 
     Heartbeats let a Prefect server notice crashed runs; each (sub-)flow run pays for its
-    heartbeat thread with a join of up to a second at exit, which was 60 % of Prefect's
-    per-entry cost here. Our own crash detection is the database's ``running`` state
+    heartbeat thread with a join of up to a second at exit. Our own crash detection is the
+    database's ``running`` state
     (:func:`rerefine.reports.store.recover_interrupted`), so runs without a Prefect server
     turn them off. Dask workers inherit the setting with each submitted task.
     """
@@ -292,6 +322,7 @@ def without_heartbeats():
 
 # Modules every entry's stages import on first use (numpy, scipy, gemmi, numba and our kernels).
 STAGE_MODULES = ("rerefine.refine.sharpen", "rerefine.refine.douse", "rerefine.refine.fsc", "rerefine.refine.geometry",
+                 "rerefine.refine.crossval", "rerefine.refine.validation",
                  "rerefine.refine.realspace", "rerefine.refine.metrics", "rerefine.refine.diffmap",
                  "rerefine.reports.store", "rerefine.reports.verdict", "rerefine.reports.site",
                  "rerefine.harvester.harvest")
@@ -320,8 +351,8 @@ def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, wo
     """Harvest, process every accepted entry, rebuild the site; return the summary dict."""
     import os
 
-    params = params or PipelineParams()
-    s = _settings_dict(settings)
+    s = run_settings(settings)
+    params = replace(params or PipelineParams(), monomer_library=pipeline.monomer_library_identity(s["monlib"]))
     setup = prepare_run(s["database"])
     prefect_startup = {"api_url": os.environ.get("PREFECT_API_URL") or "ephemeral"}
     runner = make_task_runner(workers, dask_address)
@@ -338,10 +369,12 @@ def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, wo
     return summary
 
 
-def _settings_dict(settings) -> dict:
+def run_settings(settings) -> dict:
+    """The settings a run needs, as plain data (it travels to Dask workers and Prefect)."""
     return {
         "database": settings.database, "downloads": str(settings.downloads), "site_dir": str(settings.site_dir),
         "monlib": str(settings.monomer_library) if settings.monomer_library else None,
+        "top8000": str(settings.top8000_dir),
         "data_dir": str(Path(settings.data_dir).resolve()),
         "search_url": settings.rcsb_search_url, "data_url": settings.rcsb_data_url,
         "files_url": settings.rcsb_files_url, "emdb_api_url": settings.emdb_api_url,
@@ -352,7 +385,8 @@ def _settings_dict(settings) -> dict:
 
 def _entry_ctx(s: dict, params: dict, force: bool, mirror) -> dict:
     """What every per-entry flow needs from the settings (plain data: it travels to Dask workers)."""
-    return {"database": s["database"], "out_root": s["data_dir"], "monlib": s["monlib"], "version": __version__,
+    return {"database": s["database"], "out_root": s["data_dir"], "monlib": s["monlib"],
+            "top8000": s.get("top8000"), "version": __version__,
             "params": params, "force": force, "cache_dir": s["downloads"], "mirror": str(mirror or ""),
             "files_url": s["files_url"], "emdb_files_url": s["emdb_files_url"]}
 
@@ -477,8 +511,8 @@ def run_single(*, settings, pdb_id: str, mirror=None, resolution: float | None =
     from rerefine.harvester import harvest
     from rerefine.reports import db
 
-    s = _settings_dict(settings)
-    params = params or PipelineParams()
+    s = run_settings(settings)
+    params = replace(params or PipelineParams(), monomer_library=pipeline.monomer_library_identity(s["monlib"]))
     cand = harvest.candidate_for(pdb_id, data_url=s["data_url"], emdb_api_url=s["emdb_api_url"], mirror=mirror,
                                  max_resolution=s["max_resolution"], max_map_mb=s["max_map_mb"],
                                  accept_unknown_resolution=resolution is not None, cache_dir=s["downloads"])

@@ -65,13 +65,15 @@ class Settings:
 
     @property
     def monomer_library(self) -> Path | None:
-        """Monomer library: RR_MONOMER_LIB, then CLIBD_MON, then the test data's subset."""
+        """Monomer library: RR_MONOMER_LIB, then CLIBD_MON (CCP4's own variable), else None.
+
+        Never the test data's subset unless RR_MONOMER_LIB names it: with that subset residues
+        outside it (most ligands) would silently stay fixed."""
         if self.monomer_lib:
             return Path(self.monomer_lib)
         if os.environ.get("CLIBD_MON"):
             return Path(os.environ["CLIBD_MON"])
-        sub = self.test_data_dir / "monomers"
-        return sub if sub.is_dir() else None
+        return None
 
     @property
     def top8000_dir(self) -> Path:

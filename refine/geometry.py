@@ -20,19 +20,25 @@ buffers are summed at the end. A single parallel region per evaluation matters o
 machine: every region entry waits for all worker threads to be scheduled. Models below
 :data:`rerefine.refine.threads.PARALLEL_MIN_ATOMS` (and any model when ``NUMBA_NUM_THREADS=1``)
 take the serial driver unless ``parallel=True`` is asked for.
+
+Length: the kernels of every restraint term are called from the one restraint pass
+(:func:`_pass_chunk`), and the statistics reuse them; they stay together.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 from numba import njit, prange
 
 from .nonbonded import CLASH_OVERLAP, SIGMA_NB, count_overlaps, nonbonded_range, probe_radii
-from .restraints import Restraints
 from .threads import use_parallel
+
+if TYPE_CHECKING:  # annotations only: restraints.py uses this module's kernels (no import cycle)
+    from .restraints import Restraints
 
 RAD = math.pi / 180.0
 DEG = 180.0 / math.pi
@@ -507,7 +513,8 @@ def restraint_energy_gradient(r: Restraints, xyz: np.ndarray, *, parallel: bool 
 
 
 @njit(cache=True)
-def _bond_devs(xyz, idx, ideal):
+def bond_devs(xyz, idx, ideal):
+    """Bond length minus its ideal (Å) of each bond ``idx`` (M, 2) at coordinates ``xyz`` (N, 3, Å)."""
     out = np.empty(ideal.shape[0])
     for k in range(ideal.shape[0]):
         i = idx[k, 0]
@@ -518,7 +525,8 @@ def _bond_devs(xyz, idx, ideal):
 
 
 @njit(cache=True)
-def _angle_devs(xyz, idx, ideal):
+def angle_devs(xyz, idx, ideal):
+    """Bond angle minus its ideal (degrees) of each angle ``idx`` (M, 3; vertex in the middle)."""
     out = np.empty(ideal.shape[0])
     for k in range(ideal.shape[0]):
         i = idx[k, 0]
@@ -533,7 +541,8 @@ def _angle_devs(xyz, idx, ideal):
 
 
 @njit(cache=True)
-def _torsion_devs(xyz, idx, ideal, period):
+def torsion_devs(xyz, idx, ideal, period):
+    """Torsion angle minus its ideal (degrees), folded into ±180/period, of each torsion ``idx`` (M, 4)."""
     out = np.empty(ideal.shape[0])
     dg = np.empty((4, 3))
     for k in range(ideal.shape[0]):
@@ -594,10 +603,10 @@ def geometry_stats(r: Restraints, xyz: np.ndarray) -> dict:
         (deg), ``n_bonds``, ``n_angles``, ``n_torsions``, ``n_chirals``, ``n_planes``.
     """
     xyz = _check_xyz(r, xyz)
-    bd = _bond_devs(xyz, r.bonds.idx, r.bonds.ideal)
-    ad = _angle_devs(xyz, r.angles.idx, r.angles.ideal)
+    bd = bond_devs(xyz, r.bonds.idx, r.bonds.ideal)
+    ad = angle_devs(xyz, r.angles.idx, r.angles.ideal)
     tmask = r.torsions.sigma > 0
-    td = _torsion_devs(xyz, r.torsions.idx[tmask], r.torsions.ideal[tmask], r.torsions.period[tmask])
+    td = torsion_devs(xyz, r.torsions.idx[tmask], r.torsions.ideal[tmask], r.torsions.period[tmask])
     cd = _chiral_devs(xyz, r.chirals.idx, r.chirals.ideal, r.chirals.both)
     pd = _plane_devs(xyz, r.planes.atoms, r.planes.offsets)
     nb = r.nonbonded
@@ -638,6 +647,6 @@ def bond_angle_rmsds(r: Restraints, xyz: np.ndarray, *, heavy_only: bool = False
         ka = heavy[a_idx].all(axis=1)
         b_idx, b_ideal = np.ascontiguousarray(b_idx[kb]), b_ideal[kb]
         a_idx, a_ideal = np.ascontiguousarray(a_idx[ka]), a_ideal[ka]
-    bd = _bond_devs(xyz, b_idx, b_ideal)
-    ad = _angle_devs(xyz, a_idx, a_ideal)
+    bd = bond_devs(xyz, b_idx, b_ideal)
+    ad = angle_devs(xyz, a_idx, a_ideal)
     return {"bond_rmsd": _rms(bd), "angle_rmsd": _rms(ad), "n_bonds": int(bd.size), "n_angles": int(ad.size)}

@@ -1012,14 +1012,14 @@ def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, targ
 
 def _chain_rmsd(r, xyz: np.ndarray, sel: np.ndarray) -> tuple[float, float] | None:
     """Bond and angle RMSD (Å, deg) of the restraints whose first atom is selected."""
-    from .geometry import _angle_devs, _bond_devs
+    from .geometry import angle_devs, bond_devs
 
     bsel = sel[r.bonds.idx[:, 0]]
     asel = sel[r.angles.idx[:, 0]]
     if not bsel.any() or not asel.any():
         return None
-    bd = _bond_devs(xyz, np.ascontiguousarray(r.bonds.idx[bsel]), r.bonds.ideal[bsel])
-    ad = _angle_devs(xyz, np.ascontiguousarray(r.angles.idx[asel]), r.angles.ideal[asel])
+    bd = bond_devs(xyz, np.ascontiguousarray(r.bonds.idx[bsel]), r.bonds.ideal[bsel])
+    ad = angle_devs(xyz, np.ascontiguousarray(r.angles.idx[asel]), r.angles.ideal[asel])
     return float(np.sqrt(np.mean(bd ** 2))), float(np.sqrt(np.mean(ad ** 2)))
 
 

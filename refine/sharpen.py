@@ -50,6 +50,9 @@ Target B_iso. The default method (``target="target_b"``, phenix's ``target_b_iso
 profile and correcting on the actual coefficients. The adjusted-surface-area search
 (``target="adjusted_sa"``) has no fixed target; its score can have near-equal maxima far apart in
 B, which is why it is an option, not the default (figures: ``benchmarks/bench_sharpen.py``).
+
+Length: one job, global sharpening; its modes (target B, surface-area search, half-map and model
+scaling) share one transform, one radial profile and one scoring box.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def reference(test_data):
     return json.loads((test_data / "reference" / "cctbx_reference.json").read_text())
 
 
-def test_metrics_cli_json(zone, reference, tmp_path):
+def test_metrics_cli_json(zone, reference, tmp_path, capsys):
     model, mp, res = zone
     out = tmp_path / "m.json"
     # no --resolution: the model states 3.9 Å (_em_3d_reconstruction)
@@ -45,6 +45,7 @@ def test_metrics_cli_json(zone, reference, tmp_path):
     row = got["per_residue"][0]
     assert set(row) == {"chain", "seq", "icode", "resname", "cc", "q_score", "atom_inclusion"}
     assert got["contour_source"].startswith("default")
+    assert "WARNING" in capsys.readouterr().err  # the fallback contour is said loudly
     # atom inclusion at the reported contour, computed by gemmi alone (7CEC chain A: all amino acids)
     assert got["atom_inclusion"] == pytest.approx(gemmi_inclusion(model, mp, got["contour"]), abs=1e-12)
     assert got["atom_inclusion_backbone"] == pytest.approx(
@@ -55,8 +56,9 @@ def test_metrics_cli_contour_and_stdout(zone, capsys):
     model, mp, res = zone
     assert main(["-q", "metrics", str(model), str(mp), "--resolution", "3.9", "--contour", "0.03",
                  "--q-sigma", "0.4", "--json", "-"]) == 0
-    got = json.loads(capsys.readouterr().out)
-    assert got["contour"] == 0.03 and got["contour_source"] == "user"
+    cap = capsys.readouterr()
+    got = json.loads(cap.out)
+    assert got["contour"] == 0.03 and got["contour_source"] == "user" and "WARNING" not in cap.err
     assert got["q_sigma"] == 0.4
     assert got["q_score_expected"] == pytest.approx(-0.1866 * 3.9 + 1.1242, abs=1e-6)
 

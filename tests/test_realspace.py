@@ -501,5 +501,7 @@ def test_fit_map_keeps_b_factors_on_the_deposited_map(p3ajo, monlib):
     sharp = sharpen.auto_sharpen(dmap, res).map
     r = refine_model(st, sharp, res, monlib, fit_map=dmap)
     assert r.status == "ok" and r.adp is not None
+    # threshold read off an earlier run on this same pair (measured 0.865; the pairs here also tuned
+    # the refinement's parameters): 0.01 below it, and well above the deposited model's 0.818
     assert _cc_mask(r.structure, dmap, res) >= 0.855
     assert r.geometry_after["bond_rmsd"] <= 0.02 and r.geometry_after["angle_rmsd"] <= 2.0

@@ -13,6 +13,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rerefine.reports import plots, site
@@ -468,3 +469,64 @@ def test_site_build_from_the_database_through_the_cli(tmp_path, capsys):
     r = site.build_site(site.DatabaseSource(engine), out)
     assert f"entry/{site.page_slug(entries[1]['pdb_id'])}.html" in r.written
     engine.dispose()
+
+
+# ----------------------------------------------------------------------------- gates, validation, Rama plots
+
+def test_entry_page_gates_validation_and_ramachandran(tmp_path):
+    from rerefine.reports import verdict
+
+    rng = random.Random(3)
+    e = make_entry(0, rng, status="done")
+    b, a = e["metrics"]["before"], e["metrics"]["after"]
+    val = {"rama_favored_pct": 96.0, "rama_outliers": 1, "rotamer_outliers_pct": 1.0, "clashscore": 5.0,
+           "cbeta_outliers": 0}
+    b.update(val, contour_source="default: level enclosing 17 Å³ per non-H atom")
+    a.update(val, rama_outliers=2, cc_mask_input_b=b["cc_mask"] + 0.02)
+    rows_b = [{"chain": "A", "seq": k, "icode": "", "resname": "ALA", "phi": -60.0 + k, "psi": -45.0,
+               "rama": "favored", "rotamer": None, "cbeta_dev": 0.05} for k in range(1, 6)]
+    rows_b.append({"chain": "A", "seq": 6, "icode": "", "resname": "<X>", "phi": 60.0, "psi": -120.0,
+                   "rama": "outlier", "rotamer": "favored", "cbeta_dev": 0.3})
+    rows_a = [dict(r) for r in rows_b]
+    rows_a[0].update(phi=70.0, psi=-100.0, rama="outlier")
+    rows_a[5].update(rotamer="outlier", cbeta_dev=0.1)
+    b["validation_residues"], a["validation_residues"] = rows_b, rows_a
+    v = verdict.decide(b, a)
+    assert (v.verdict, v.gate) == ("worse", "validation")
+    e.update(verdict=v.verdict, verdict_gate=v.gate, verdict_reasons=v.reasons,
+             verdict_gates=[{"name": g.name, "status": g.status, "detail": g.detail} for g in v.gates])
+    out = tmp_path / "site"
+    site.build_site(site.DictSource([e]), out, copy_artefacts=False)
+    page = out / "entry" / f"{site.page_slug(e['pdb_id'])}.html"
+    html = page.read_text(encoding="utf-8")
+    text = text_of(page)
+    assert "decided by the validation gate" in text and "Ramachandran outliers 1 -> 2" in text
+    assert "Validation (MolProbity-class) (decided)" in text
+    assert "no EMDB recommended contour level" in text  # the fallback is said loudly
+    assert "Williams et al. (2018)" in text and "CC-BY 4.0" in text  # Top8000 credited
+    doc = parse(page)
+    rama = [t for t in doc.tags if t[0] == "svg" and "rama" in t[1].get("class", "")]
+    assert len(rama) == 2
+    assert html.count('class="rama-out"') == 1 + 2  # one outlier before, two after
+    assert "<X>" not in html and "&lt;X&gt;" in html  # residue names are escaped
+    assert "Residues whose class changed in re-refinement (3)" in text  # Rama of 1, rotamer and C-beta of 6
+    # the index carries the deciding gate
+    assert "validation" in (out / "data" / "index.js").read_text()
+    # labels nothing computes are gone: no Ramachandran/rotamer rows in the geometry table
+    assert not {"clashscore", "rama_favored", "rama_outliers", "rotamer_outliers"} & set(site.GEOMETRY)
+
+
+def test_ramachandran_regions_from_top8000():
+    from rerefine.reports import entry_validation, ramaplot
+
+    g = np.zeros((4, 3))
+    g[1:3, 0] = 0.05
+    g[0, 2] = 0.001
+    assert ramaplot.region_runs(g, ramaplot.FAVOURED) == [(0, 1, 2)]
+    assert ramaplot.region_runs(g, ramaplot.ALLOWED) == [(0, 1, 2), (2, 0, 1)]
+    grid = entry_validation.general_rama_grid()
+    assert grid.shape == (180, 180)
+    cell = lambda phi, psi: grid[int((phi + 180) // 2), int((psi + 180) // 2)]  # noqa: E731
+    # alpha helix and beta strand are favoured; (phi 0, psi 0) and (-60, -120) are outside even allowed
+    assert cell(-63, -43) >= ramaplot.FAVOURED and cell(-120, 130) >= ramaplot.FAVOURED
+    assert cell(0, 0) < ramaplot.ALLOWED and cell(-60, -120) < ramaplot.ALLOWED

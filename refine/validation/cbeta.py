@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 
 from .residues import ProteinResidue
 
@@ -29,17 +30,19 @@ _IDEAL = {
 _IDEAL_OTHER = (1.530, 110.1, 122.8, 110.5, -122.6)
 
 
-def place_fourth(a, b, c, dist, angle, dihed) -> np.ndarray:
+@njit(cache=True)
+def place_fourth(a, b, c, dist, angle, dihed):
     """Point d with |c-d| = dist, angle b-c-d = angle and dihedral a-b-c-d = dihed (Å, degrees)."""
     bc = c - b
-    bc = bc / np.linalg.norm(bc)
-    n = np.cross(b - a, bc)
-    n = n / np.linalg.norm(n)
-    m = np.cross(n, bc)
+    bc = bc / math.sqrt(bc[0] ** 2 + bc[1] ** 2 + bc[2] ** 2)
+    ab = b - a
+    n = np.array([ab[1] * bc[2] - ab[2] * bc[1], ab[2] * bc[0] - ab[0] * bc[2], ab[0] * bc[1] - ab[1] * bc[0]])
+    n = n / math.sqrt(n[0] ** 2 + n[1] ** 2 + n[2] ** 2)
+    m = np.array([n[1] * bc[2] - n[2] * bc[1], n[2] * bc[0] - n[0] * bc[2], n[0] * bc[1] - n[1] * bc[0]])
     th = math.radians(angle)
     ph = math.radians(dihed)
-    d2 = np.array([-dist * math.cos(th), dist * math.sin(th) * math.cos(ph), dist * math.sin(th) * math.sin(ph)])
-    return c + d2[0] * bc + d2[1] * m + d2[2] * n
+    return (c - dist * math.cos(th) * bc + dist * math.sin(th) * math.cos(ph) * m
+            + dist * math.sin(th) * math.sin(ph) * n)
 
 
 def ideal_cb(r: ProteinResidue) -> np.ndarray | None:

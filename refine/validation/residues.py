@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import gemmi
 import numpy as np
+from numba import njit
 
 #: Longest C(i-1)-N(i) distance (Å) still taken as a peptide bond.
 MAX_PEPTIDE_BOND = 2.0
@@ -101,19 +102,27 @@ def protein_residues(model: gemmi.Model) -> list[ProteinResidue]:
     return out
 
 
-def dihedral(p0, p1, p2, p3) -> float:
-    """Dihedral angle p0-p1-p2-p3 in degrees, (-180, 180] (IUPAC sign convention)."""
-    b0 = p0 - p1
-    b1 = p2 - p1
-    b2 = p3 - p2
-    n1 = np.linalg.norm(b1)
-    if n1 == 0:
+@njit(cache=True)
+def dihedral(p0, p1, p2, p3):
+    """Dihedral angle p0-p1-p2-p3 in degrees, (-180, 180] (IUPAC sign convention); NaN if undefined."""
+    b0x, b0y, b0z = p0[0] - p1[0], p0[1] - p1[1], p0[2] - p1[2]
+    b1x, b1y, b1z = p2[0] - p1[0], p2[1] - p1[1], p2[2] - p1[2]
+    b2x, b2y, b2z = p3[0] - p2[0], p3[1] - p2[1], p3[2] - p2[2]
+    n1 = math.sqrt(b1x * b1x + b1y * b1y + b1z * b1z)
+    if n1 == 0.0:
         return math.nan
-    b1 = b1 / n1
-    v = b0 - np.dot(b0, b1) * b1
-    w = b2 - np.dot(b2, b1) * b1
-    x = float(np.dot(v, w))
-    y = float(np.dot(np.cross(b1, v), w))
+    b1x /= n1
+    b1y /= n1
+    b1z /= n1
+    d0 = b0x * b1x + b0y * b1y + b0z * b1z
+    d2 = b2x * b1x + b2y * b1y + b2z * b1z
+    vx, vy, vz = b0x - d0 * b1x, b0y - d0 * b1y, b0z - d0 * b1z
+    wx, wy, wz = b2x - d2 * b1x, b2y - d2 * b1y, b2z - d2 * b1z
+    x = vx * wx + vy * wy + vz * wz
+    cx = b1y * vz - b1z * vy
+    cy = b1z * vx - b1x * vz
+    cz = b1x * vy - b1y * vx
+    y = cx * wx + cy * wy + cz * wz
     if x == 0.0 and y == 0.0:
         return math.nan
     return math.degrees(math.atan2(y, x))
