@@ -46,12 +46,22 @@ def measure(name, st, other, dmap, diff, out: Path) -> dict:
 def site_build_cost(n: int, repeats: int) -> dict:
     import shutil
     import statistics
+    from importlib import resources
+
+    import jinja2
 
     from rerefine.reports import site
     from test_site import make_entries
 
     entries = make_entries(n, seed=3, n_res=300)
-    orig_tpl, orig_copy = site._template_dir(), site.copy_viewer_assets
+    orig_tpl = Path(str(resources.files("rerefine.site"))) / "templates"
+    orig_env, orig_copy = site.make_environment, site.copy_viewer_assets
+
+    def bare_env():
+        env = orig_env()
+        env.loader = jinja2.FileSystemLoader(str(bare))
+        return env
+
     times = {"with": [], "without": []}
     with tempfile.TemporaryDirectory() as tmp:
         bare = Path(tmp) / "tpl"
@@ -62,7 +72,7 @@ def site_build_cost(n: int, repeats: int) -> dict:
         try:
             for rep in range(repeats):
                 for mode in ("without", "with"):
-                    site._template_dir = (lambda: bare) if mode == "without" else (lambda: orig_tpl)
+                    site.make_environment = bare_env if mode == "without" else orig_env
                     site.copy_viewer_assets = (lambda *a: False) if mode == "without" else orig_copy
                     out = Path(tmp) / f"{mode}-{rep}"
                     t0 = time.perf_counter()
@@ -70,7 +80,7 @@ def site_build_cost(n: int, repeats: int) -> dict:
                     times[mode].append(time.perf_counter() - t0)
                     shutil.rmtree(out)
         finally:
-            site._template_dir, site.copy_viewer_assets = lambda: orig_tpl, orig_copy
+            site.make_environment, site.copy_viewer_assets = orig_env, orig_copy
     med = {k: statistics.median(v) for k, v in times.items()}
     row = {"entries": n, "seconds_with": round(med["with"], 2), "seconds_without": round(med["without"], 2),
            "ratio": round(med["with"] / med["without"], 3), "runs": times}
