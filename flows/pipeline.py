@@ -116,6 +116,13 @@ def stage_load(job: EntryJob):
     return st, dmap, float(res)
 
 
+def contour_outside_map(level: float, dmap: mapio.DensityMap) -> bool:
+    """True when a recommended contour level cannot be a level of this map: not finite, or not
+    strictly between the map's minimum and maximum (every atom, or none, would count as inside)."""
+    level = float(level)
+    return not np.isfinite(level) or not (float(dmap.data.min()) < level < float(dmap.data.max()))
+
+
 def stage_box(st, dmap: mapio.DensityMap, padding: float = BOX_PADDING) -> mapio.DensityMap:
     """The part of the map around the model (absolute frame kept)."""
     return mapio.cut_box(dmap, modelio.atom_positions(st), padding=padding)
