@@ -173,8 +173,12 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
                            status="failed", reason=reason)
         return {"pdb_id": job.pdb_id, "status": "failed", "reason": reason, "timings": timings}
     with timed(timings, "bookkeeping"):
-        if not ctx.get("force") and store.is_done(engine, pdb_id=job.pdb_id, pipeline_version=ctx["version"],
-                                                  params=params.to_dict(), input_files=files):
+        before = None if ctx.get("force") else store.previous_outcome(
+            engine, pdb_id=job.pdb_id, pipeline_version=ctx["version"], params=params.to_dict(), input_files=files)
+        if before is not None and before[0] == "failed":  # the same inputs and version would fail again
+            return {"pdb_id": job.pdb_id, "status": "failed", "timings": timings,
+                    "reason": f"{before[1]} (not retried: same inputs and pipeline version; --force redoes it)"}
+        if before is not None:
             return {"pdb_id": job.pdb_id, "status": "cached", "reason": "", "timings": timings}
         store.mark_running(engine, entry=entry, pipeline_version=ctx["version"], params=params.to_dict(),
                            input_files=files, host=socket.gethostname())
@@ -234,16 +238,17 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
         return {"pdb_id": job.pdb_id, "status": "done", "verdict": verdict, "reason": "", "timings": timings,
                 "cc_mask_before": before["cc_mask"], "cc_mask_after": after["cc_mask"]}
     except RerefineError as exc:
-        reason = str(exc)
+        reason, transient = str(exc), bool(getattr(exc, "transient", False))
     except MemoryError:
-        reason = f"{job.pdb_id}: out of memory"
+        reason, transient = f"{job.pdb_id}: out of memory", True
     except OSError as exc:  # e.g. a full disk while writing outputs
-        reason = f"{job.pdb_id}: {exc.strerror or exc} ({getattr(exc, 'filename', '') or 'I/O'})"
+        reason, transient = f"{job.pdb_id}: {exc.strerror or exc} ({getattr(exc, 'filename', '') or 'I/O'})", True
     except Exception as exc:  # a bug must not stop the nightly run; keep its cause on record
         log.error("%s: internal error\n%s", job.pdb_id, traceback.format_exc())
-        reason = f"{job.pdb_id}: internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+        reason, transient = f"{job.pdb_id}: internal error: {type(exc).__name__}: {exc}".splitlines()[0], False
     store.store_result(engine, entry=entry, pipeline_version=ctx["version"], params=params.to_dict(),
-                       status="failed", reason=reason, timings=timings, input_files=files, started_at=started)
+                       status="failed", reason=reason, timings=timings, input_files=files, started_at=started,
+                       transient=transient)
     return {"pdb_id": job.pdb_id, "status": "failed", "reason": reason, "timings": timings}
 
 
