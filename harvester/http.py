@@ -19,7 +19,7 @@ statuses in :data:`RETRY_STATUS` (back-off doubling from ``backoff``, capped at 
 ``Retry-After`` in seconds or as an HTTP date, capped likewise). A body that drops mid-way resumes
 with ``Range`` (guarded by ``If-Range``). 404/410 raise :class:`NotFound`; other answers >= 400 are
 final. Time: ``timeout`` bounds the connection and every single read (idle time), ``total_timeout``
-one whole call (all attempts).
+one whole call (all attempts; exceeding it is final for the call: the ``.part`` is kept for a resume).
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 class NotFound(ArchiveError):
     """The server answered 404 or 410: the file does not exist there (final)."""
+
+
+class BadContent(ArchiveError):
+    """The bytes themselves are wrong or too many (size, gzip, a cap): final, nothing is kept."""
 
 
 class _Drop(Exception):
@@ -217,7 +221,7 @@ class HttpClient:
                 yield piece
                 if time.monotonic() > deadline:
                     raise ArchiveError(f"{what}: took longer than the {self.total_timeout:g} s limit "
-                                       f"({r.url})", transient=True)
+                                       f"({r.url})")  # not retried tonight: a stalled server stays stalled
         except (Urllib3Error, requests.RequestException, OSError) as exc:
             raise _Drop(f"connection dropped ({_one_line(exc)})") from None
 
@@ -225,7 +229,7 @@ class HttpClient:
         deadline = time.monotonic() + self.total_timeout
         for k in range(self.retries + 1):
             if time.monotonic() > deadline:
-                raise ArchiveError(f"{what}: took longer than the {self.total_timeout:g} s limit", transient=True)
+                raise ArchiveError(f"{what}: took longer than the {self.total_timeout:g} s limit")
             try:
                 return fn(deadline)
             except _Drop as exc:
@@ -323,11 +327,10 @@ class HttpClient:
                            f"size {size} B differs from the expected {expected_size} B"
                            if expected_size not in (None, size) else st["gz"] and st["gz"].result())
                 if problem:
-                    raise ArchiveError(f"{what}: {problem} ({url})")
-            except ArchiveError as exc:
-                if not exc.transient:  # broken content comes back the same: keep nothing
-                    part.unlink(missing_ok=True)
-                    meta_path.unlink(missing_ok=True)
+                    raise BadContent(f"{what}: {problem} ({url})")
+            except (BadContent, NotFound):  # the same bytes would come again: keep nothing
+                part.unlink(missing_ok=True)
+                meta_path.unlink(missing_ok=True)
                 raise
             digest = st["sha"].hexdigest()
             obj = cache / "objects" / digest[:2] / digest
@@ -342,12 +345,17 @@ class HttpClient:
     def _take(self, st: dict, piece: bytes, what: str, url: str, max_bytes: int | None) -> None:
         st["have"] += len(piece)
         if max_bytes is not None and st["have"] > max_bytes:
-            raise ArchiveError(f"{what}: more than the {max_bytes / 2**20:g} MiB limit ({url})")
+            raise BadContent(f"{what}: more than the {max_bytes / 2**20:g} MiB limit ({url})")
         st["sha"].update(piece)
         if st["gz"] is not None:
             st["gz"].feed(piece)
             if st["gz"].failed:
-                raise ArchiveError(f"{what}: {st['gz'].result()} ({url})")
+                raise BadContent(f"{what}: {st['gz'].result()} ({url})")
+
+    @staticmethod
+    def _restart(st: dict, part: Path) -> None:
+        st.update(have=0, sha=hashlib.sha256(), gz=st["gz"] and GzipCheck(st["gz"].max_inflated))
+        part.unlink(missing_ok=True)
 
     def _attempt(self, url, what, part: Path, meta_path: Path, st: dict, deadline, max_bytes, progress) -> None:
         meta = _read_json(meta_path) or {}
@@ -361,12 +369,13 @@ class HttpClient:
             if r.status_code == 206:
                 start, _, end_total = r.headers.get("Content-Range", "").partition("-")
                 total = _int(end_total.partition("/")[2])
-                if _int(start.rpartition(" ")[2]) != have:
-                    raise ArchiveError(f"{what}: server resumed at {start!r}, not byte {have} ({url})", transient=True)
+                if _int(start.rpartition(" ")[2]) != have:  # do not splice: start over on the next attempt
+                    self._restart(st, part)
+                    raise _Drop(f"server resumed at {start!r}, not byte {have}")
             elif have:  # the server ignored the Range: start again from byte 0
-                st.update(have=0, sha=hashlib.sha256(), gz=st["gz"] and GzipCheck(st["gz"].max_inflated))
+                self._restart(st, part)
             if max_bytes is not None and total is not None and total > max_bytes:
-                raise ArchiveError(f"{what}: announces {total / 2**20:.1f} MiB, over the "
+                raise BadContent(f"{what}: announces {total / 2**20:.1f} MiB, over the "
                                    f"{max_bytes / 2**20:g} MiB limit ({url})")
             write_atomic(meta_path, json.dumps({"total": total, "etag": r.headers.get("ETag"),
                                                 "last_modified": r.headers.get("Last-Modified")}))
@@ -381,7 +390,7 @@ class HttpClient:
                         if progress:
                             progress(st["have"], total)
             except OSError as exc:
-                raise ArchiveError(f"{what}: cannot write cache ({_one_line(exc)})") from None
+                raise BadContent(f"{what}: cannot write cache ({_one_line(exc)})") from None
             if total is not None and st["have"] < total:
                 raise _Drop(f"connection closed at byte {st['have']} of {total}")
 
