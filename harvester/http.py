@@ -217,7 +217,8 @@ class HttpClient:
     def _body(self, r: requests.Response, deadline: float, what: str):
         """The raw body in pieces; a drop or idle read raises :class:`_Drop`, the deadline ArchiveError."""
         try:
-            for piece in r.raw.stream(self.chunk_size, decode_content=False):
+            # read1: whatever has arrived (up to a chunk), so a trickle cannot hold a read past the deadline
+            while piece := r.raw.read1(self.chunk_size, decode_content=False):
                 yield piece
                 if time.monotonic() > deadline:
                     raise ArchiveError(f"{what}: took longer than the {self.total_timeout:g} s limit "

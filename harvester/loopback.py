@@ -204,8 +204,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        gz = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS) if fault[0] == "endless_gzip" else None
-        piece = gz.compress(bytes(1 << 20)) + gz.flush(zlib.Z_SYNC_FLUSH) if gz else (fault[1] or b"x" * 65536)
+        piece = fault[1] or b"x" * 65536
+        if fault[0] == "endless_gzip":  # header + 1 MiB of zeros, then the same deflate block for each further MiB
+            gz = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            first = gz.compress(bytes(1 << 20)) + gz.flush(zlib.Z_SYNC_FLUSH)
+            piece = gz.compress(bytes(1 << 20)) + gz.flush(zlib.Z_SYNC_FLUSH)
+            self.wfile.write(first)
         try:
             while True:  # until the client closes the connection
                 self.wfile.write(piece)
