@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -134,8 +135,9 @@ def test_entries_sharing_one_map_with_two_workers_then_a_transient_failure(test_
             assert model.stat().st_mode & 0o777 == 0o644
         downloads = [p for p in Path(s["site"]).parent.rglob("*_rerefined.cif*")]
         assert downloads and all(p.stat().st_mode & 0o044 == 0o044 for p in downloads)
-        # night 2: the shared map is gone from the mirror
+        # night 2: the shared map is gone from the mirror (and from a fresh download cache)
         (mirror / "emdb/structures/EMD-3488/map/emd_3488.map.gz").unlink()
+        shutil.rmtree(data / "work")
         s2 = _night(data, srv.url, tmp_path / "s2.json", "--workers", "1")["summary"]
     assert sorted(f["pdb_id"] for f in s2["failed"]) == ["5me2", "5ni1"]
     assert all("not found" in f["reason"] for f in s2["failed"])
