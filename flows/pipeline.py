@@ -398,7 +398,8 @@ def write_viewer(outdir: Path, pdb_id: str, deposited, refined, sharpened: mapio
         contour = before.get("contour")
         level = viewer.matched_level(box, float(contour), sharpened) if contour is not None else \
             float(sharpened.data.mean() + 1.5 * sharpened.data.std())
-        residues = viewer.residue_list(before.get("per_residue"), after.get("per_residue"))
+        residues = viewer.residue_list(before.get("per_residue"), after.get("per_residue"),
+                                       validation=after.get("validation_residues"))
         p = viewer.write_viewer_data(Path(outdir) / f"{pdb_id.lower()}_viewer.js", deposited, refined, sharpened,
                                      diff, level, residues=residues, title=pdb_id)
     except Exception as exc:  # noqa: BLE001 - the 3D view is optional; the log keeps why

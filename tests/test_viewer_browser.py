@@ -35,7 +35,9 @@ LOAD_TIMEOUT = 400
 
 
 def _need_molstar():
-    src = Path(site._static_dir()) / "molstar" / "molstar.js"
+    from importlib import resources
+
+    src = Path(str(resources.files("rerefine.site"))) / "static" / "molstar" / "molstar.js"
     if not src.is_file():
         pytest.skip("the Mol* viewer is not vendored (make setup runs scripts/vendor_molstar.sh)")
 
