@@ -237,6 +237,7 @@ def _env(data_dir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RR_"))}
     env["RR_DATA_DIR"] = str(data_dir)
     env["RR_TEST_DATA"] = os.environ.get("RR_TEST_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    env["RR_MONOMER_LIB"] = str(Path(env["RR_TEST_DATA"]) / "monomers")  # the test subset, asked for
     env.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba-cache"))
     return env
 
