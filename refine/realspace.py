@@ -585,7 +585,7 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                  fit_reference_sigma: float | None = REFERENCE_SIGMA,
                  fit_target_angle: float | None = FIT_TARGET_ANGLE,
                  occupancy: bool = True, fit_map: DensityMap | None = None,
-                 rigid_body: str | None = None) -> RefinementResult:
+                 rigid_body: str | None = None, rama_weight: float | None = None) -> RefinementResult:
     """Refine coordinates (and B factors) of the first model of ``st`` against ``dmap``.
 
     Parameters
@@ -651,6 +651,10 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
         First fit the whole model (``"model"``) or each chain (``"chain"``) into ``dmap`` as a
         rigid body (:func:`rerefine.refine.rigidbody.fit_rigid_body`); the reference-position
         restraint then holds atoms to the moved positions. For models misplaced as a whole.
+    rama_weight : float or None
+        Weight ``w`` of the Ramachandran term ``-w V(phi, psi)``
+        (:mod:`rerefine.refine.ramachandran_restraint`, Top8000 landscapes); default
+        :data:`rerefine.refine.ramachandran_restraint.RAMA_WEIGHT`, 0 switches it off.
 
     Raises
     ------
@@ -666,7 +670,7 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                              reference_sigma=reference_sigma, soft_start=soft_start, rebuild=rebuild,
                              fit_cycles=fit_cycles, fit_iter=fit_iter, fit_reference_sigma=fit_reference_sigma,
                              fit_target_angle=fit_target_angle, occupancy=occupancy, fit_map=fit_map,
-                             rigid_body=rigid_body)
+                             rigid_body=rigid_body, rama_weight=rama_weight)
 
 
 def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, free: np.ndarray,
@@ -698,7 +702,8 @@ def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, fr
 def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sharpen, target_bond,
                   target_angle, max_iter, per_chain, restraints, max_extra_cycles, adp_max_iter,
                   nonbonded_weight, clash_guard, reference_sigma, soft_start, rebuild, fit_cycles, fit_iter,
-                  fit_reference_sigma, fit_target_angle, occupancy, fit_map, rigid_body) -> RefinementResult:
+                  fit_reference_sigma, fit_target_angle, occupancy, fit_map, rigid_body,
+                  rama_weight) -> RefinementResult:
     from .geometry import geometry_stats, restraint_energy_gradient
     from .restraints import atom_xyz, set_xyz
 
@@ -719,6 +724,9 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     r = refinement_restraints(r_full)
     r.weights = dict(r_full.weights)
     r.weights["nonbonded"] = r_full.weights.get("nonbonded", 1.0) * nonbonded_weight
+    from .ramachandran_restraint import RAMA_WEIGHT, ramachandran_restraint
+    rama_weight = RAMA_WEIGHT if rama_weight is None else float(rama_weight)
+    r.ramachandran = ramachandran_restraint(work, r, rama_weight) if rama_weight > 0 else None
     result = RefinementResult(structure=work, warnings=list(r.warnings))
     if inside < 1.0:
         result.warnings.append(f"{100 * (1 - inside):.1f}% of the atoms lie outside the map box")
@@ -746,6 +754,8 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
         # the final stage fits the very target the coordinate cycles use: no second filtering of the map
         result.rigid_body = fit_rigid_body(xyz0, dmap, resolution, w_atom, groups, labels, target=target)
         start = result.rigid_body.xyz
+    if r.ramachandran is not None:
+        r.ramachandran.watch(start)  # the classes refinement must not make worse
 
     auto = weight is None
     w = initial_weight(r, target, start, w_atom, free, target_bond) if auto else float(weight)
@@ -824,6 +834,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
         else:
             xyz = trial
             cur_excess = excess
+            _watch_validation(r, xyz, result.history[-1])
             if units is not None and len(units) and ncycle < total_cycles:
                 xyz, changed = rebuild_peptides(xyz, units, lambda x: plain_energy(x, wa)[0],
                                                 omega_ideal=r.torsions.ideal, switchable=switchable,
@@ -916,6 +927,13 @@ FIT_ALIAS_LOG = 5.0
 FIT_CUTOFF_LOG = 4.6
 
 
+def _watch_validation(r, xyz, record: dict) -> None:
+    """After an accepted cycle: raise the Ramachandran weight of residues whose MolProbity class
+    got worse than the input's (:meth:`.ramachandran_restraint.RamachandranRestraint.watch`)."""
+    if r.ramachandran is not None:
+        record["rama_raised"] = r.ramachandran.watch(xyz)
+
+
 def _restrained(x, p, data_e, data_g, r, free, guard, ref_k, p_ref):
     """Target on the free atoms: data term + restraints (+ clash guard) + reference-position restraint.
 
@@ -1006,6 +1024,7 @@ def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, targ
             continue
         xyz = trial
         cur_excess = excess
+        _watch_validation(r, xyz, result.history[-1])
         if auto_weight:
             wd = _adjust(wd, stats["bond_rmsd"], stats["angle_rmsd"], target_bond, target_angle)
         try:

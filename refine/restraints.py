@@ -167,6 +167,12 @@ class Restraints:
     partner_idx: np.ndarray | None = None
     partner_code: np.ndarray | None = None
     nonbonded: object = None
+    # optional Ramachandran term (ramachandran_restraint.RamachandranRestraint); set by the
+    # refinement, not by build_restraints (validation statistics never include it)
+    ramachandran: object = None
+    # further optional terms with ``name`` and ``energy_gradient(xyz, grad) -> float`` (e.g.
+    # chain_breaks.GapKeeper), set by the refinement; assign a new list, never append (copies share it)
+    extra_terms: tuple = ()
     weights: dict = field(default_factory=lambda: {
         "bond": 1.0, "angle": 1.0, "torsion": 1.0, "chiral": 1.0, "plane": 1.0, "nonbonded": 1.0})
 
