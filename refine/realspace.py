@@ -233,13 +233,15 @@ def refinement_topology(st: gemmi.Structure, monlib_dir):
 
     * consecutive amino acids with C(i)-N(i+1) < :data:`PEPTIDE_LINK_MAX` are linked (the
       topology is built on a copy whose N(i+1) is moved next to C(i); the coordinates of the
-      model are not changed);
+      model are not changed) when their sequence numbers are consecutive
+      (:func:`rerefine.refine.chain_breaks.consecutive`): a gap in the numbering stays a break;
     * cis or trans is taken from the file's cis-peptide records (PDB ``CISPEP``, mmCIF
       ``struct_mon_prot_cis``) when it has any, else from the input geometry with the
       rules of :data:`CIS_OMEGA_MAX` (proline: nearer cis than trans), and the omega
       restraint's ideal value (the only difference between the library's CIS and TRANS
       links) set to 0 or 180 deg accordingly.
     """
+    from .chain_breaks import consecutive
     from .restraints import atom_xyz, build_restraints
 
     topo = st.clone()
@@ -247,6 +249,8 @@ def refinement_topology(st: gemmi.Structure, monlib_dir):
         del topo[len(topo) - 1]
     moved = 0
     for _, r1, r2 in _peptide_pairs(topo):
+        if not consecutive(r1, r2):
+            continue  # a gap in the numbering is a chain break, whatever the distance
         c = r1.find_atom("C", "*")
         for n in r2:
             if n.name != "N":
@@ -585,7 +589,8 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                  fit_reference_sigma: float | None = REFERENCE_SIGMA,
                  fit_target_angle: float | None = FIT_TARGET_ANGLE,
                  occupancy: bool = True, fit_map: DensityMap | None = None,
-                 rigid_body: str | None = None, rama_weight: float | None = None) -> RefinementResult:
+                 rigid_body: str | None = None, rama_weight: float | None = None,
+                 rotamer_sigma_scale: float | None = None, cbeta: bool = True) -> RefinementResult:
     """Refine coordinates (and B factors) of the first model of ``st`` against ``dmap``.
 
     Parameters
@@ -655,6 +660,12 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
         Weight ``w`` of the Ramachandran term ``-w V(phi, psi)``
         (:mod:`rerefine.refine.ramachandran_restraint`, Top8000 landscapes); default
         :data:`rerefine.refine.ramachandran_restraint.RAMA_WEIGHT`, 0 switches it off.
+    rotamer_sigma_scale : float or None
+        Chi restraints of side chains that start in a Top8000 rotamer to its centre, sigma =
+        this x the rotamer's esd (:mod:`rerefine.refine.rotamer_restraint`); default
+        :data:`rerefine.refine.rotamer_restraint.SIGMA_SCALE`, 0 switches them off.
+    cbeta : bool
+        C-beta torsion restraints (:mod:`rerefine.refine.cbeta_restraint`).
 
     Raises
     ------
@@ -670,7 +681,8 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                              reference_sigma=reference_sigma, soft_start=soft_start, rebuild=rebuild,
                              fit_cycles=fit_cycles, fit_iter=fit_iter, fit_reference_sigma=fit_reference_sigma,
                              fit_target_angle=fit_target_angle, occupancy=occupancy, fit_map=fit_map,
-                             rigid_body=rigid_body, rama_weight=rama_weight)
+                             rigid_body=rigid_body, rama_weight=rama_weight,
+                             rotamer_sigma_scale=rotamer_sigma_scale, cbeta=cbeta)
 
 
 def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, free: np.ndarray,
@@ -703,7 +715,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                   target_angle, max_iter, per_chain, restraints, max_extra_cycles, adp_max_iter,
                   nonbonded_weight, clash_guard, reference_sigma, soft_start, rebuild, fit_cycles, fit_iter,
                   fit_reference_sigma, fit_target_angle, occupancy, fit_map, rigid_body,
-                  rama_weight) -> RefinementResult:
+                  rama_weight, rotamer_sigma_scale, cbeta) -> RefinementResult:
     from .geometry import geometry_stats, restraint_energy_gradient
     from .restraints import atom_xyz, set_xyz
 
@@ -725,8 +737,21 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     r.weights = dict(r_full.weights)
     r.weights["nonbonded"] = r_full.weights.get("nonbonded", 1.0) * nonbonded_weight
     from .ramachandran_restraint import RAMA_WEIGHT, ramachandran_restraint
+    from .rotamer_restraint import SIGMA_SCALE, with_rotamer_restraints
+
+    rotamer_sigma_scale = SIGMA_SCALE if rotamer_sigma_scale is None else float(rotamer_sigma_scale)
+    if rotamer_sigma_scale > 0:
+        r, _ = with_rotamer_restraints(work, r, xyz0, rotamer_sigma_scale)
+    if cbeta:
+        from .cbeta_restraint import with_cbeta_restraints
+
+        r = with_cbeta_restraints(work, r)
     rama_weight = RAMA_WEIGHT if rama_weight is None else float(rama_weight)
     r.ramachandran = ramachandran_restraint(work, r, rama_weight) if rama_weight > 0 else None
+    from .chain_breaks import GapKeeper, gap_pairs
+
+    gaps = gap_pairs(work, r, xyz0)
+    r.extra_terms = (GapKeeper(*gaps, r.fixed),) if len(gaps[0]) else ()
     result = RefinementResult(structure=work, warnings=list(r.warnings))
     if inside < 1.0:
         result.warnings.append(f"{100 * (1 - inside):.1f}% of the atoms lie outside the map box")

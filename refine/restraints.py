@@ -192,6 +192,23 @@ class Restraints:
                 "nonbonded_pairs": 0 if self.nonbonded is None else int(self.nonbonded.n_pairs)}
 
 
+def with_torsions(r: "Restraints", idx: np.ndarray, ideal: np.ndarray, sigma: np.ndarray, period: np.ndarray,
+                  labels: list) -> "Restraints":
+    """A shallow copy of ``r`` with torsion restraints appended (``idx`` (n, 4), ``ideal`` and
+    ``sigma`` deg, ``period``, ``labels``); ``r`` itself is not changed."""
+    from dataclasses import replace
+
+    if not len(idx):
+        return r
+    t = r.torsions
+    tors = TorsionSet(np.concatenate([t.idx, np.asarray(idx).reshape(-1, 4)]).astype(t.idx.dtype),
+                      np.concatenate([t.ideal, ideal]), np.concatenate([t.sigma, sigma]),
+                      np.concatenate([t.period, period]).astype(t.period.dtype), list(t.label) + list(labels))
+    out = replace(r, torsions=tors)
+    out.weights = dict(r.weights)
+    return out
+
+
 # --------------------------------------------------------------------------- coordinates
 
 def atom_xyz(st: gemmi.Structure) -> np.ndarray:
