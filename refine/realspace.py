@@ -590,7 +590,9 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                  fit_target_angle: float | None = FIT_TARGET_ANGLE,
                  occupancy: bool = True, fit_map: DensityMap | None = None,
                  rigid_body: str | None = None, rama_weight: float | None = None,
-                 rotamer_sigma_scale: float | None = None, cbeta: bool = True) -> RefinementResult:
+                 rotamer_sigma_scale: float | None = None, cbeta: bool = True,
+                 hydrogens: bool = True, adp_prior_sigma: float | None = None,
+                 metals: bool = True) -> RefinementResult:
     """Refine coordinates (and B factors) of the first model of ``st`` against ``dmap``.
 
     Parameters
@@ -666,6 +668,17 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
         :data:`rerefine.refine.rotamer_restraint.SIGMA_SCALE`, 0 switches them off.
     cbeta : bool
         C-beta torsion restraints (:mod:`rerefine.refine.cbeta_restraint`).
+    hydrogens : bool
+        Refine a model without hydrogens with riding hydrogens added
+        (:mod:`rerefine.refine.riding_hydrogens`; removed again from the result), so that the
+        repulsion sees what the all-atom clashscore counts. Not with ``restraints`` given.
+    adp_prior_sigma : float or None
+        Width (ln B) of the weak prior of B to the input's pattern
+        (:func:`rerefine.refine.adp.log_prior`); default :data:`rerefine.refine.adp.PRIOR_SIGMA`,
+        0 switches it off.
+    metals : bool
+        Distance restraints for the model's metal connection records
+        (:mod:`rerefine.refine.metal_restraint`).
 
     Raises
     ------
@@ -682,7 +695,8 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                              fit_cycles=fit_cycles, fit_iter=fit_iter, fit_reference_sigma=fit_reference_sigma,
                              fit_target_angle=fit_target_angle, occupancy=occupancy, fit_map=fit_map,
                              rigid_body=rigid_body, rama_weight=rama_weight,
-                             rotamer_sigma_scale=rotamer_sigma_scale, cbeta=cbeta)
+                             rotamer_sigma_scale=rotamer_sigma_scale, cbeta=cbeta, hydrogens=hydrogens,
+                             adp_prior_sigma=adp_prior_sigma, metals=metals)
 
 
 def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, free: np.ndarray,
@@ -715,9 +729,11 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                   target_angle, max_iter, per_chain, restraints, max_extra_cycles, adp_max_iter,
                   nonbonded_weight, clash_guard, reference_sigma, soft_start, rebuild, fit_cycles, fit_iter,
                   fit_reference_sigma, fit_target_angle, occupancy, fit_map, rigid_body,
-                  rama_weight, rotamer_sigma_scale, cbeta) -> RefinementResult:
+                  rama_weight, rotamer_sigma_scale, cbeta, hydrogens, adp_prior_sigma,
+                  metals) -> RefinementResult:
     from .geometry import geometry_stats, restraint_energy_gradient
     from .restraints import atom_xyz, set_xyz
+    from .riding_hydrogens import add_hydrogens, has_hydrogens, strip_added
 
     t0 = time.perf_counter()
     if not (resolution and np.isfinite(resolution) and resolution > 0):
@@ -725,7 +741,13 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     work = st.clone()
     while len(work) > 1:
         del work[len(work) - 1]
+    if adp_prior_sigma is None:
+        from .adp import PRIOR_SIGMA as adp_prior_sigma
+    added_h = hydrogens and restraints is None and len(work) and not has_hydrogens(work)
+    if added_h:
+        work = add_hydrogens(work, monlib_dir)
     xyz0 = atom_xyz(work)
+    b_input = np.array([c.atom.b_iso for c in work[0].all()])  # reference of the B prior (adp.log_prior)
     if len(xyz0) == 0:
         raise InputError(f"{st.name or 'model'}: model has no atoms")
     inside = fraction_inside(dmap, xyz0)
@@ -742,6 +764,10 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     rotamer_sigma_scale = SIGMA_SCALE if rotamer_sigma_scale is None else float(rotamer_sigma_scale)
     if rotamer_sigma_scale > 0:
         r, _ = with_rotamer_restraints(work, r, xyz0, rotamer_sigma_scale)
+    if metals:
+        from .metal_restraint import with_metal_restraints
+
+        r, _ = with_metal_restraints(work, r, xyz0)
     if cbeta:
         from .cbeta_restraint import with_cbeta_restraints
 
@@ -777,7 +803,13 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
 
         groups, labels = rigid_groups(work, rigid_body)
         # the final stage fits the very target the coordinate cycles use: no second filtering of the map
-        result.rigid_body = fit_rigid_body(xyz0, dmap, resolution, w_atom, groups, labels, target=target)
+        heavy = np.array([not c.atom.is_hydrogen() for c in work[0].all()])
+        result.rigid_body = fit_rigid_body(xyz0, dmap, resolution, w_atom, groups, labels, target=target,
+                                           heavy_mask=heavy)
+        for g in result.rigid_body.summary():
+            if g["status"] in ("ambiguous", "clash"):
+                result.warnings.append(f"rigid-body fit of {g['group']} not applied ({g['status']}: optimum "
+                                       f"{g['rotation_deg']:.1f} deg, {g['shift']:.1f} Å)")
         start = result.rigid_body.xyz
     if r.ramachandran is not None:
         r.ramachandran.watch(start)  # the classes refinement must not make worse
@@ -903,7 +935,8 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
             pairs = np.asarray(r.bonds.idx, np.int64)
             try:
                 result.adp = refine_adp(work, fmap, resolution, xyz=xyz, pairs=pairs,
-                                        fixed=r.fixed, max_iter=adp_max_iter)
+                                        fixed=r.fixed, max_iter=adp_max_iter, b_prior=b_input,
+                                        prior_sigma=adp_prior_sigma)
             except (InputError, ValueError) as exc:
                 result.warnings.append(f"B factors not refined: {exc}")
             else:
@@ -912,7 +945,8 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                         xyz = _fit_stage(result, work, fmap, resolution, r, r_full, xyz, free, w, target,
                                          w_atom, guard, stage, fit_cycles, fit_iter, fit_reference_sigma,
                                          target_bond, fit_target_angle or target_angle, auto, pairs,
-                                         adp_max_iter, auto_weight=auto, p_ref=p_ref)
+                                         adp_max_iter, auto_weight=auto, p_ref=p_ref, b_input=b_input,
+                                         adp_prior_sigma=adp_prior_sigma)
                     except (InputError, ValueError) as exc:  # e.g. voxels too coarse for the model map
                         result.warnings.append(f"density-fit stage skipped: {exc}")
                     set_xyz(work, xyz)
@@ -932,6 +966,8 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                     result.occupancy = refine_occupancy(work, fmap, resolution, xyz=xyz)
                 except (InputError, ValueError) as exc:
                     result.warnings.append(f"occupancies not refined: {exc}")
+    if added_h:
+        strip_added(work)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -980,7 +1016,7 @@ def _restrained(x, p, data_e, data_g, r, free, guard, ref_k, p_ref):
 
 def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, target, w_atom, guard, stage,
                cycles, max_iter, reference_sigma, target_bond, target_angle, auto, pairs, adp_max_iter,
-               auto_weight=True, p_ref=None):
+               auto_weight=True, p_ref=None, b_input=None, adp_prior_sigma=None):
     """Alternate coordinate refinement against the model-map fit (:mod:`.modelfit`) and B.
 
     The first weight carries over the geometry-calibrated map-value weight: it makes the
@@ -1055,7 +1091,8 @@ def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, targ
         try:
             # B between coordinate steps only has to be good enough for the next model map
             result.adp = refine_adp(work, dmap, resolution, xyz=xyz, pairs=pairs, fixed=r.fixed,
-                                    max_iter=adp_max_iter if cyc == cycles - 1 else max(5, adp_max_iter // 2))
+                                    max_iter=adp_max_iter if cyc == cycles - 1 else max(5, adp_max_iter // 2),
+                                    b_prior=b_input, prior_sigma=adp_prior_sigma)
         except (InputError, ValueError) as exc:
             result.warnings.append(f"B factors not refined: {exc}")
             break

@@ -524,3 +524,42 @@ def test_numbering_gap_is_never_closed(p3ajo, monlib):
     # sigma 0.03 Å lets it in by a few hundredths at most
     assert np.linalg.norm(x[i] - x[j]) > d_in - 0.05
 
+
+def test_model_without_hydrogens_is_refined_with_riding_hydrogens(p3ajo, monlib):
+    """Issue 16: hydrogens take part in the repulsion (the all-atom clashscore counts them) and
+    are removed again: the refined model has exactly the input's atoms, in order."""
+    from rerefine.refine.realspace import refine_model
+    from rerefine.refine.riding_hydrogens import add_hydrogens, has_hydrogens, strip_added
+
+    st, dmap, res = p3ajo
+    assert not has_hydrogens(st)
+    h = add_hydrogens(st, monlib)
+    added = sum(1 for c in h[0].all() if c.atom.serial == -1)
+    n0 = st[0].count_atom_sites()
+    # every added atom is a hydrogen; the 3AJO protomer (170 residues) gets about 8 per residue
+    assert added == h[0].count_atom_sites() - n0 and added > 1200
+    assert all(c.atom.is_hydrogen() for c in h[0].all() if c.atom.serial == -1)
+    assert strip_added(h) == added and h[0].count_atom_sites() == n0
+    out = refine_model(st, dmap, res, monlib, adp=False, cycles=1)
+    assert out.status == "ok"
+    assert [(c.residue.seqid.num, c.atom.name, c.atom.altloc) for c in out.structure[0].all()] == \
+        [(c.residue.seqid.num, c.atom.name, c.atom.altloc) for c in st[0].all()]
+
+
+def test_metal_sites_keep_their_recorded_distances(p5me2, monlib):
+    """Issue 16: 5ME2's haem Fe-NE2(His) LINK records (2.66, 2.74, 2.65, 2.75 Å) become distance
+    restraints (sigma 0.02 Å); without them refinement moved the distances to 2.36-2.84 Å."""
+    from rerefine.refine.metal_restraint import metal_bond_rows
+    from rerefine.refine.realspace import refine_model
+    from rerefine.refine.restraints import atom_xyz
+
+    st, dmap, res = p5me2
+    idx, ideal, sigma, labels = metal_bond_rows(st, atom_xyz(st))
+    cras = list(st[0].all())
+    assert sorted(ideal.tolist()) == [2.65, 2.66, 2.74, 2.75] and (sigma == 0.02).all()
+    assert {(cras[i].atom.name, cras[j].atom.name) for i, j in idx} == {("NE2", "FE")}
+    out = refine_model(st, dmap, res, monlib, adp=False, cycles=2)
+    # the output keeps the input's atom order (hydrogens added for refinement are removed)
+    x = atom_xyz(out.structure)
+    d = np.linalg.norm(x[idx[:, 0]] - x[idx[:, 1]], axis=1)
+    assert np.all(np.abs(d - ideal) <= 0.08), d
