@@ -13,7 +13,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-setup: $(VENV)/.installed
+# The site's 3D viewer: Mol* (npm `molstar`, MIT), pinned, vendored into site/static/molstar/.
+MOLSTAR = site/static/molstar/VERSION
+
+$(MOLSTAR): scripts/vendor_molstar.sh
+	bash scripts/vendor_molstar.sh
+
+setup: $(VENV)/.installed $(MOLSTAR)
 
 demo: setup
 	bash scripts/demo.sh

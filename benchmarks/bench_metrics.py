@@ -36,6 +36,7 @@ import scipy.fft
 from rerefine.refine import mapcc, mapio, mask, metrics, modelio, modelmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from boxes import box_around  # noqa: E402
 from realdata import DATA, PAIRS, REPO  # noqa: E402
 
 MM = DATA / "maps_models"
@@ -243,12 +244,7 @@ def afonine_table():
     xyz = modelio.atom_positions(st)
     rows = {}
     for d in (1.0, 2.0, 3.0):
-        voxel = d / 3.0
-        lo = xyz.min(0) - 8.0
-        shape = tuple(int(n) for n in np.ceil((xyz.max(0) + 8.0 - lo) / voxel))
-        grid = mapio.DensityMap(data=np.zeros(shape, np.float32),
-                                cell=gemmi.UnitCell(*(n * voxel for n in shape), 90, 90, 90),
-                                sampling=shape, origin_shift=lo, name=f"own {d}")
+        grid = box_around(xyz, d / 3.0, name=f"own {d}")
         own = modelmap.model_map(st, grid, d, padding=20.0)
         out = metrics.compute_metrics(st, own, d)
         qres = [r["q_score"] for r in out["per_residue"]]

@@ -20,7 +20,6 @@ from pathlib import Path
 import gemmi
 import numpy as np
 
-from rerefine.refine import geometry
 from rerefine.refine.geometry import geometry_stats, restraint_energy_gradient
 from rerefine.refine.restraints import atom_xyz, build_restraints
 
@@ -100,19 +99,16 @@ def main() -> int:
         restraint_energy_gradient(r, xyz)  # compile + first neighbour list
         full, full_min = timings(lambda: restraint_energy_gradient(r, xyz), 41)
         # forced serial path (one thread) for comparison with the parallel one
-        saved = geometry.PARALLEL_MIN_ATOMS
-        geometry.PARALLEL_MIN_ATOMS = 10 ** 12
-        serial, serial_min = timings(lambda: restraint_energy_gradient(r, xyz), 21)
+        serial, serial_min = timings(lambda: restraint_energy_gradient(r, xyz, parallel=False), 21)
         # CPU time of this thread on the serial path: insensitive to other jobs on the machine
         # (thread CPU clocks tick coarsely, ~4 ms here: time batches of calls of ~0.3 s)
         batch = max(5, int(0.3 / max(serial_min, 1e-5)))
 
         def run_batch():
             for _ in range(batch):
-                restraint_energy_gradient(r, xyz)
+                restraint_energy_gradient(r, xyz, parallel=False)
 
         serial_cpu = timings(run_batch, 5, clock=time.thread_time)[0] / batch
-        geometry.PARALLEL_MIN_ATOMS = saved
         # neighbour-list rebuild cost (forced)
         rebuild = median_time(lambda: r.nonbonded.build(xyz), 5)
         stats = geometry_stats(r, xyz)

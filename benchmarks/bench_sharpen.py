@@ -32,7 +32,7 @@ PAIRS = {
     "EMD-20026 box": ("emd_20026_box_3ajo_refined/emd20026_prot.mrc",
                       "emd_20026_box_3ajo_refined/3ajo_fitted_refined.pdb", 1.75),
 }
-METHODS = ["target_b", "adjusted_sa", "kurtosis", "model"]
+METHODS = ["target_b", "adjusted_sa", "model"]
 
 
 def quality_table() -> list[dict]:

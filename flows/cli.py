@@ -20,7 +20,7 @@ from rerefine.flows.settings import load_settings
 from rerefine.common.atomicfile import write_atomic
 from rerefine.common.errors import RerefineError
 
-COMMANDS = ["info", "db", "compare", "site", "sharpen", "harvest", "sample_archive", "metrics", "diffmap", "nightly", "entry", "serve", "refine"]
+COMMANDS = ["info", "db", "compare", "site", "sharpen", "harvest", "sample_archive", "metrics", "diffmap", "nightly", "entry", "serve", "refine", "validate", "douse"]
 
 log = logging.getLogger("rerefine")
 

@@ -5,9 +5,9 @@ refine, metrics after, difference map, store); ``nightly_flow`` harvests new ent
 ``entry_flow`` for each on a task runner (threads, a local Dask cluster, or a remote Dask
 scheduler), isolating failures, then rebuilds the site incrementally.
 
-Call :func:`rerefine.flows.prefect_env.configure_prefect` (and, for the nightly run,
-:func:`rerefine.flows.prefect_env.start_local_server`) before importing this module: Prefect
-reads its settings when it is imported.
+Call :func:`rerefine.flows.prefect_home.configure_prefect` before importing this module: Prefect
+reads its settings when it is imported. Without ``PREFECT_API_URL`` Prefect starts its own
+temporary API server at the first flow call.
 """
 
 from __future__ import annotations
@@ -17,15 +17,12 @@ import logging
 import socket
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from rerefine.flows.prefect_env import no_gc_passes
-
-with no_gc_passes():
-    from prefect import flow, task
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.task_runners import ThreadPoolTaskRunner
+from prefect import flow, task
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from rerefine.flows import __version__, pipeline
 from rerefine.flows.pipeline import EntryJob, PipelineParams, timed
@@ -80,9 +77,29 @@ def refine_task(st, sharpened, box, resolution: float, monlib, params: PipelineP
     return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params)
 
 
+@task(name="douse")
+def douse_task(st, sharpened, box, resolution: float, monlib, params: PipelineParams):
+    return pipeline.stage_douse(st, sharpened, box, resolution, monlib, params)
+
+
 @task(name="placement")
 def placement_task(st, sharpened, resolution: float):
     return pipeline.stage_placement(st, sharpened, resolution)
+
+
+@task(name="crossval")
+def crossval_task(job: EntryJob, st, box, resolution: float, monlib, params: PipelineParams, b_sharpen: float):
+    return pipeline.stage_entry_crossval(job, st, box, resolution, monlib, params, b_sharpen)
+
+
+@task(name="input-b-fit")
+def input_b_task(refined_st, st, box, resolution: float):
+    return pipeline.stage_input_b_fit(refined_st, st, box, resolution)
+
+
+@task(name="validation")
+def validation_task(st, monlib, top8000):
+    return pipeline.stage_validation(st, monlib, top8000)
 
 
 @task(name="diffmap")
@@ -179,6 +196,14 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
             placement = placement_task(st, sharp.map, res)
         with timed(timings, "refine"):
             ref = refine_task(st, sharp.map, box, res, ctx.get("monlib"), params)
+        # the coordinates' own fit is measured on the refined model before douse changes its waters:
+        # added waters carry refined B, which the CCmask-with-input-B figure must not reward
+        refined_coordinates = ref.structure
+        with timed(timings, "douse"):
+            ref.structure, waters, geometry = douse_task(ref.structure, sharp.map, box, res, ctx.get("monlib"),
+                                                         params)
+        if geometry:
+            ref.geometry_after = geometry
         with timed(timings, "metrics_before"):
             before = _with_b(metrics_task(st, box, res, job, params, ref.geometry_before), st)
         with timed(timings, "metrics_after"):
@@ -190,9 +215,19 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
                       "b_sharpen": sharp.b_sharpen, "sharpen_method": sharp.method})
         with timed(timings, "sharpen"):
             after["sharpening"] = {"radial": pipeline.radial_profiles(box, sharp.map)}
+        with timed(timings, "crossval"):
+            cv = crossval_task(job, st, box, res, ctx.get("monlib"), params, sharp.b_sharpen)
+        with timed(timings, "metrics_after"):
+            cc_input_b = input_b_task(refined_coordinates, st, box, res)
+        pipeline.add_fit_figures(before, after, cc_mask_input_b=cc_input_b, crossval=cv,
+                                 warnings=job.metadata.setdefault("warnings", []))
+        with timed(timings, "validation"):
+            before.update(validation_task(st, ctx.get("monlib"), ctx.get("top8000")))
+            after.update(validation_task(ref.structure, ctx.get("monlib"), ctx.get("top8000")))
         after["refinement"] = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles,
                                "rmsd_moved": ref.rmsd_moved,
                                "warnings": (job.metadata.get("warnings", []) + list(ref.warnings))[:20]}
+        after["douse"] = waters
         with timed(timings, "diffmap"):
             diff, peaks = diffmap_task(ref.structure, box, res)
         after["difference_peaks"] = peaks
@@ -201,6 +236,9 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
             arts = pipeline.write_artefacts(outdir, job.pdb_id, ref.structure,
                                             sharp.map if params.keep_maps else None,
                                             diff if params.keep_maps else None, version=ctx["version"])
+            view = pipeline.write_viewer(outdir, job.pdb_id, st, ref.structure, sharp.map, diff, box, before, after)
+            if view is not None:
+                arts.append(view)
         with timed(timings, "store"):
             sharpening = {k: v for k, v in sharp.as_dict().items()
                           if isinstance(v, (int, float, str)) or v is None}
@@ -210,9 +248,12 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
                                started_at=started)
         from rerefine.reports.verdict import decide
 
-        verdict = decide(before, after).verdict
-        return {"pdb_id": job.pdb_id, "status": "done", "verdict": verdict, "reason": "", "timings": timings,
-                "cc_mask_before": before["cc_mask"], "cc_mask_after": after["cc_mask"]}
+        judged = decide(before, after)
+        return {"pdb_id": job.pdb_id, "status": "done", "verdict": judged.verdict, "verdict_gate": judged.gate,
+                "verdict_reasons": judged.reasons, "reason": "", "timings": timings,
+                "cc_mask_before": before["cc_mask"], "cc_mask_after": after["cc_mask"],
+                "cc_mask_input_b_after": after.get("cc_mask_input_b"),
+                "warnings": list(after["refinement"]["warnings"])}
     except RerefineError as exc:
         reason = str(exc)
     except MemoryError:
@@ -271,8 +312,8 @@ def without_heartbeats():
     """Settings context with Prefect's flow-run heartbeats off.
 
     Heartbeats let a Prefect server notice crashed runs; each (sub-)flow run pays for its
-    heartbeat thread with a join of up to a second at exit, which was 60 % of Prefect's
-    per-entry cost here. Our own crash detection is the database's ``running`` state
+    heartbeat thread with a join of up to a second at exit. Our own crash detection is the
+    database's ``running`` state
     (:func:`rerefine.reports.store.recover_interrupted`), so runs without a Prefect server
     turn them off. Dask workers inherit the setting with each submitted task.
     """
@@ -280,18 +321,17 @@ def without_heartbeats():
 
 
 # Modules every entry's stages import on first use (numpy, scipy, gemmi, numba and our kernels).
-STAGE_MODULES = ("rerefine.refine.sharpen", "rerefine.refine.fsc", "rerefine.refine.geometry",
+STAGE_MODULES = ("rerefine.refine.sharpen", "rerefine.refine.douse", "rerefine.refine.fsc", "rerefine.refine.geometry",
+                 "rerefine.refine.crossval", "rerefine.refine.validation",
                  "rerefine.refine.realspace", "rerefine.refine.metrics", "rerefine.refine.diffmap",
                  "rerefine.reports.store", "rerefine.reports.verdict", "rerefine.reports.site",
                  "rerefine.harvester.harvest")
 
 
 def prepare_run(database: str) -> dict:
-    """Our own start-up work, done before the flow so it overlaps Prefect's server start.
-
-    Upgrades the project database and imports the stage modules (otherwise the first entry's
-    stages pay for the imports). Returns its timings in seconds.
-    """
+    """Our own start-up work, done before the flow: upgrades the project database and imports
+    the stage modules (otherwise the first entry's stages pay for the imports). Returns its
+    timings in seconds."""
     import importlib
 
     from rerefine.reports import db
@@ -299,29 +339,22 @@ def prepare_run(database: str) -> dict:
     t0 = time.perf_counter()
     db.upgrade(database)
     t1 = time.perf_counter()
-    with no_gc_passes():
-        for name in STAGE_MODULES:
-            importlib.import_module(name)
+    for name in STAGE_MODULES:
+        importlib.import_module(name)
     t2 = time.perf_counter()
     return {"db_upgrade": round(t1 - t0, 3), "imports": round(t2 - t1, 3)}
 
 
 def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, workers=1,
                 dask_address=None, build_site=True, force=False, params: PipelineParams | None = None,
-                accept_unknown_resolution=None, server=None) -> dict:
-    """Harvest, process every accepted entry, rebuild the site; return the summary dict.
+                accept_unknown_resolution=None) -> dict:
+    """Harvest, process every accepted entry, rebuild the site; return the summary dict."""
+    import os
 
-    ``server`` is a started :class:`rerefine.flows.prefect_env.LocalPrefectServer` (or None when
-    Prefect starts its own): our set-up runs while it starts, then we wait for it.
-    """
-    params = params or PipelineParams()
-    s = _settings_dict(settings)
+    s = run_settings(settings)
+    params = replace(params or PipelineParams(), monomer_library=pipeline.monomer_library_identity(s["monlib"]))
     setup = prepare_run(s["database"])
-    prefect_startup = {"own_server": server is not None}
-    if server is not None:
-        prefect_startup["server_wait_seconds"] = round(server.wait_ready(), 3)
-        prefect_startup["server_ready_after_seconds"] = round(server.ready_after, 3)
-        prefect_startup["server_migrations"] = server.migrations
+    prefect_startup = {"api_url": os.environ.get("PREFECT_API_URL") or "ephemeral"}
     runner = make_task_runner(workers, dask_address)
     nightly = nightly_flow.with_options(task_runner=runner)
     t0 = time.perf_counter()
@@ -336,10 +369,12 @@ def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, wo
     return summary
 
 
-def _settings_dict(settings) -> dict:
+def run_settings(settings) -> dict:
+    """The settings a run needs, as plain data (it travels to Dask workers and Prefect)."""
     return {
         "database": settings.database, "downloads": str(settings.downloads), "site_dir": str(settings.site_dir),
         "monlib": str(settings.monomer_library) if settings.monomer_library else None,
+        "top8000": str(settings.top8000_dir),
         "data_dir": str(Path(settings.data_dir).resolve()),
         "search_url": settings.rcsb_search_url, "data_url": settings.rcsb_data_url,
         "files_url": settings.rcsb_files_url, "emdb_api_url": settings.emdb_api_url,
@@ -350,7 +385,8 @@ def _settings_dict(settings) -> dict:
 
 def _entry_ctx(s: dict, params: dict, force: bool, mirror) -> dict:
     """What every per-entry flow needs from the settings (plain data: it travels to Dask workers)."""
-    return {"database": s["database"], "out_root": s["data_dir"], "monlib": s["monlib"], "version": __version__,
+    return {"database": s["database"], "out_root": s["data_dir"], "monlib": s["monlib"],
+            "top8000": s.get("top8000"), "version": __version__,
             "params": params, "force": force, "cache_dir": s["downloads"], "mirror": str(mirror or ""),
             "files_url": s["files_url"], "emdb_files_url": s["emdb_files_url"]}
 
@@ -475,8 +511,8 @@ def run_single(*, settings, pdb_id: str, mirror=None, resolution: float | None =
     from rerefine.harvester import harvest
     from rerefine.reports import db
 
-    s = _settings_dict(settings)
-    params = params or PipelineParams()
+    s = run_settings(settings)
+    params = replace(params or PipelineParams(), monomer_library=pipeline.monomer_library_identity(s["monlib"]))
     cand = harvest.candidate_for(pdb_id, data_url=s["data_url"], emdb_api_url=s["emdb_api_url"], mirror=mirror,
                                  max_resolution=s["max_resolution"], max_map_mb=s["max_map_mb"],
                                  accept_unknown_resolution=resolution is not None, cache_dir=s["downloads"])

@@ -13,13 +13,14 @@ import hashlib
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rerefine.refine import mapio, modelio
 from rerefine.common.errors import InputError
+from rerefine.harvester.harvest import EntryFiles
+from rerefine.refine import mapio, modelio
 
 log = logging.getLogger(__name__)
 
@@ -27,32 +28,13 @@ BOX_PADDING = 8.0  # Å around the model; enough for the 2 Å Q-score shells and
 
 
 @dataclass
-class EntryJob:
-    """What one entry's pipeline needs: local files and the archive's metadata."""
+class EntryJob(EntryFiles):
+    """What one entry's pipeline needs: local files and the archive's metadata
+    (:class:`rerefine.harvester.harvest.EntryFiles`), plus the resolution (Å) and contour level
+    it is measured with."""
 
-    pdb_id: str
-    emdb_id: str | None
-    model_path: Path
-    map_path: Path
-    half_map_paths: list[Path] = field(default_factory=list)
     resolution: float | None = None
     contour: float | None = None
-    metadata: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["model_path"] = str(self.model_path)
-        d["map_path"] = str(self.map_path)
-        d["half_map_paths"] = [str(p) for p in self.half_map_paths]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EntryJob:
-        d = dict(d)
-        d["model_path"] = Path(d["model_path"])
-        d["map_path"] = Path(d["map_path"])
-        d["half_map_paths"] = [Path(p) for p in d.get("half_map_paths") or []]
-        return cls(**d)
 
 
 @dataclass
@@ -64,9 +46,30 @@ class PipelineParams:
     refine_adp: bool = True
     macro_cycles: int = 5
     keep_maps: bool = True
+    #: the monomer library's identity (:func:`monomer_library_identity`): another library, another version
+    monomer_library: str = ""
+    douse: bool = True
+    douse_max_resolution: float = 3.0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def monomer_library_identity(monlib) -> str:
+    """``"<folder> sha256:<first 16 hex digits of list/mon_lib_list.cif's SHA-256>"``.
+
+    Raises
+    ------
+    InputError
+        No library given (``RR_MONOMER_LIB``/``CLIBD_MON`` unset) or not a monomer library.
+    """
+    if monlib is None:
+        raise InputError("no monomer library: set RR_MONOMER_LIB (or CCP4's CLIBD_MON) to the CCP4 monomer "
+                         "library (README, Configuration)")
+    lst = Path(monlib) / "list" / "mon_lib_list.cif"
+    if not lst.is_file():
+        raise InputError(f"{monlib}: not a monomer library (no list/mon_lib_list.cif)")
+    return f"{Path(monlib).resolve()} sha256:{file_sha256(lst)[:16]}"
 
 
 def file_sha256(path: Path) -> str:
@@ -193,6 +196,163 @@ def stage_refine(st, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolut
                         fit_map=box)
 
 
+def stage_douse(refined, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolution: float,
+                monlib: Path | None, params: PipelineParams):
+    """Ordered waters on the refined model (:func:`rerefine.refine.douse.douse`, in the sharpened
+    map), then the B of the waters alone against the deposited box (:func:`douse.refine_water_b`).
+
+    It runs after :func:`stage_refine` (coordinates and B of the model) rather than between its
+    coordinate and B steps, so that the refinement itself is unchanged; only the waters' B are
+    refined afterwards. Entries worse than ``params.douse_max_resolution`` are left as they are
+    (the summary says so).
+
+    Returns
+    -------
+    (gemmi.Structure, dict, dict or None)
+        The model with its waters, the douse summary (``status``, ``added``, ``kept``,
+        ``removed``, ...), and the geometry of the new model (waters included, so clashes with
+        them count in the verdict) when the waters changed, else None.
+    """
+    from rerefine.refine import douse
+
+    if not params.douse:
+        return refined, {"status": "skipped: turned off"}, None
+    res = douse.douse(refined, sharpened, resolution, max_resolution=params.douse_max_resolution)
+    summary = res.summary()
+    if res.status != "ok" or not (res.added or res.removed):
+        return refined, summary, None
+    st = res.structure
+    adp = douse.refine_water_b(st, box, resolution)
+    if adp is not None:
+        summary["water_b"] = {"cc_before": adp.cc_before, "cc_after": adp.cc_after}
+        bmap = {(w.chain.name, w.residue.seqid.num): w.atom.b_iso for w in st[0].all() if w.residue.is_water()}
+        for row in summary["added"]:
+            row["b_iso"] = round(float(bmap.get((row["chain"], row["seq"]), float("nan"))), 1)
+    geometry = None
+    if monlib is not None:
+        from rerefine.refine.geometry import geometry_stats
+        from rerefine.refine.realspace import refinement_topology
+        from rerefine.refine.restraints import atom_xyz
+
+        geometry = geometry_stats(refinement_topology(st, monlib), atom_xyz(st))
+    return st, summary, geometry
+
+
+def stage_input_b_fit(refined_st, st, box: mapio.DensityMap, resolution: float) -> float:
+    """CCmask of the refined coordinates with the deposited B-factors on the deposited box: the
+    coordinates' own fit, which B refinement cannot raise (:mod:`rerefine.refine.crossval`)."""
+    from rerefine.refine.crossval import cc_mask_with_b
+
+    return cc_mask_with_b(refined_st, st, box, resolution)
+
+
+def stage_crossval(st, halves: list[mapio.DensityMap], resolution: float, monlib: Path | None,
+                   params: PipelineParams, b_sharpen: float = 0.0):
+    """Half-map cross-validation (Brown et al. 2015): refine coordinates and B against half-map 1
+    with the main refinement's parameters (the map sharpened by the same ``b_sharpen``, Å²), then
+    measure the deposited and the half-1-refined model against half-map 1 (work) and half-map 2
+    (free). Returns ``(before, after, info)``: two dicts of ``fsc_avg_work``, ``fsc_avg_free``,
+    ``cc_mask_work``, ``cc_mask_free`` and the half-1 refinement's status; None when the entry
+    has not both half-maps."""
+    from rerefine.refine.crossval import half_map_fit
+    from rerefine.refine.realspace import refine_model
+
+    if len(halves) != 2:
+        return None
+    if monlib is None:
+        raise InputError("no monomer library configured (set RR_MONOMER_LIB or CLIBD_MON)")
+    h1, h2 = halves
+    before = half_map_fit(st, h1, h2, resolution)
+    ref = refine_model(st, h1, resolution, monlib, adp=params.refine_adp, cycles=params.macro_cycles,
+                       b_sharpen=float(b_sharpen or 0.0), fit_map=h1)
+    after = half_map_fit(ref.structure, h1, h2, resolution)
+    info = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles, "rmsd_moved": ref.rmsd_moved,
+            "b_sharpen": float(b_sharpen or 0.0), "seconds": ref.seconds}
+    return before, after, info
+
+
+def stage_entry_crossval(job: EntryJob, st, box: mapio.DensityMap, resolution: float, monlib: Path | None,
+                         params: PipelineParams, b_sharpen: float = 0.0):
+    """:func:`stage_crossval` on the entry's half-maps cut to the primary box; None (with a warning
+    in ``job.metadata``) when the entry has no usable pair of half-maps."""
+    from rerefine.common.errors import RerefineError
+
+    if len(job.half_map_paths) != 2:
+        return None
+    try:
+        halves = stage_half_boxes(job, box)
+    except RerefineError as exc:
+        job.metadata.setdefault("warnings", []).append(f"{exc}; no half-map cross-validation")
+        return None
+    return stage_crossval(st, halves, resolution, monlib, params, b_sharpen)
+
+
+#: Per-residue validation fields kept with the metrics (for the Ramachandran plots and the residues
+#: whose class changed).
+VALIDATION_RESIDUE_FIELDS = ("chain", "seq", "icode", "resname", "phi", "psi", "rama", "rama_category",
+                             "rotamer", "rotamer_name", "cbeta_dev", "peptide")
+
+
+def stage_validation(st, monlib: Path | None, top8000: Path | None) -> dict:
+    """MolProbity-class validation of a model (:func:`rerefine.refine.validation.validate`) as flat
+    metric keys: :data:`rerefine.refine.validation.SUMMARY_KEYS`, ``cis_nonpro_peptides`` and
+    ``twisted_nonpro_peptides`` (the non-proline counts the verdict reads), plus
+    ``validation_residues`` (per residue: :data:`VALIDATION_RESIDUE_FIELDS`, angles rounded to
+    0.1°) and ``validation_warnings``. A validation that cannot run (bad input, no Top8000
+    folder) gives only the warning, so the verdict cannot be *improved*. The validation's own all-atom RMSDs are left out: the
+    metric dicts' ``bond_rmsd``/``angle_rmsd`` are the refinement restraints'."""
+    from rerefine.common.errors import RerefineError
+    from rerefine.refine.validation import SUMMARY_KEYS, validate
+
+    try:
+        rep = validate(st, monlib, top8000_dir=top8000)
+    except RerefineError as exc:  # the entry keeps its refinement; its verdict cannot be "improved"
+        log.warning("validation skipped: %s", exc)
+        return {"validation_warnings": [f"validation not made: {exc}"]}
+    s = rep.summary
+    out = {k: s.get(k) for k in SUMMARY_KEYS}
+    out["cis_nonpro_peptides"] = s.get("cis_general")
+    out["twisted_nonpro_peptides"] = s.get("twisted_general")
+    rows = []
+    for r in rep.per_residue:
+        row = {k: r.get(k) for k in VALIDATION_RESIDUE_FIELDS}
+        for k in ("phi", "psi"):
+            row[k] = None if row[k] is None else round(float(row[k]), 1)
+        if row["cbeta_dev"] is not None:
+            row["cbeta_dev"] = round(float(row["cbeta_dev"]), 3)
+        if any(row[k] is not None for k in ("phi", "rama", "rotamer", "cbeta_dev")):
+            rows.append(row)
+    out["validation_residues"] = rows
+    out["validation_warnings"] = list(rep.warnings)[:20]
+    return out
+
+
+CONTOUR_FALLBACK_WARNING = ("no EMDB recommended contour for this entry: atom inclusion uses the level "
+                            "enclosing 17 Å³ per non-H atom, which assumes the model explains the whole map "
+                            "(a partial model gets far too low an inclusion)")
+
+
+def add_fit_figures(before: dict, after: dict, *, cc_mask_input_b: float | None, crossval,
+                    warnings: list) -> None:
+    """Put the fit figures refinement cannot inflate into the metric dicts (in place).
+
+    ``before["cc_mask_input_b"]`` is the deposited CCmask (its B are the input B);
+    ``after["cc_mask_input_b"]`` the refined coordinates' with the input B. ``crossval`` is
+    :func:`stage_crossval`'s result or None. A fallback contour adds
+    :data:`CONTOUR_FALLBACK_WARNING` to ``warnings``.
+    """
+    before["cc_mask_input_b"] = before.get("cc_mask")
+    after["cc_mask_input_b"] = cc_mask_input_b
+    if crossval is not None:
+        cv_before, cv_after, info = crossval
+        before.update(cv_before)
+        after.update(cv_after)
+        after["crossval"] = info
+    if str(before.get("contour_source") or "").startswith("default") and CONTOUR_FALLBACK_WARNING not in warnings:
+        log.warning(CONTOUR_FALLBACK_WARNING)
+        warnings.append(CONTOUR_FALLBACK_WARNING)
+
+
 def stage_placement(st, sharpened: mapio.DensityMap, resolution: float) -> dict | None:
     """Rigid-body placement check of the deposited model, chain by chain, in the sharpened map
     (a diagnosis for the entry page; the refinement does not apply it). None, with a log line,
@@ -212,6 +372,28 @@ def stage_diffmap(st, box: mapio.DensityMap, resolution: float):
 
     diff, _info = difference_map(st, box, resolution)
     return diff, difference_peaks(diff, st)
+
+
+def write_viewer(outdir: Path, pdb_id: str, deposited, refined, sharpened: mapio.DensityMap,
+                 diff: mapio.DensityMap | None, box: mapio.DensityMap, before: dict, after: dict) -> dict | None:
+    """The entry page's 3D-view data (:func:`rerefine.reports.viewer.write_viewer_data`) as an
+    artefact record (kind ``viewer_data``): both models, the sharpened map at the level enclosing
+    the volume of the atom-inclusion contour (EMDB's when known) on the deposited box, the
+    difference map, and the residues to visit. None, with a log line, when it cannot be made:
+    a picture never costs the entry."""
+    from rerefine.reports import viewer
+
+    try:
+        contour = before.get("contour")
+        level = viewer.matched_level(box, float(contour), sharpened) if contour is not None else \
+            float(sharpened.data.mean() + 1.5 * sharpened.data.std())
+        residues = viewer.residue_list(before.get("per_residue"), after.get("per_residue"))
+        p = viewer.write_viewer_data(Path(outdir) / f"{pdb_id.lower()}_viewer.js", deposited, refined, sharpened,
+                                     diff, level, residues=residues, title=pdb_id)
+    except Exception as exc:  # noqa: BLE001 - the 3D view is optional; the log keeps why
+        log.warning("%s: 3D-view data skipped: %s: %s", pdb_id, type(exc).__name__, exc)
+        return None
+    return {"kind": "viewer_data", "path": str(p), "size": p.stat().st_size, "sha256": file_sha256(p)}
 
 
 def write_artefacts(outdir: Path, pdb_id: str, refined_st, sharpened: mapio.DensityMap | None,

@@ -33,6 +33,7 @@ class Settings:
     database_url: str = ""
     work_dir: Path | None = None
     monomer_lib: Path | None = None
+    top8000: Path | None = None
     test_data: Path | None = None
     rcsb_search_url: str = "https://search.rcsb.org/rcsbsearch/v2/query"
     rcsb_data_url: str = "https://data.rcsb.org/rest/v1/core/entry"
@@ -41,6 +42,7 @@ class Settings:
     emdb_files_url: str = "https://ftp.ebi.ac.uk/pub/databases/emdb/structures"
     mirror: str = ""
     max_resolution: float = 5.0
+    douse_max_resolution: float = 3.0
     max_map_mb: float = 2048.0
     concurrency: int = 2
     schedule_cron: str = "0 2 * * *"
@@ -63,13 +65,22 @@ class Settings:
 
     @property
     def monomer_library(self) -> Path | None:
-        """Monomer library: RR_MONOMER_LIB, then CLIBD_MON, then the test data's subset."""
+        """Monomer library: RR_MONOMER_LIB, then CLIBD_MON (CCP4's own variable), else None.
+
+        Never the test data's subset unless RR_MONOMER_LIB names it: with that subset residues
+        outside it (most ligands) would silently stay fixed."""
         if self.monomer_lib:
             return Path(self.monomer_lib)
         if os.environ.get("CLIBD_MON"):
             return Path(os.environ["CLIBD_MON"])
-        sub = self.test_data_dir / "monomers"
-        return sub if sub.is_dir() else None
+        return None
+
+    @property
+    def top8000_dir(self) -> Path:
+        """Top8000 validation data (Ramachandran/rotamer tables): RR_TOP8000, else the test data's copy."""
+        if self.top8000:
+            return Path(self.top8000)
+        return self.test_data_dir / "validation" / "top8000"
 
     @property
     def test_data_dir(self) -> Path:

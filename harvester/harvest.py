@@ -79,21 +79,19 @@ class Candidate:
 
 
 @dataclass
-class FetchedEntry:
-    """Local files of one fetched entry and the metadata the later stages need.
+class EntryFiles:
+    """One entry's local files (model, primary map, half-maps) and its archive metadata.
 
-    ``status`` is "fetched" (bytes crossed the network) or "cached" (all files were
-    already in the cache or are used in place from a local mirror).
+    The common part of :class:`FetchedEntry` and the pipeline's ``rerefine.flows.pipeline.EntryJob``;
+    :meth:`to_dict`/:meth:`from_dict` carry it across processes (paths as strings).
     """
 
     pdb_id: str
-    emdb_id: str
+    emdb_id: str | None
     model_path: Path
     map_path: Path
     half_map_paths: list[Path] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
-    status: str = "fetched"
-    bytes_transferred: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -101,6 +99,26 @@ class FetchedEntry:
         d["map_path"] = str(self.map_path)
         d["half_map_paths"] = [str(p) for p in self.half_map_paths]
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        d = dict(d)
+        d["model_path"] = Path(d["model_path"])
+        d["map_path"] = Path(d["map_path"])
+        d["half_map_paths"] = [Path(p) for p in d.get("half_map_paths") or []]
+        return cls(**d)
+
+
+@dataclass
+class FetchedEntry(EntryFiles):
+    """Local files of one fetched entry and the metadata the later stages need.
+
+    ``status`` is "fetched" (bytes crossed the network) or "cached" (all files were
+    already in the cache or are used in place from a local mirror).
+    """
+
+    status: str = "fetched"
+    bytes_transferred: int = 0
 
 
 def _client(session) -> HttpClient:

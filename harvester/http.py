@@ -24,6 +24,10 @@ worker threads compute the SHA-256, write the ``.part`` file (``O_DIRECT`` where
 and inflate the gzip stream to check it, so the checks overlap with the transfer on a multi-core machine
 and memory stays flat whatever the file size. A broken gzip member stops the transfer
 early. The optional ``isal`` package (ISA-L) speeds the gzip check up about twofold.
+
+Length: one job, getting archive files right: the client, the resumable download and its
+verification (hash, gzip check, disk writes on worker threads) share one buffer pool and one state;
+split, they would only pass that state around.
 """
 
 from __future__ import annotations
@@ -62,22 +66,24 @@ DEFAULT_USER_AGENT = "rerefine (automated cryo-EM re-refinement; https://github.
 
 # Answers worth another try: the server or a proxy is busy or broken for a moment.
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
-_TRANSIENT = (
+#: Exceptions of requests worth another try (timeouts, dropped connections).
+TRANSIENT_ERRORS = (
     requests.exceptions.Timeout,
     requests.exceptions.ConnectionError,
     requests.exceptions.ChunkedEncodingError,
 )
 
 
-class _Transient(Exception):
-    """A failure that another attempt may cure (internal)."""
+class TransientFailure(Exception):
+    """A failure that another attempt may cure (raised inside the download loops, which retry it)."""
 
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.retry_after = retry_after
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when empty), at most 160 characters."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     # urllib3 wraps causes in long reprs; the tail is the useful part.
     return text if len(text) <= 160 else text[:157] + "..."
@@ -135,7 +141,7 @@ class GzipCheck:
                 self._consumed += min(self._IN, len(mv) - j)
         except _INFLATE_ERRORS as exc:
             self._error = (f"corrupt gzip (member {self._members + 1}, within bytes "
-                           f"{self._consumed}-{self._consumed + self._IN}: {_one_line(exc)})")
+                           f"{self._consumed}-{self._consumed + self._IN}: {one_line(exc)})")
 
     def _feed(self, buf) -> None:
         d = self._d
@@ -431,7 +437,7 @@ class HttpClient:
         for attempt in range(self.retries + 1):
             try:
                 return attempt_fn()
-            except _Transient as exc:
+            except TransientFailure as exc:
                 last = str(exc)
                 if attempt == self.retries:
                     break
@@ -447,15 +453,15 @@ class HttpClient:
         try:
             r = self.session.request(method, url, timeout=self.timeout, **kw)
         except requests.exceptions.Timeout:
-            raise _Transient(f"timed out after {self.timeout:g} s ({url})") from None
-        except _TRANSIENT as exc:
-            raise _Transient(f"connection failed ({_one_line(exc)})") from None
+            raise TransientFailure(f"timed out after {self.timeout:g} s ({url})") from None
+        except TRANSIENT_ERRORS as exc:
+            raise TransientFailure(f"connection failed ({one_line(exc)})") from None
         except requests.exceptions.RequestException as exc:
-            raise ArchiveError(f"{what}: request failed ({_one_line(exc)})") from None
+            raise ArchiveError(f"{what}: request failed ({one_line(exc)})") from None
         if r.status_code in _RETRY_STATUS:
             ra = r.headers.get("Retry-After")
             r.close()
-            raise _Transient(f"HTTP {r.status_code} from {url}",
+            raise TransientFailure(f"HTTP {r.status_code} from {url}",
                              float(ra) if ra and ra.strip().isdigit() else None)
         if r.status_code in (404, 410):
             r.close()
@@ -479,8 +485,8 @@ class HttpClient:
             r = self._send(method, url, what, **kw)
             try:
                 content = r.content  # bodies of API answers are small
-            except _TRANSIENT as exc:
-                raise _Transient(f"connection dropped ({_one_line(exc)})") from None
+            except TRANSIENT_ERRORS as exc:
+                raise TransientFailure(f"connection dropped ({one_line(exc)})") from None
             return r.status_code, content
 
         status, content = self._retrying(what, attempt)
@@ -491,7 +497,7 @@ class HttpClient:
         try:
             return json.loads(content)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ArchiveError(f"{what}: malformed JSON from {url} ({_one_line(exc)})") from None
+            raise ArchiveError(f"{what}: malformed JSON from {url} ({one_line(exc)})") from None
 
     # -- downloads ---------------------------------------------------------------------
     def download(self, url: str, cache_dir: str | os.PathLike, *, what: str | None = None,
@@ -565,7 +571,7 @@ class HttpClient:
         problem = None
         if pipe.worker_error is not None:
             problem = (f"checking the download failed ({type(pipe.worker_error).__name__}: "
-                       f"{_one_line(pipe.worker_error)})")
+                       f"{one_line(pipe.worker_error)})")
         elif total is not None and size != total:
             problem = f"size {size} B differs from the announced {total} B"
         elif expected_size is not None and size != expected_size:
@@ -606,7 +612,7 @@ class HttpClient:
                 if start != have:
                     # The server resumed somewhere else: do not splice; start over.
                     part.unlink(missing_ok=True)
-                    raise _Transient(f"server resumed at byte {start}, not {have}")
+                    raise TransientFailure(f"server resumed at byte {start}, not {have}")
                 flags = os.O_WRONLY
             elif r.status_code == 200:
                 total = _int_or_none(r.headers.get("Content-Length"))
@@ -615,7 +621,7 @@ class HttpClient:
             elif r.status_code == 416:
                 part.unlink(missing_ok=True)
                 meta_path.unlink(missing_ok=True)
-                raise _Transient("range not satisfiable; restarting from byte 0")
+                raise TransientFailure("range not satisfiable; restarting from byte 0")
             else:
                 raise ArchiveError(f"{what}: unexpected HTTP {r.status_code} from {url}")
             _write_json_atomic(meta_path, {"total": total, "etag": r.headers.get("ETag"),
@@ -647,23 +653,23 @@ class HttpClient:
                     out.close()
                 if pipe.write_error is not None:
                     raise pipe.write_error
-            except _TRANSIENT + (OSError,) as exc:
+            except TRANSIENT_ERRORS + (OSError,) as exc:
                 if isinstance(exc, OSError) and not _is_network(exc):
-                    raise ArchiveError(f"{what}: cannot write cache ({_one_line(exc)})") from None
-                raise _Transient(f"connection dropped at byte {got} ({_one_line(exc)})") from None
+                    raise ArchiveError(f"{what}: cannot write cache ({one_line(exc)})") from None
+                raise TransientFailure(f"connection dropped at byte {got} ({one_line(exc)})") from None
             except Exception as exc:  # urllib3 ProtocolError / IncompleteRead / ReadTimeoutError
                 if _is_urllib3_transient(exc):
-                    raise _Transient(f"connection dropped at byte {got} ({_one_line(exc)})") from None
+                    raise TransientFailure(f"connection dropped at byte {got} ({one_line(exc)})") from None
                 raise
             if pipe.gzip_failed or pipe.worker_error is not None:
                 # Broken content is final (the same bytes would come again): stop early, keep nothing.
                 part.unlink(missing_ok=True)
                 meta_path.unlink(missing_ok=True)
                 problem = pipe.gz.result() if pipe.gzip_failed else \
-                    f"checking the download failed ({type(pipe.worker_error).__name__}: {_one_line(pipe.worker_error)})"
+                    f"checking the download failed ({type(pipe.worker_error).__name__}: {one_line(pipe.worker_error)})"
                 raise ArchiveError(f"{what}: {problem} ({url})")
             if total is not None and got < total:
-                raise _Transient(f"connection closed at byte {got} of {total}")
+                raise TransientFailure(f"connection closed at byte {got} of {total}")
 
 
 def _read_body(r: requests.Response, pipe: _Pipeline):
@@ -715,7 +721,7 @@ def _content_range(value: str) -> tuple[int, int | None]:
         start = int(span.split("-", 1)[0])
         return start, (None if total.strip() == "*" else int(total))
     except ValueError:
-        raise _Transient(f"bad Content-Range {value!r}") from None
+        raise TransientFailure(f"bad Content-Range {value!r}") from None
 
 
 def _int_or_none(v) -> int | None:

@@ -142,13 +142,13 @@ class Mirror:
 
 
 def _get_bytes(client: HttpClient, url: str, what: str) -> bytes:
-    from .http import _TRANSIENT, _one_line, _Transient
+    from .http import TRANSIENT_ERRORS, one_line, TransientFailure
 
     r = client._send("GET", url, what)
     try:
         return r.content
-    except _TRANSIENT as exc:
-        raise _Transient(f"connection dropped ({_one_line(exc)})") from None
+    except TRANSIENT_ERRORS as exc:
+        raise TransientFailure(f"connection dropped ({one_line(exc)})") from None
 
 
 def model_record(path: str | Path, pid: str) -> ModelInfo:

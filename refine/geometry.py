@@ -18,22 +18,27 @@ region (:func:`_restraint_pass`) splits every restraint type into as many contig
 as numba has threads; each thread adds into its own gradient buffer (no write races) and the
 buffers are summed at the end. A single parallel region per evaluation matters on a busy
 machine: every region entry waits for all worker threads to be scheduled. Models below
-:data:`PARALLEL_MIN_ATOMS` (and any model when ``NUMBA_NUM_THREADS=1``) take the serial
-driver; measured on the 2-core test machine: ~105 ns per atom serial (5ME2 0.46 ms, 49k atoms
-5.1 ms), about half that threaded when both cores are free, but slower than serial as soon as
-another job holds a core.
+:data:`rerefine.refine.threads.PARALLEL_MIN_ATOMS` (and any model when ``NUMBA_NUM_THREADS=1``)
+take the serial driver unless ``parallel=True`` is asked for.
+
+Length: the kernels of every restraint term are called from the one restraint pass
+(:func:`_pass_chunk`), and the statistics reuse them; they stay together.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numba
 import numpy as np
 from numba import njit, prange
 
 from .nonbonded import CLASH_OVERLAP, SIGMA_NB, count_overlaps, nonbonded_range, probe_radii
-from .restraints import Restraints
+from .threads import use_parallel
+
+if TYPE_CHECKING:  # annotations only: restraints.py uses this module's kernels (no import cycle)
+    from .restraints import Restraints
 
 RAD = math.pi / 180.0
 DEG = 180.0 / math.pi
@@ -407,17 +412,13 @@ def _restraint_pass_serial(xyz, b_idx, b_ideal, b_sigma, a_idx, a_ideal, a_sigma
                            nb_d0, sigma_nb, weights, gbuf, eterms):
     """Same as :func:`_restraint_pass` on the calling thread only.
 
-    Below PARALLEL_MIN_ATOMS one evaluation takes well under a millisecond and waking worker
-    threads (worse, on a busy machine waiting for them) costs more than it saves.
+    Used below :data:`rerefine.refine.threads.PARALLEL_MIN_ATOMS` atoms (see that module).
     """
     nchunk = gbuf.shape[0]
     for c in range(nchunk):
         _pass_chunk(c, nchunk, xyz, b_idx, b_ideal, b_sigma, a_idx, a_ideal, a_sigma, t_idx, t_ideal, t_sigma,
                     t_period, c_idx, c_ideal, c_sigma, c_both, p_atoms, p_offsets, p_sigma, nb_pi, nb_pj, nb_d0,
                     sigma_nb, weights, gbuf, eterms)
-
-
-PARALLEL_MIN_ATOMS = 20000
 
 
 @njit(cache=True)
@@ -448,18 +449,20 @@ def _check_xyz(r: Restraints, xyz) -> np.ndarray:
 TERMS = ("bond", "angle", "torsion", "chiral", "plane", "nonbonded")
 
 
-def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None) -> dict:
+def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None, *,
+                 parallel: bool | None = None) -> dict:
     """Per-term restraint energies (dimensionless, weights applied); optional gradient into ``grad``.
 
     Keys ``bond``, ``angle``, ``torsion``, ``chiral``, ``plane``, ``nonbonded``, and
     ``ramachandran`` when ``r.ramachandran`` is set
     (:class:`rerefine.refine.ramachandran_restraint.RamachandranRestraint`, refinement only), and
     one key per term of ``r.extra_terms`` (its ``name``).
-    Refreshes the nonbonded neighbour list when needed. Not re-entrant for one ``r``: the
+    Refreshes the nonbonded neighbour list when needed. ``parallel``: force the threaded (True)
+    or serial (False) drivers; by default :func:`rerefine.refine.threads.use_parallel` decides. Not re-entrant for one ``r``: the
     per-thread gradient buffers are kept on ``r`` between calls (use one Restraints per thread).
     """
     xyz = _check_xyz(r, xyz)
-    parallel = r.n_atoms >= PARALLEL_MIN_ATOMS
+    parallel = use_parallel(r.n_atoms, parallel)
     nchunk = max(1, numba.get_num_threads()) if parallel else 1
     # reuse the per-thread gradient buffers between calls: a fresh multi-MB array costs page
     # faults on every evaluation (the kernel zeroes them itself)
@@ -471,7 +474,7 @@ def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None)
     weights = np.array([float(r.weights[k]) for k in TERMS])
     nb = r.nonbonded
     if nb is not None and weights[5] != 0.0:
-        nb.update(xyz)
+        nb.update(xyz, parallel=parallel)
         pi, pj, d0 = nb.pi, nb.pj, nb.d0
     else:
         pi = pj = np.zeros(0, dtype=np.int32)
@@ -494,7 +497,8 @@ def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None)
     return out
 
 
-def restraint_energy_gradient(r: Restraints, xyz: np.ndarray) -> tuple[float, np.ndarray]:
+def restraint_energy_gradient(r: Restraints, xyz: np.ndarray, *, parallel: bool | None = None
+                              ) -> tuple[float, np.ndarray]:
     """Total restraint target and its analytic gradient.
 
     Parameters
@@ -504,6 +508,8 @@ def restraint_energy_gradient(r: Restraints, xyz: np.ndarray) -> tuple[float, np
         refreshed in place when an atom moved more than half the list buffer.
     xyz : ndarray (N, 3)
         Coordinates, Å, ``st[0].all()`` order.
+    parallel : bool, optional
+        Force the threaded or the serial drivers (default: by model size, see :mod:`.threads`).
 
     Returns
     -------
@@ -512,12 +518,13 @@ def restraint_energy_gradient(r: Restraints, xyz: np.ndarray) -> tuple[float, np
         (1/Å), zero rows for fixed atoms.
     """
     grad = np.empty((r.n_atoms, 3))
-    terms = energy_terms(r, xyz, grad)
+    terms = energy_terms(r, xyz, grad, parallel=parallel)
     return float(sum(terms.values())), grad
 
 
 @njit(cache=True)
-def _bond_devs(xyz, idx, ideal):
+def bond_devs(xyz, idx, ideal):
+    """Bond length minus its ideal (Å) of each bond ``idx`` (M, 2) at coordinates ``xyz`` (N, 3, Å)."""
     out = np.empty(ideal.shape[0])
     for k in range(ideal.shape[0]):
         i = idx[k, 0]
@@ -528,7 +535,8 @@ def _bond_devs(xyz, idx, ideal):
 
 
 @njit(cache=True)
-def _angle_devs(xyz, idx, ideal):
+def angle_devs(xyz, idx, ideal):
+    """Bond angle minus its ideal (degrees) of each angle ``idx`` (M, 3; vertex in the middle)."""
     out = np.empty(ideal.shape[0])
     for k in range(ideal.shape[0]):
         i = idx[k, 0]
@@ -543,7 +551,8 @@ def _angle_devs(xyz, idx, ideal):
 
 
 @njit(cache=True)
-def _torsion_devs(xyz, idx, ideal, period):
+def torsion_devs(xyz, idx, ideal, period):
+    """Torsion angle minus its ideal (degrees), folded into ±180/period, of each torsion ``idx`` (M, 4)."""
     out = np.empty(ideal.shape[0])
     dg = np.empty((4, 3))
     for k in range(ideal.shape[0]):
@@ -604,10 +613,10 @@ def geometry_stats(r: Restraints, xyz: np.ndarray) -> dict:
         (deg), ``n_bonds``, ``n_angles``, ``n_torsions``, ``n_chirals``, ``n_planes``.
     """
     xyz = _check_xyz(r, xyz)
-    bd = _bond_devs(xyz, r.bonds.idx, r.bonds.ideal)
-    ad = _angle_devs(xyz, r.angles.idx, r.angles.ideal)
+    bd = bond_devs(xyz, r.bonds.idx, r.bonds.ideal)
+    ad = angle_devs(xyz, r.angles.idx, r.angles.ideal)
     tmask = r.torsions.sigma > 0
-    td = _torsion_devs(xyz, r.torsions.idx[tmask], r.torsions.ideal[tmask], r.torsions.period[tmask])
+    td = torsion_devs(xyz, r.torsions.idx[tmask], r.torsions.ideal[tmask], r.torsions.period[tmask])
     cd = _chiral_devs(xyz, r.chirals.idx, r.chirals.ideal, r.chirals.both)
     pd = _plane_devs(xyz, r.planes.atoms, r.planes.offsets)
     nb = r.nonbonded
@@ -630,3 +639,24 @@ def geometry_stats(r: Restraints, xyz: np.ndarray) -> dict:
         "n_chirals": int(len(r.chirals)),
         "n_planes": int(len(r.planes)),
     }
+
+
+def bond_angle_rmsds(r: Restraints, xyz: np.ndarray, *, heavy_only: bool = False) -> dict:
+    """RMS deviations (from the library ideals) of bond lengths (Å) and angles (deg).
+
+    With ``heavy_only`` only restraints among non-hydrogen atoms count (what cctbx/MolProbity
+    report for models validated without hydrogens); otherwise every bond and angle, as
+    :func:`geometry_stats`. Returns ``bond_rmsd``, ``angle_rmsd``, ``n_bonds``, ``n_angles``.
+    """
+    xyz = _check_xyz(r, xyz)
+    b_idx, b_ideal = r.bonds.idx, r.bonds.ideal
+    a_idx, a_ideal = r.angles.idx, r.angles.ideal
+    if heavy_only:
+        heavy = (r.element != "H") & (r.element != "D")
+        kb = heavy[b_idx].all(axis=1)
+        ka = heavy[a_idx].all(axis=1)
+        b_idx, b_ideal = np.ascontiguousarray(b_idx[kb]), b_ideal[kb]
+        a_idx, a_ideal = np.ascontiguousarray(a_idx[ka]), a_ideal[ka]
+    bd = _bond_devs(xyz, b_idx, b_ideal)
+    ad = _angle_devs(xyz, a_idx, a_ideal)
+    return {"bond_rmsd": _rms(bd), "angle_rmsd": _rms(ad), "n_bonds": int(bd.size), "n_angles": int(ad.size)}

@@ -35,7 +35,7 @@ from scipy import ndimage
 from .mapio import DensityMap
 
 
-def _reciprocal_sq(dmap: DensityMap, shape: tuple[int, int, int]) -> np.ndarray:
+def reciprocal_sq(dmap: DensityMap, shape: tuple[int, int, int]) -> np.ndarray:
     """|s|^2 (Å^-2) of every coefficient of ``rfftn`` on a grid of ``shape`` with the map's voxel axes."""
     m = dmap.orth_matrix  # grid step -> Å
     inv_t = np.linalg.inv(m).T  # frequency in cycles/voxel -> cycles/Å
@@ -75,7 +75,7 @@ def lowpass_map(dmap: DensityMap, resolution: float, *, b_sharpen: float = 0.0) 
     """
     data = np.asarray(dmap.data, dtype=np.float64)
     f = sfft.rfftn(data)
-    f *= resolution_filter(_reciprocal_sq(dmap, data.shape), resolution, b_sharpen)
+    f *= resolution_filter(reciprocal_sq(dmap, data.shape), resolution, b_sharpen)
     out = sfft.irfftn(f, s=data.shape)
     sd = out.std()
     if not np.isfinite(sd) or sd <= 0:

@@ -152,11 +152,18 @@ def molecular_mask(st: gemmi.Structure, dmap: DensityMap, *, solvent_radius: flo
     """
     if not dmap.is_orthogonal:
         raise InputError(f"{dmap.name}: the molecular mask needs an orthogonal map cell")
-    radii = vdw_radii(st)
     xyz = np.array([cra.atom.pos.tolist() for cra in st[0].all()], dtype=np.float64).reshape(-1, 3)
-    g = dmap.grid_coordinates(xyz)
+    return mask_from_atoms(dmap, xyz, vdw_radii(st), solvent_radius=solvent_radius, shrink_radius=shrink_radius)
+
+
+def mask_from_atoms(dmap: DensityMap, xyz: np.ndarray, radii: np.ndarray, *,
+                    solvent_radius: float = SOLVENT_RADIUS, shrink_radius: float = SHRINK_RADIUS) -> np.ndarray:
+    """:func:`molecular_mask` from atom positions ``xyz`` (N, 3; Å, the map's frame) and their
+    van der Waals radii ``radii`` (N; Å) on the grid of ``dmap`` (orthogonal cell)."""
+    g = np.ascontiguousarray(dmap.grid_coordinates(xyz))
     h = np.asarray(dmap.voxel_size, dtype=np.float64)
-    data = _mark_atoms(g, radii, float(solvent_radius), h, np.array(dmap.shape, dtype=np.int64))
+    data = _mark_atoms(g, np.asarray(radii, dtype=np.float64), float(solvent_radius), h,
+                       np.array(dmap.shape, dtype=np.int64))
     if shrink_radius > 0:
         data = _shrink(data, _shrink_offsets(h, shrink_radius))
     else:

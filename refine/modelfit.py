@@ -42,7 +42,7 @@ from scipy import fft as sfft
 
 from rerefine.common.errors import InputError
 from .mapio import DensityMap, cut_box
-from .maptarget import _reciprocal_sq, resolution_filter
+from .maptarget import reciprocal_sq, resolution_filter
 
 
 @njit(cache=True, inline="always")
@@ -293,14 +293,9 @@ TARGETS = ("ccmask", "sphere")
 
 def _molecular_mask_xyz(box: DensityMap, xyz: np.ndarray, elements: list[str]) -> np.ndarray:
     """The CC_mask molecular mask (:func:`.mask.molecular_mask`) from positions and elements."""
-    from . import mask as _mask
+    from .mask import VDW_RADII, mask_from_atoms
 
-    radii = np.array([_mask.VDW_RADII.get(e.capitalize(), _mask.VDW_RADII["C"]) for e in elements])
-    g = np.ascontiguousarray(box.grid_coordinates(xyz))
-    h = np.asarray(box.voxel_size, dtype=np.float64)
-    data = _mask._mark_atoms(g, radii, float(_mask.SOLVENT_RADIUS), h, np.array(box.shape, dtype=np.int64))
-    data = _mask._shrink(data, _mask._shrink_offsets(h, _mask.SHRINK_RADIUS))
-    return data == 0
+    return mask_from_atoms(box, xyz, np.array([VDW_RADII.get(e.capitalize(), VDW_RADII["C"]) for e in elements]))
 
 
 @dataclass
@@ -373,7 +368,7 @@ class ModelMapFit:
         data = np.asarray(box.data, dtype=np.float64)
         fast = tuple(sfft.next_fast_len(int(n), real=True) for n in data.shape)
         data = np.pad(data, [(0, f - n) for f, n in zip(fast, data.shape)])
-        s2 = _reciprocal_sq(box, data.shape)
+        s2 = reciprocal_sq(box, data.shape)
         step = np.ascontiguousarray(box.voxel_size, dtype=np.float64)
         g = np.ascontiguousarray(box.grid_coordinates(xyz))
         if target == "ccmask":

@@ -29,6 +29,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .threads import use_parallel
+
 SIGMA_NB = 0.2
 FACTOR_14 = 0.8
 SHRINK_DONOR_ACCEPTOR = 0.6
@@ -263,9 +265,6 @@ def _pair_pass_serial(xyz, cutoff, cell, lo, dims, order, start, ptr, pidx, pcod
     return counts
 
 
-PARALLEL_MIN_ATOMS = 20000
-
-
 class NonbondedList:
     """Cell-list neighbour list of the repulsion term (see module docstring).
 
@@ -299,17 +298,20 @@ class NonbondedList:
     def n_pairs(self) -> int:
         return int(self.pi.shape[0])
 
-    def update(self, xyz: np.ndarray) -> bool:
-        """Rebuild the list if an atom moved more than ``buffer/2`` since the last build; True if rebuilt."""
+    def update(self, xyz: np.ndarray, *, parallel: bool | None = None) -> bool:
+        """Rebuild the list if an atom moved more than ``buffer/2`` since the last build; True if rebuilt.
+
+        ``parallel``: as in :meth:`build`."""
         xyz = np.ascontiguousarray(xyz, dtype=np.float64)
         if self._ref is not None and self._ref.shape == xyz.shape:
             if _max_disp2(xyz, self._ref) <= (0.5 * self.buffer) ** 2:
                 return False
-        self.build(xyz)
+        self.build(xyz, parallel=parallel)
         return True
 
-    def build(self, xyz: np.ndarray) -> None:
-        """Build the pair list from scratch at coordinates ``xyz`` (N, 3)."""
+    def build(self, xyz: np.ndarray, *, parallel: bool | None = None) -> None:
+        """Build the pair list from scratch at coordinates ``xyz`` (N, 3); ``parallel`` forces the
+        threaded or serial pair search (default: by size, :func:`rerefine.refine.threads.use_parallel`)."""
         r = self._r
         xyz = np.ascontiguousarray(xyz, dtype=np.float64)
         n = xyz.shape[0]
@@ -327,7 +329,7 @@ class NonbondedList:
         lo, dims, order, start = _cell_setup(xyz, cell)
         args = (xyz, self.cutoff, cell, lo, dims, order, start, r.partner_ptr, r.partner_idx, r.partner_code,
                 r.altloc, r.fixed, r.residue, r.vdw_radius, r.hb_type)
-        pair_pass = _pair_pass if n >= PARALLEL_MIN_ATOMS else _pair_pass_serial
+        pair_pass = _pair_pass if use_parallel(n, parallel) else _pair_pass_serial
         counts = pair_pass(*args, False, np.zeros(n, dtype=np.int64), np.zeros(1, dtype=np.int32),
                             np.zeros(1, dtype=np.uint8), np.zeros(1))
         offs = np.zeros(n + 1, dtype=np.int64)
@@ -410,3 +412,19 @@ def count_overlaps(xyz, pi, pj, kind, rad, hb, overlap):
         if kind[k] != 4 and dx * dx + dy * dy + dz * dz < lim * lim:
             cnt += 1
     return cnt
+
+
+@njit(cache=True)
+def path_codes(ptr, idx, code, a, b):
+    """Bond-path codes (2..5 = 1-2 … 1-5, 0 = further) of the atom pairs ``(a[k], b[k])``."""
+    out = np.zeros(a.shape[0], dtype=np.uint8)
+    for k in range(a.shape[0]):
+        i = a[k]
+        j = b[k]
+        if i == j:
+            out[k] = 1
+        elif i < j:
+            out[k] = _partner_code(ptr, idx, code, i, j)
+        else:
+            out[k] = _partner_code(ptr, idx, code, j, i)
+    return out

@@ -48,6 +48,7 @@ from rerefine.common.errors import InputError, RefinementError
 from .mapio import DensityMap, fraction_inside
 from .maptarget import MapTarget, scattering_weights
 from .nonbonded import nonbonded_range
+from .threads import PARALLEL_MIN_ATOMS
 
 log = logging.getLogger(__name__)
 
@@ -469,11 +470,6 @@ def rebuild_peptides(xyz: np.ndarray, units: np.ndarray, energy, *, tolerance: f
 #: 1999, J Mol Biol 286:291: 5.2 % and 0.03 % of peptides in the PDB), used as ``-2 ln p`` in
 #: the cis/trans choice of :func:`rebuild_peptides` (the target is on a -2 log-likelihood scale).
 CIS_PRIOR = {"PRO": 0.052, "other": 0.0003}
-
-
-#: Below this many atoms numba kernels run on one thread: thread start-up costs more than the
-#: work, and on a loaded machine spinning threads slow everything down.
-PARALLEL_MIN_ATOMS = 20000
 
 
 @contextlib.contextmanager
@@ -944,7 +940,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                     try:
                         xyz = _fit_stage(result, work, fmap, resolution, r, r_full, xyz, free, w, target,
                                          w_atom, guard, stage, fit_cycles, fit_iter, fit_reference_sigma,
-                                         target_bond, fit_target_angle or target_angle, auto, pairs,
+                                         target_bond, fit_target_angle or target_angle, pairs,
                                          adp_max_iter, auto_weight=auto, p_ref=p_ref, b_input=b_input,
                                          adp_prior_sigma=adp_prior_sigma)
                     except (InputError, ValueError) as exc:  # e.g. voxels too coarse for the model map
@@ -972,11 +968,6 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     return result
 
 
-#: Mask of the density-fit stage: ``"sphere"`` (spheres of max(2.5, 0.75 d) Å around the atoms,
-#: map filtered to d with a cosine edge) or ``"molecular"`` (CC_mask's own molecular mask, raw map,
-#: model map cut sharply at 1/d). Both gave CC_mask 0.884 on re-refined 5ME2; the sphere mask
-#: needs no mask computation.
-FIT_MASK = "sphere"
 #: Voxels of the model box above which the density-fit stage is skipped (with a warning): every
 #: evaluation costs two FFT pairs of the box, about 70 ms for 5ME2's 80x81x72 box; a 300^3 box
 #: would take seconds per evaluation and minutes per refinement.
@@ -1015,7 +1006,7 @@ def _restrained(x, p, data_e, data_g, r, free, guard, ref_k, p_ref):
 
 
 def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, target, w_atom, guard, stage,
-               cycles, max_iter, reference_sigma, target_bond, target_angle, auto, pairs, adp_max_iter,
+               cycles, max_iter, reference_sigma, target_bond, target_angle, pairs, adp_max_iter,
                auto_weight=True, p_ref=None, b_input=None, adp_prior_sigma=None):
     """Alternate coordinate refinement against the model-map fit (:mod:`.modelfit`) and B.
 
@@ -1036,7 +1027,7 @@ def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, targ
         raise ValueError(f"model box of {voxels:.3g} voxels is above {FIT_MAX_VOXELS:.3g}")
     fit = ModelMapFit.prepare(dmap, xyz, [c.atom.element.name for c in cras],
                               np.array([0.0 if c.atom.is_hydrogen() else c.atom.occ for c in cras]), resolution,
-                              target="ccmask" if FIT_MASK == "molecular" else "sphere",
+                              target="sphere",
                               alias_log=FIT_ALIAS_LOG, cutoff_log=FIT_CUTOFF_LOG)
     bvals = np.clip([c.atom.b_iso for c in cras], 1.0, 500.0)
 
@@ -1102,14 +1093,14 @@ def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, targ
 
 def _chain_rmsd(r, xyz: np.ndarray, sel: np.ndarray) -> tuple[float, float] | None:
     """Bond and angle RMSD (Å, deg) of the restraints whose first atom is selected."""
-    from .geometry import _angle_devs, _bond_devs
+    from .geometry import angle_devs, bond_devs
 
     bsel = sel[r.bonds.idx[:, 0]]
     asel = sel[r.angles.idx[:, 0]]
     if not bsel.any() or not asel.any():
         return None
-    bd = _bond_devs(xyz, np.ascontiguousarray(r.bonds.idx[bsel]), r.bonds.ideal[bsel])
-    ad = _angle_devs(xyz, np.ascontiguousarray(r.angles.idx[asel]), r.angles.ideal[asel])
+    bd = bond_devs(xyz, np.ascontiguousarray(r.bonds.idx[bsel]), r.bonds.ideal[bsel])
+    ad = angle_devs(xyz, np.ascontiguousarray(r.angles.idx[asel]), r.angles.ideal[asel])
     return float(np.sqrt(np.mean(bd ** 2))), float(np.sqrt(np.mean(ad ** 2)))
 
 

@@ -19,6 +19,9 @@ dictionary (``both`` = either hand), planes as a single sigma per plane (Å).
 Residues with no dictionary are *fixed*: no restraints, ``fixed`` mask True,
 a warning in :attr:`Restraints.warnings`; they still take part in the nonbonded
 term and in the metrics.
+
+Length: one job, turning gemmi's topology into restraint arrays (with the residue and link
+handling that needs).
 """
 
 from __future__ import annotations
@@ -285,13 +288,13 @@ def _choose_puckers(t: TorsionSet, residue: np.ndarray, xyz: np.ndarray) -> int:
     its sigma, the other gets sigma 0 (kept in the arrays, so counts still match gemmi's
     topology, but without weight). Returns the number of residues decided.
     """
-    from .geometry import _torsion_devs  # geometry imports this module at load time
+    from .geometry import torsion_devs  # numba kernels: loaded when nucleotides need them
 
     fam = np.array([2 if lb.startswith("C2e-") else 3 if lb.startswith("C3e-") else 0 for lb in t.label])
     sel = np.nonzero(fam)[0]
     if sel.size == 0:
         return 0
-    dev = _torsion_devs(xyz, t.idx[sel], t.ideal[sel], t.period[sel])
+    dev = torsion_devs(xyz, t.idx[sel], t.ideal[sel], t.period[sel])
     chi2 = (dev / np.where(t.sigma[sel] > 0, t.sigma[sel], 1.0)) ** 2
     res = residue[t.idx[sel, 1]]
     decided = 0

@@ -26,7 +26,7 @@ phenix.auto_sharpen / cctbx ``segment_and_split_map``)
     ``region_weight`` set as phenix's ``region_weight_method=delta_ratio`` does: the change of
     ``sa_ratio`` between the ends of the search range equals ``region_weight`` times the change of
     normalized regions. The score curve over B is smoothed (1-2-1) before its maximum is taken.
-    Kurtosis of the map values is the alternative target. The unsharpened map competes too.
+    The unsharpened map competes too.
     Scoring maps keep only terms with d > d_min (phenix keeps d > 0.833 d_min), so that a map and
     a blurred copy of it lead to the same choice.
     The search scales one transform shell-wise (no transform of the full map per trial): a box of
@@ -47,11 +47,12 @@ Model-based mode (the idea of LocScale, Jakobi, Wilmanns & Sachse 2017, eLife 6:
 Target B_iso. The default method (``target="target_b"``, phenix's ``target_b_iso_to_d_cut`` /
 ``region_weight_method=b_iso``) sharpens or blurs to ``B_iso = 5.9 d_min²`` Å² (the empirical
 ``target_b_iso_ratio`` of cctbx ``segment_and_split_map``), solving for b_sharpen on the radial
-profile and correcting on the actual coefficients. The adjusted-surface-area and kurtosis searches
-have no fixed target. On the three real test maps the adjusted-surface-area search keeps CCmask
-(-0.006 to +0.033) but its score has near-equal maxima 40-60 Å² apart, so a blurred copy of a map
-can land 30-40 Å² away from the original's choice; kurtosis over-sharpens EMD-30342's zone map
-(CCmask -0.22). That is why they are options, not the default (benchmarks/bench_sharpen.py).
+profile and correcting on the actual coefficients. The adjusted-surface-area search
+(``target="adjusted_sa"``) has no fixed target; its score can have near-equal maxima far apart in
+B, which is why it is an option, not the default (figures: ``benchmarks/bench_sharpen.py``).
+
+Length: one job, global sharpening; its modes (target B, surface-area search, half-map and model
+scaling) share one transform, one radial profile and one scoring box.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from dataclasses import dataclass, field
 import gemmi
 import numpy as np
 import scipy.ndimage as ndi
-from numba import njit, prange
+from numba import njit
 
 from . import fsc as fscmod
 from rerefine.common.errors import InputError
@@ -250,30 +251,6 @@ def _region_surfaces(labels, nlab):
     return out
 
 
-@njit(cache=True, parallel=True)
-def _moments(x):
-    """Mean, variance and fourth central moment of a flat float array (two passes)."""
-    n = x.size
-    s = 0.0
-    for i in prange(n):
-        s += x[i]
-    mean = s / n
-    m2 = 0.0
-    m4 = 0.0
-    for i in prange(n):
-        d = x[i] - mean
-        d2 = d * d
-        m2 += d2
-        m4 += d2 * d2
-    return mean, m2 / n, m4 / n
-
-
-def kurtosis(data: np.ndarray) -> float:
-    """Kurtosis ``<(x - mean)⁴> / sd⁴`` of the map values (3 for a Gaussian)."""
-    _, m2, m4 = _moments(np.ascontiguousarray(data, dtype=np.float32).ravel())
-    return float(m4 / (m2 * m2)) if m2 > 0 else 0.0
-
-
 @dataclass
 class ScoreParams:
     """Parameters of the adjusted-surface-area score (phenix defaults)."""
@@ -424,10 +401,7 @@ def _trial_map(box: _ScoringBox, log_factor: np.ndarray) -> np.ndarray:
     return fscmod.irfft_map(c, box.shape)
 
 
-def _score(data: np.ndarray, box: _ScoringBox, target: str, p: ScoreParams):
-    if target == "kurtosis":
-        k = kurtosis(data)
-        return k, (k, 0.0, 0.0)
+def _score(data: np.ndarray, box: _ScoringBox, p: ScoreParams):
     res = adjusted_surface_area(data, box.solvent_fraction, p)
     return res[0], res
 
@@ -448,10 +422,10 @@ def auto_sharpen(dmap: DensityMap, resolution: float, *, half_maps: tuple | None
         Half-maps on the same grid: FSC weighting first.
     model : gemmi.Structure, optional
         Scale the radial amplitude profile to the model map's instead of searching B.
-    target : {"target_b", "adjusted_sa", "kurtosis"}
+    target : {"target_b", "adjusted_sa"}
         ``target_b`` (default): sharpen (or blur) to B_iso = 5.9 d_min² (phenix
-        ``region_weight_method=b_iso`` / ``target_b_iso_to_d_cut``); otherwise the score maximised
-        by the B search.
+        ``region_weight_method=b_iso`` / ``target_b_iso_to_d_cut``); ``adjusted_sa``: the B search
+        maximising the adjusted surface area.
 
     Returns
     -------
@@ -463,8 +437,8 @@ def auto_sharpen(dmap: DensityMap, resolution: float, *, half_maps: tuple | None
         No signal, resolution finer than Nyquist, mismatched half-maps.
     """
     t0 = time.perf_counter()
-    if target not in ("adjusted_sa", "kurtosis", "target_b"):
-        raise InputError(f"unknown sharpening target {target!r} (adjusted_sa, kurtosis or target_b)")
+    if target not in ("adjusted_sa", "target_b"):
+        raise InputError(f"unknown sharpening target {target!r} (adjusted_sa or target_b)")
     check_inputs(dmap, resolution)
     p = params or ScoreParams()
     shape = dmap.shape
@@ -515,14 +489,14 @@ def auto_sharpen(dmap: DensityMap, resolution: float, *, half_maps: tuple | None
         return sharpen_log_factor(s_box, bs, resolution, k).astype(np.float32) + lowpass
 
     trials = []
-    score_null, _ = _score(_trial_map(box, log_factor(0.0)), box, target, p)
+    score_null, _ = _score(_trial_map(box, log_factor(0.0)), box, p)
     region_weight = p.region_weight
     if model is not None:
         model_table, info = _model_scaling(dmap, model, resolution, coeffs, a, prof, s_corner, k_sharpen)
         extra.update(info)
         lt = np.log(np.maximum(model_table[1], 1e-30))
         lf_box = np.interp(s_box, np.arange(len(lt)) * model_table[0], lt).astype(np.float32) + lowpass
-        best_score, _ = _score(_trial_map(box, lf_box), box, target, p)
+        best_score, _ = _score(_trial_map(box, lf_box), box, p)
         final_table = model_table
         b_sharp = float("nan")
         method = ("half_map_fsc+" if pre_table else "") + "model_scaling"
@@ -533,12 +507,12 @@ def auto_sharpen(dmap: DensityMap, resolution: float, *, half_maps: tuple | None
         if target == "adjusted_sa":
             # phenix region_weight_method=delta_ratio: the change of sa_ratio over the search range equals
             # region_weight times the change of normalized regions, so neither term dominates the search.
-            _, (_, sa_lo, nr_lo) = _score(_trial_map(box, log_factor(b_start - b_lo)), box, target, p)
-            _, (_, sa_hi, nr_hi) = _score(_trial_map(box, log_factor(b_start - b_hi)), box, target, p)
+            _, (_, sa_lo, nr_lo) = _score(_trial_map(box, log_factor(b_start - b_lo)), box, p)
+            _, (_, sa_hi, nr_hi) = _score(_trial_map(box, log_factor(b_start - b_hi)), box, p)
             if abs(nr_lo - nr_hi) > 1e-12 and abs(sa_lo - sa_hi) > 1e-12:
                 region_weight = abs(sa_lo - sa_hi) / abs(nr_lo - nr_hi)
                 p = ScoreParams(p.fraction_occupied, p.sa_percent, region_weight, p.max_regions_to_test)
-                score_null, _ = _score(_trial_map(box, log_factor(0.0)), box, target, p)
+                score_null, _ = _score(_trial_map(box, log_factor(0.0)), box, p)
         if target == "target_b":
             b_goal = target_b_iso(resolution)
             b_sharp = b_sharpen_for(prof, resolution, b_start, b_goal, k_sharpen)
@@ -549,13 +523,13 @@ def auto_sharpen(dmap: DensityMap, resolution: float, *, half_maps: tuple | None
                              s_corner)
                 pr = fscmod.radial_profile(coeffs, a, shape, s_max=s_nyq, n_shells=n_sh, table=tab)
                 b_sharp += b_iso_from_profile(pr, resolution) - b_goal
-            best_score, _ = _score(_trial_map(box, log_factor(b_sharp)), box, "adjusted_sa", p)
+            best_score, _ = _score(_trial_map(box, log_factor(b_sharp)), box, p)
             trials.append((target_b_iso(resolution), float(best_score)))
         else:
             grid = np.linspace(b_lo, b_hi, search_b_n)
             scores = []
             for bt in grid:
-                sc, _ = _score(_trial_map(box, log_factor(b_start - bt)), box, target, p)
+                sc, _ = _score(_trial_map(box, log_factor(b_start - bt)), box, p)
                 trials.append((float(bt), float(sc)))
                 scores.append(sc)
             # The score of one map is noisy in B (regions merge and split); a 1-2-1 running mean over

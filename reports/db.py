@@ -12,7 +12,8 @@ Tables
 ``runs``
     Entry × pipeline version × input checksums (``inputs_hash``): status
     (queued/running/done/failed/skipped), reason, per-stage timings (s, JSON), host,
-    start/finish times and the verdict of :mod:`rerefine.reports.verdict`.
+    start/finish times, the verdict of :mod:`rerefine.reports.verdict` and the gate that
+    decided it (``verdict_gate``).
 ``input_files``
     The files a run read (role, path, size in bytes, SHA-256).
 ``metrics``
@@ -82,6 +83,15 @@ METRIC_COLUMNS = (
     "q_score", "q_score_expected",
     "atom_inclusion", "atom_inclusion_backbone", "contour",
     "bond_rmsd", "angle_rmsd", "chirality_rmsd", "planarity_rmsd", "nonbonded_overlaps",
+) + (
+    # revision 0002: fit figures refinement cannot inflate (CCmask of the coordinates with the
+    # input B; FSC average and CCmask against half-map 1 = work and half-map 2 = free) and the
+    # MolProbity-class validation (percentages in %, counts, clashscore per 1000 atoms, RMSDs
+    # of non-H atoms in Å and degrees)
+    "cc_mask_input_b", "fsc_avg_work", "fsc_avg_free", "cc_mask_work", "cc_mask_free",
+    "rama_favored_pct", "rama_outliers", "rama_outliers_pct", "rotamer_outliers", "rotamer_outliers_pct",
+    "cbeta_outliers", "clashscore", "cis_peptides", "twisted_peptides", "cis_nonpro_peptides",
+    "twisted_nonpro_peptides", "bond_rmsd_heavy", "angle_rmsd_heavy",
 )
 #: Sharpening parameters (B in Å²; ``method`` a short name), one set per run.
 SHARPENING_COLUMNS = ("b_iso_before", "b_iso_after", "b_sharpen")
@@ -146,6 +156,9 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     verdict: Mapped[str | None] = mapped_column(String(16))
+    # revision 0002: the gate that decided the verdict (reports/verdict.py GATES); NULL for runs
+    # judged by the rule of pipeline versions before 0.3 (full CCmask and geometry)
+    verdict_gate: Mapped[str | None] = mapped_column(String(32))
     timings: Mapped[dict | None] = mapped_column(JSONType)
     host: Mapped[str | None] = mapped_column(String(255))
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

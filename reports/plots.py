@@ -77,7 +77,7 @@ def _num(v: float) -> str:
     return s[:-2] if s.endswith(".0") else s
 
 
-def _arr(values) -> np.ndarray:
+def as_floats(values) -> np.ndarray:
     """Float array; ``None`` becomes NaN."""
     if isinstance(values, np.ndarray) and values.dtype.kind == "f":
         return values
@@ -98,7 +98,7 @@ def _extent(arrays, pad: float = 0.04, lo=None, hi=None) -> tuple[float, float]:
     """Padded [min, max] over the finite values of ``arrays`` (and ``lo``/``hi`` if given)."""
     mins, maxs = [], []
     for a in arrays:
-        a = _arr(a)
+        a = as_floats(a)
         fin = a[np.isfinite(a)]
         if fin.size:
             mins.append(float(fin.min()))
@@ -182,7 +182,7 @@ class _Axes:
 
     def _tenths(self, x, y):
         """Pixel coordinates in tenths (ints) of the points where both values are finite, and that mask."""
-        x, y = _arr(x), _arr(y)
+        x, y = as_floats(x), as_floats(y)
         ok = np.isfinite(x) & np.isfinite(y)
         sx = self.w / (self.xhi - self.xlo)
         sy = self.h / (self.yhi - self.ylo)

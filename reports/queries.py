@@ -40,6 +40,8 @@ from rerefine.reports import db
 from rerefine.reports.verdict import CC_MARGIN, decide, got_worse
 
 FINISHED = ("done", "failed", "skipped")
+#: What the entry page says of a verdict stored before the gates (no ``verdict_gate``).
+OLD_RULE = "verdict by the rule of pipeline versions before 0.3 (full CCmask and restraint RMSDs)"
 #: Default resolution bins (Å) of :func:`distributions`.
 RESOLUTION_BINS = (0.0, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, math.inf)
 
@@ -47,7 +49,7 @@ E, V, R, M, MF = db.T_ENTRIES, db.T_VERSIONS, db.T_RUNS, db.T_METRICS, db.T_METR
 _METRIC_COLS = [M.c[f"{n}_{s}"] for n in db.METRIC_COLUMNS for s in ("before", "after")]
 _SHARP_COLS = [M.c.b_iso_before, M.c.b_iso_after, M.c.b_sharpen, M.c.sharpening_method]
 _ENTRY_COLS = [E.c.pdb_id, E.c.emdb_id, E.c.title, E.c.resolution, E.c.release_date]
-_RUN_COLS = [R.c.id.label("run_id"), R.c.status, R.c.reason, R.c.verdict, R.c.finished_at,
+_RUN_COLS = [R.c.id.label("run_id"), R.c.status, R.c.reason, R.c.verdict, R.c.verdict_gate, R.c.finished_at,
              R.c.updated_at, V.c.version, V.c.params_hash]
 
 
@@ -169,7 +171,9 @@ def entry_detail(engine: Engine, pdb_id: str, *, version: str | None = None,
         ``method``, ``method_details``, ``deposited``, ``updated_at``);
         ``run`` (the latest run, or of ``version``, or ``run_id``; ``None`` if none:
         ``run_id``, ``status``, ``reason``, ``verdict``, ``recommended``
-        (``"rerefined"``/``"deposited"``), ``verdict_reasons``, ``timings``, ``host``,
+        (``"rerefined"``/``"deposited"``), ``verdict_gate`` (the deciding gate),
+        ``verdict_reasons``, ``verdict_gates`` (each gate's ``name``, ``status``, ``detail``;
+        empty for runs judged before the gates existed), ``timings``, ``host``,
         ``started_at``, ``finished_at``, ``version``, ``git_commit``, ``params_hash``,
         ``params``, the metric triplets, sharpening, ``before`` and ``after`` (full
         metric dicts), ``artefacts`` and ``inputs`` (lists of dicts), ``per_residue``
@@ -205,9 +209,15 @@ def entry_detail(engine: Engine, pdb_id: str, *, version: str | None = None,
                 .where(R.c.id == run_id, R.c.entry_id == eid)).mappings().first()
             if row is not None:
                 run = _add_deltas(dict(row))
-                v = decide(run["before"], run["after"])
                 run["recommended"] = "rerefined" if run["verdict"] == "improved" else "deposited"
-                run["verdict_reasons"] = v.reasons if run["status"] == "done" else []
+                run["verdict_reasons"], run["verdict_gates"] = [], []
+                if run["status"] == "done" and run["verdict_gate"] is not None:
+                    v = decide(run["before"], run["after"])
+                    run["verdict_reasons"] = v.reasons
+                    run["verdict_gates"] = [{"name": g.name, "status": g.status, "detail": g.detail}
+                                            for g in v.gates]
+                elif run["status"] == "done" and run["verdict"] is not None:
+                    run["verdict_reasons"] = [OLD_RULE]
                 run["artefacts"] = [dict(r) for r in conn.execute(
                     select(db.T_ARTEFACTS.c.kind, db.T_ARTEFACTS.c.path, db.T_ARTEFACTS.c.size,
                            db.T_ARTEFACTS.c.sha256).where(db.T_ARTEFACTS.c.run_id == run_id)

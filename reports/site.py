@@ -43,9 +43,12 @@ import jinja2
 import numpy as np
 
 from rerefine.reports import plots
+from rerefine.reports.viewer import copy_viewer_assets
+from rerefine.reports.waters import waters_view
 from rerefine.common.atomicfile import write_atomic
 from rerefine.common.errors import InputError
-from rerefine.reports.verdict import CC_MARGIN, got_worse
+from rerefine.reports import entry_validation as ev
+from rerefine.reports.verdict import CC_MARGIN
 from rerefine.reports.verdict import finite_float as _f
 
 log = logging.getLogger(__name__)
@@ -94,21 +97,20 @@ def page_slug(text: str) -> str:
 # --- science -----------------------------------------------------------------------------
 
 def expected_q(resolution) -> float | None:
-    """Expected mean Q-score of a well-fitted model at a map resolution ``d`` (Å).
-
-    The linear fit of Q-score against reported resolution over well-fitted EMDB models,
-    Q_exp = -0.1775 d + 1.1192 (Pintilie et al. 2020, Nat. Methods 17:328, Fig. 3);
-    it is meant for roughly 1.5-5 Å and is clipped to [0, 1].
-    """
+    """Expected mean Q-score (σ 0.6 Å, protein) at a map resolution (Å), or None when it is unknown:
+    :func:`rerefine.refine.qscore.expected_q` (MapQ's line, Pintilie et al. 2020)."""
     if resolution is None or not math.isfinite(resolution) or resolution <= 0:
         return None
-    return min(1.0, max(0.0, -0.1775 * float(resolution) + 1.1192))
+    from rerefine.refine.qscore import expected_q as mapq_expected_q  # numba module: loaded when needed
+
+    return mapq_expected_q(float(resolution))
 
 
 # name -> (label, higher is better, decimals); names as in rerefine.reports.db.METRIC_COLUMNS.
 # Unknown numeric metrics are shown with their own names after these (no better/worse colour).
 METRICS = {
     "cc_mask": ("CCmask", True, 3),
+    **ev.FIT_EXTRA,
     "cc_box": ("CCbox", True, 3),
     "cc_peaks": ("CCpeaks", True, 3),
     "cc_volume": ("CCvolume", True, 3),
@@ -126,17 +128,15 @@ GEOMETRY = {
     # library torsion targets include the alternatives refinement does not restrain (side-chain
     # rotamers, phi/psi): shown for information, without a better/worse tone
     "torsion_rmsd": ("RMSD torsions to library targets (°)", None, 1),
-    "clashscore": ("Clashscore", False, 2),
-    "rama_favored": ("Ramachandran favoured (%)", True, 2),
-    "rama_outliers": ("Ramachandran outliers (%)", False, 2),
-    "rotamer_outliers": ("Rotamer outliers (%)", False, 2),
 }
 # Numbers stored with the metrics that are not shown in the tables: shown elsewhere on the page,
 # or parameters and timings of the measurement rather than figures of the model.
 HIDDEN_METRICS = {"q_score_expected", "b_iso_before", "b_iso_after", "b_sharpen", "q_sigma", "resolution",
-                  "seconds"}
+                  "seconds"} | ev.NOT_IN_FIT_TABLE
 # Geometry figures shown as deltas in the index (when present).
 INDEX_GEOMETRY = ("bond_rmsd", "angle_rmsd", "nonbonded_overlaps")
+# Changes the archive page plots (fit gain against validation change), kept in the rows.
+ARCHIVE_DELTAS = ("cc_mask_input_b", "rama_favored_pct", "rotamer_outliers_pct", "clashscore")
 
 # Columns of the index data: key, header, kind (drives sorting/formatting in index.js).
 INDEX_COLUMNS = [
@@ -155,6 +155,7 @@ INDEX_COLUMNS = [
     ("d_angle_rmsd", "ΔRMSD angles (°)", "delta3"),
     ("d_nonbonded_overlaps", "ΔOverlaps", "delta0"),
     ("verdict", "Verdict", "text"),
+    ("verdict_gate", "Decided by", "text"),
     ("status", "Status", "text"),
     ("version", "Version", "text"),
 ]
@@ -199,7 +200,7 @@ def residue_columns(res) -> dict:
             cols = {k: [r.get(k) for r in res] for k in keys}
     for k, c in cols.items():
         if k not in ("chain", "icode", "resname") and not isinstance(c, np.ndarray):
-            cols[k] = plots._arr(c)
+            cols[k] = plots.as_floats(c)
     return cols
 
 
@@ -236,6 +237,8 @@ def entry_view(d: dict) -> dict:
         "version": d.get("version"),
         "version_label": d.get("version_label"),
         "verdict_reasons": list(d.get("verdict_reasons") or []),
+        "verdict_gate": d.get("verdict_gate"),
+        "gates": ev.gate_rows(d.get("verdict_gates"), d.get("verdict_gate")),
         "history": list(d.get("history") or []),
         "git_commit": d.get("git_commit"),
         "parameters": d.get("parameters") or {},
@@ -247,6 +250,11 @@ def entry_view(d: dict) -> dict:
         "artefacts": list(d.get("artefacts") or []),
     }
     v["placement"] = _placement(metrics["before"].get("placement"))
+    v["waters"] = waters_view(metrics["after"].get("douse"))
+    refinement = metrics["after"].get("refinement") if isinstance(metrics["after"].get("refinement"), dict) else {}
+    v["warnings"] = [str(w) for w in refinement.get("warnings") or []] + \
+        [str(w) for w in metrics["after"].get("validation_warnings") or []]
+    v["contour_fallback"] = str(metrics["before"].get("contour_source") or "").startswith("default")
     eq = _f(metrics["before"].get("q_score_expected")) or _f(metrics["after"].get("q_score_expected"))
     v["expected_q"] = eq if eq is not None else expected_q(v["resolution"])
     return v
@@ -272,11 +280,12 @@ def index_row(v: dict) -> dict:
         "pdb_id": v["pdb_id"], "emdb_id": v["emdb_id"], "title": v["title"],
         "resolution": v["resolution"], "release_date": v["release_date"],
         "status": v["status"], "verdict": v["verdict"], "version": v["version"],
+        "verdict_gate": v["verdict_gate"],
     }
     for m in ("cc_mask", "q_score", "atom_inclusion"):
         row[m + "_before"] = _f(mb.get(m))
         row[m + "_after"] = _f(ma.get(m))
-    for g in INDEX_GEOMETRY:
+    for g in INDEX_GEOMETRY + ARCHIVE_DELTAS:
         row["d_" + g] = _delta(mb.get(g), ma.get(g))
     return row
 
@@ -327,8 +336,8 @@ def _residue_charts(v: dict) -> list[dict]:
         c = res.get(key)
         return c if c is not None and len(c) == n_all else empty
 
-    seq = plots._arr(column("seq"))
-    cols = {k: plots._arr(column(k)) for k in
+    seq = plots.as_floats(column("seq"))
+    cols = {k: plots.as_floats(column(k)) for k in
             ("cc_before", "cc_after", "q_score_before", "q_score_after", "b_iso_before", "b_iso_after")}
     has_b = bool(np.isfinite(cols["b_iso_before"]).any() or np.isfinite(cols["b_iso_after"]).any())
     eq = v["expected_q"]
@@ -380,7 +389,7 @@ def _scatter_cc_q(v: dict) -> str | None:
         y = res.get("q_score_" + when)
         if x is None or y is None:
             continue
-        x, y = plots._arr(x), plots._arr(y)
+        x, y = plots.as_floats(x), plots.as_floats(y)
         if x.size and x.size == y.size and (np.isfinite(x) & np.isfinite(y)).any():
             series.append(plots.Series(f"{when} ({'deposited' if when == 'before' else 're-refined'})", x, y, when))
     if not series:
@@ -472,22 +481,6 @@ def _script_json(obj) -> str:
 
 # --- sources ----------------------------------------------------------------------------------
 
-def _compare_rows(prev_rows: list[dict], cur_rows: list[dict], margin: float) -> dict:
-    """Method impact from index rows of two versions (for :class:`DictSource`): entries both
-    processed; improved / worsened = re-refined CCmask higher / lower by at least ``margin``,
-    or (worsened) a lower-ranked verdict — the rule of :func:`rerefine.reports.verdict.got_worse`."""
-    prev = {r["pdb_id"]: r for r in prev_rows}
-    both = []
-    for r in cur_rows:
-        p = prev.get(r["pdb_id"])
-        if p is None or p["cc_mask_after"] is None or r["cc_mask_after"] is None:
-            continue
-        both.append(_impact_item(r["pdb_id"], r["title"], r["resolution"], p["cc_mask_after"], r["cc_mask_after"],
-                                 _delta(p["q_score_after"], r["q_score_after"]), p["verdict"], r["verdict"],
-                                 got_worse(p, r, margin)))
-    return _impact(both, margin)
-
-
 def _impact_item(pdb_id, title, resolution, prev_cc, cur_cc, d_q, prev_verdict, cur_verdict, why) -> dict:
     return {"pdb_id": pdb_id, "slug": page_slug(pdb_id), "title": title or "", "resolution": _f(resolution),
             "prev_cc": _f(prev_cc), "cur_cc": _f(cur_cc), "d_cc": _delta(prev_cc, cur_cc), "d_q": _f(d_q),
@@ -502,14 +495,6 @@ def _impact(both: list[dict], margin: float) -> dict:
             "d_cc": [i["d_cc"] for i in both], "d_q": [i["d_q"] for i in both]}
 
 
-def _median(vals):
-    v = sorted(x for x in vals if x is not None)
-    if not v:
-        return None
-    m = len(v) // 2
-    return v[m] if len(v) % 2 else 0.5 * (v[m - 1] + v[m])
-
-
 class DictSource:
     """Site data held in memory (tests, previews).
 
@@ -517,18 +502,15 @@ class DictSource:
     ----------
     entries : list of dict
         The latest result of every entry, as :func:`entry_view` takes them.
-    history : dict, optional
-        ``{version label: [entry dicts]}`` in version order (oldest first): each version's
-        results, for the method-impact pages.
-    versions : list of dict, optional
-        ``version, created, git_commit, parameters`` per version label (same order).
+    engine : sqlalchemy.engine.Engine, optional
+        A results database whose pipeline versions make the method-impact pages (through
+        :class:`DatabaseSource`, i.e. :func:`rerefine.reports.queries.compare_versions`);
+        without it the site has no version pages.
     """
 
-    def __init__(self, entries: list[dict], history: dict[str, list[dict]] | None = None,
-                 versions: list[dict] | None = None):
+    def __init__(self, entries: list[dict], engine=None):
         self._entries = {str(e["pdb_id"]): e for e in entries}
-        self._history = history or {}
-        self._versions = {str(v["version"]): v for v in versions or []}
+        self._versions = DatabaseSource(engine) if engine is not None else None
 
     def listing(self, since=None) -> list[dict]:
         """Every entry (index-level data is all there is); marker = hash of the entry."""
@@ -538,22 +520,7 @@ class DictSource:
         return self._entries[str(item["pdb_id"])]
 
     def version_summaries(self) -> list[dict]:
-        out = []
-        prev_rows, prev_label = None, None
-        for label, results in self._history.items():
-            cur = [index_row(entry_view(d)) for d in results]
-            meta = self._versions.get(label, {})
-            counts: dict = {}
-            for r in cur:
-                k = r["verdict"] or r["status"]
-                counts[k] = counts.get(k, 0) + 1
-            out.append({"version": label, "created": meta.get("created"), "git_commit": meta.get("git_commit"),
-                        "parameters": meta.get("parameters") or {}, "n": len(cur), "counts": counts,
-                        "median_dcc": _median(_delta(r["cc_mask_before"], r["cc_mask_after"]) for r in cur),
-                        "previous": prev_label,
-                        "comp": _compare_rows(prev_rows, cur, CC_MARGIN) if prev_rows is not None else None})
-            prev_rows, prev_label = cur, label
-        return out
+        return self._versions.version_summaries() if self._versions is not None else []
 
 
 class DatabaseSource:
@@ -583,11 +550,12 @@ class DatabaseSource:
             before = {n: r.get(f"{n}_before") for n in db.METRIC_COLUMNS}
             after = {n: r.get(f"{n}_after") for n in db.METRIC_COLUMNS}
             marker = None if changed is not None and r["pdb_id"] in changed else data_hash(
-                [r["run_id"], r["status"], r["verdict"], r["updated_at"], r["finished_at"], r["title"],
+                [r["run_id"], r["status"], r["verdict"], r["verdict_gate"], r["updated_at"], r["finished_at"], r["title"],
                  r["emdb_id"], r["resolution"], r["release_date"], r["version"], r["params_hash"]], "")
             out.append({"pdb_id": r["pdb_id"], "emdb_id": r["emdb_id"], "title": r["title"],
                         "resolution": r["resolution"], "release_date": r["release_date"],
                         "status": r["status"], "verdict": r["verdict"], "reason": r["reason"],
+                        "verdict_gate": r["verdict_gate"],
                         "version": r["version"],
                         "version_label": labels.get((r["version"], r["params_hash"]), r["version"]),
                         "metrics": {"before": before, "after": after},
@@ -665,6 +633,7 @@ def entry_from_detail(d: dict, version_label: str | None = None) -> dict:
     out.update({
         "status": run.get("status"), "verdict": run.get("verdict"), "reason": run.get("reason"),
         "verdict_reasons": run.get("verdict_reasons") or [],
+        "verdict_gate": run.get("verdict_gate"), "verdict_gates": run.get("verdict_gates") or [],
         "version": run.get("version"), "version_label": version_label or run.get("version"),
         "git_commit": run.get("git_commit"), "parameters": run.get("params") or {},
         "timings": run.get("timings") or {}, "host": run.get("host"),
@@ -807,6 +776,13 @@ def render_entry(b: SiteBuilder, v: dict) -> str:
         "emdb": emdb_url(v["emdb_id"]),
         "metric_rows": _metric_rows(v["metrics"]["before"], v["metrics"]["after"], METRICS, True),
         "geometry_rows": _metric_rows(v["metrics"]["before"], v["metrics"]["after"], GEOMETRY, False),
+        "validation_rows": _metric_rows(v["metrics"]["before"], v["metrics"]["after"], ev.VALIDATION, False),
+        "crossval_rows": _metric_rows(v["metrics"]["before"], v["metrics"]["after"], ev.CROSSVAL, False),
+        "changed_residues": ev.changed_residues(v["metrics"]["before"].get("validation_residues"),
+                                                v["metrics"]["after"].get("validation_residues")),
+        "rama_plots": ev.rama_plots(v["metrics"]["before"].get("validation_residues"),
+                                    v["metrics"]["after"].get("validation_residues")),
+        "rama_credit": ev.ramaplot.CREDIT,
         "residue_charts": _residue_charts(v),
         "scatter": _scatter_cc_q(v),
         "sharpening_chart": _sharpening_chart(v),
@@ -847,6 +823,17 @@ def render_archive(b: SiteBuilder, rows: list[dict]) -> str:
         "CCmask", "atom inclusion",
         [ser("deposited", "cc_mask_before", "atom_inclusion_before", "before"), ser("re-refined", "cc_mask_after", "atom_inclusion_after", "after")],
         width=480, height=400)
+    val_sc = []
+    for key, lab in (("d_rama_favored_pct", "Δ Ramachandran favoured (%)"), ("d_clashscore", "Δ clashscore")):
+        pts = [r for r in done if r.get(key) is not None and r.get("d_cc_mask_input_b") is not None]
+        series = [plots.Series(v, [r["d_cc_mask_input_b"] for r in pts if r["verdict"] == v],
+                               [r[key] for r in pts if r["verdict"] == v], f"v-{v}")
+                  for v in ("improved", "unchanged", "worse")]
+        val_sc.append(plots.scatter(
+            f"arch-val-{key}", f"CCmask gain against {lab[2:]} change",
+            f"{len(pts)} entries with validation before and after; x: CCmask of the re-refined coordinates "
+            f"with the input B-factors minus the deposited model's CCmask, y: {lab}; one point per entry, "
+            "by verdict.", "Δ CCmask (coordinates, input B)", lab, series, width=480, height=400))
     groups_cc, groups_q = [], []
     bins = []
     for lo, hi in RESOLUTION_BINS:
@@ -874,7 +861,8 @@ def render_archive(b: SiteBuilder, rows: list[dict]) -> str:
     for r in rows:
         status[r["status"]] = status.get(r["status"], 0) + 1
     return b.template("archive.html").render(root="", n_entries=len(rows), n_done=n, status=sorted(status.items()),
-                                             sc_q=sc_q, sc_ai=sc_ai, box_cc=box_cc, box_q=box_q, bins=bins)
+                                             sc_q=sc_q, sc_ai=sc_ai, box_cc=box_cc, box_q=box_q, bins=bins,
+                                             val_sc=val_sc)
 
 
 def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = True, jobs: int = 1) -> BuildReport:
@@ -912,6 +900,7 @@ def build_site(source, out_dir, *, full: bool = False, copy_artefacts: bool = Tr
     b = SiteBuilder(Path(out_dir), full=full, copy_artefacts=copy_artefacts)
     b.out.mkdir(parents=True, exist_ok=True)
     b.static()
+    copy_viewer_assets(_static_dir(), b.out / "static")
     since = None if (full or not b.old) else b.old_started
     rows = []
     todo: list[tuple[dict, str]] = []

@@ -11,6 +11,8 @@ Crash safety: :func:`mark_running` commits a ``running`` row before the work sta
 nothing). A process killed mid-entry therefore leaves either the previous committed
 state or a ``running`` run with no result rows — never half a result — and
 :func:`recover_interrupted` turns such runs into ``failed`` (retryable) ones.
+
+Length: one job, the write path of results; its functions are the parts of one transaction.
 """
 
 from __future__ import annotations
@@ -225,7 +227,7 @@ def mark_running(engine: Engine, *, entry: Mapping, pipeline_version: str, param
         eid = _upsert_entry(conn, entry)
         vid = _upsert_version(conn, pipeline_version, params, git_commit)
         rid = _claim_run(conn, eid, vid, inputs_hash(input_files), {
-            "status": status, "reason": None, "verdict": None, "timings": None,
+            "status": status, "reason": None, "verdict": None, "verdict_gate": None, "timings": None,
             "host": host or socket.gethostname(), "started_at": now if status == "running" else None,
             "finished_at": None, "updated_at": now,
         })
@@ -416,9 +418,11 @@ def store_result(engine: Engine, *, entry: Mapping, pipeline_version: str, param
     if per_residue_after is None and metrics_after:
         per_residue_after = metrics_after.get("per_residue")
     now = _utcnow()
-    verdict = decide(metrics_before, metrics_after).verdict if status == "done" else None
+    judged = decide(metrics_before, metrics_after) if status == "done" else None
+    verdict = judged.verdict if judged is not None else None
     run_values = {
         "status": status, "reason": reason, "verdict": verdict,
+        "verdict_gate": judged.gate if verdict is not None else None,
         "timings": jsonable(timings) if timings else None,
         "host": host or socket.gethostname(), "started_at": started_at,
         "finished_at": finished_at or (now if status in FINISHED else None), "updated_at": now,
@@ -448,7 +452,8 @@ def mark_failed(engine: Engine, run_id: int, reason: str) -> None:
     now = _utcnow()
     with db.writer(engine) as conn, conn.begin():
         n = conn.execute(update(db.T_RUNS).where(db.T_RUNS.c.id == run_id).values(
-            status="failed", reason=reason, verdict=None, finished_at=now, updated_at=now)).rowcount
+            status="failed", reason=reason, verdict=None, verdict_gate=None, finished_at=now,
+            updated_at=now)).rowcount
         if not n:
             raise InputError(f"run {run_id} does not exist")
         _clear_children(conn, run_id)
@@ -494,15 +499,17 @@ def is_done(engine: Engine, *, pdb_id: str, pipeline_version: str, params: Mappi
 
 def recompute_verdicts(engine: Engine) -> int:
     """Re-apply :func:`rerefine.reports.verdict.decide` to every ``done`` run (after the rule
-    changed); returns how many verdicts changed. One transaction."""
+    changed; the deciding gate too); returns how many verdicts changed. One transaction."""
     t, mf = db.T_RUNS, db.T_METRICS_FULL
     changed = 0
     with db.writer(engine) as conn, conn.begin():
-        rows = conn.execute(select(t.c.id, t.c.verdict, mf.c.before, mf.c.after)
+        rows = conn.execute(select(t.c.id, t.c.verdict, t.c.verdict_gate, mf.c.before, mf.c.after)
                             .join(mf, mf.c.run_id == t.c.id).where(t.c.status == "done")).all()
-        for rid, old, before, after in rows:
-            new = decide(before, after).verdict
-            if new != old:
-                conn.execute(update(t).where(t.c.id == rid).values(verdict=new, updated_at=_utcnow()))
-                changed += 1
+        for rid, old, old_gate, before, after in rows:
+            v = decide(before, after)
+            gate = v.gate if v.verdict is not None else None
+            if (v.verdict, gate) != (old, old_gate):
+                conn.execute(update(t).where(t.c.id == rid).values(verdict=v.verdict, verdict_gate=gate,
+                                                                   updated_at=_utcnow()))
+                changed += v.verdict != old
     return changed

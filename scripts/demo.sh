@@ -9,6 +9,8 @@ DATA="${RR_TEST_DATA:-../shared/data}"
 export RR_DATA_DIR="${RR_DATA_DIR:-rerefine-data}"
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba-cache}"
 if [ -d "$DATA/maps_models" ]; then
+    # the sample entries need only the test data's subset of the monomer library
+    export RR_MONOMER_LIB="${RR_MONOMER_LIB:-$DATA/monomers}"
     $BIN/rerefine sample-archive --data "$DATA" --out "$RR_DATA_DIR/sample-archive"
     $BIN/rerefine nightly --mirror "$RR_DATA_DIR/sample-archive" --json "$RR_DATA_DIR/nightly-summary.json"
 else

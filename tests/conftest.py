@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from ci import missing
 from realdata import DATA, PAIRS
 
 
@@ -15,9 +15,7 @@ def test_data() -> Path:
     """The real-data folder; missing data fails on CI and skips elsewhere."""
     d = DATA
     if not (d / "maps_models").is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"test data not found at {d} (set RR_TEST_DATA)")
-        pytest.skip(f"test data not found at {d} (set RR_TEST_DATA)")
+        missing(f"test data not found at {d} (set RR_TEST_DATA)")
     return d
 
 

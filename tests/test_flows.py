@@ -8,6 +8,7 @@ cut to one macro-cycle without ADP to keep the suite quick; the full pipeline is
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from rerefine.flows.commands.serve import next_run
 from rerefine.flows.pipeline import EntryJob, entry_dir
 from rerefine.harvester import sample_archive
 from rerefine.common.errors import InputError
+from rerefine.reports.verdict import decide
 
 FAST = ["--cycles", "1", "--no-adp"]
 
@@ -34,6 +36,7 @@ def _env(data_dir: Path) -> dict:
             del env[k]
     env["RR_DATA_DIR"] = str(data_dir)
     env["RR_TEST_DATA"] = os.environ.get("RR_TEST_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    env["RR_MONOMER_LIB"] = str(Path(env["RR_TEST_DATA"]) / "monomers")  # the test subset, asked for
     env.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba-cache"))
     return env
 
@@ -68,8 +71,8 @@ def test_entry_dir_validates_ids(tmp_path):
 
 
 def test_entry_job_roundtrip(tmp_path):
-    job = EntryJob("7cec", "EMD-30342", tmp_path / "m.cif", tmp_path / "x.map", [tmp_path / "h1.map"], 3.9, 0.02,
-                   {"title": "t"})
+    job = EntryJob("7cec", "EMD-30342", tmp_path / "m.cif", tmp_path / "x.map", [tmp_path / "h1.map"],
+                   metadata={"title": "t"}, resolution=3.9, contour=0.02)
     assert EntryJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
 
 
@@ -78,6 +81,18 @@ def test_cron_next_run():
     assert next_run("30 1 * * 1", dt.datetime(2026, 11, 25, 0, 0)) == dt.datetime(2026, 11, 30, 1, 30)
     with pytest.raises(InputError):
         next_run("61 2 * * *", dt.datetime(2026, 11, 25))
+
+
+def test_no_monomer_library_stops_at_once(mirror, tmp_path):
+    """Without RR_MONOMER_LIB/CLIBD_MON the service does not fall back on the test subset."""
+    env = _env(tmp_path / "data")
+    del env["RR_MONOMER_LIB"]
+    env.pop("CLIBD_MON", None)
+    r = subprocess.run([sys.executable, "-m", "rerefine.flows.cli", "entry", "7cec", "--mirror", str(mirror)],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no monomer library" in lines[0] and "RR_MONOMER_LIB" in lines[0], r.stderr
 
 
 @pytest.mark.slow
@@ -101,18 +116,29 @@ def test_nightly_isolates_a_bad_entry_and_skips_finished_work(mirror, tmp_path, 
     assert "no associated EMDB map" in rejected["5ni1"]
     assert "resolution" in rejected["loc_3ajo_fitted"]
     runs = _runs(data_dir)
-    assert runs["7cec"]["status"] == "done" and runs["7cec"]["verdict"] in ("improved", "unchanged", "worse")
+    assert runs["7cec"]["status"] == "done"
     assert runs["5me2"]["status"] == "failed"
     assert runs["5ni1"]["status"] == "skipped"
     # metrics before refinement are the deposited model's: CCmask as cctbx reports it (0.8077)
     eng = sa.create_engine(f"sqlite:///{data_dir / 'rerefine.sqlite'}")
     with eng.connect() as c:
         cc_before = c.execute(sa.text("SELECT cc_mask_before FROM metrics")).scalar()
-        full_before = c.execute(sa.text("SELECT before FROM metrics_full")).scalar()
+        full_before, full_after = c.execute(sa.text('SELECT before, "after" FROM metrics_full')).one()
+    from rerefine.reports import queries
+
+    (version,) = queries.versions(eng)
     eng.dispose()
+    # the monomer library's identity is a pipeline parameter: its folder and its list file's SHA-256
+    lib = Path(_env(data_dir)["RR_MONOMER_LIB"]).resolve()
+    digest = hashlib.sha256((lib / "list" / "mon_lib_list.cif").read_bytes()).hexdigest()[:16]
+    assert version["params"]["monomer_library"] == f"{lib} sha256:{digest}"
+    full_before, full_after = (json.loads(x) if isinstance(x, str) else x for x in (full_before, full_after))
+    # the stored verdict is the verdict rule applied to the stored figures, and the summary counts it
+    want = decide(full_before, full_after).verdict
+    assert runs["7cec"]["verdict"] == want and s[want] == 1
     assert cc_before == pytest.approx(0.8077, abs=0.01)
     # the placement check of the deposited model: 7CEC sits where its map puts it (0.09 deg)
-    placement = (json.loads(full_before) if isinstance(full_before, str) else full_before)["placement"]
+    placement = full_before["placement"]
     assert placement["by"] == "chain" and [g["group"] for g in placement["groups"]] == ["A"]
     assert not placement["misplaced"] and placement["groups"][0]["rotation_deg"] < 0.5
     site = Path(s["site"])
@@ -179,7 +205,7 @@ def test_half_maps_are_cut_to_the_primary_box(pairs, tmp_path):
     from rerefine.refine import mapio
 
     model, mp, res = pairs["emd_30342_zone_7cec_chainA"]
-    job = EntryJob("7cec", "EMD-30342", model, mp, [mp, mp], res)
+    job = EntryJob("7cec", "EMD-30342", model, mp, [mp, mp], resolution=res)
     st, dmap, _ = pipeline.stage_load(job)
     box = pipeline.stage_box(st, dmap)
     halves = pipeline.stage_half_boxes(job, box)
@@ -190,7 +216,7 @@ def test_half_maps_are_cut_to_the_primary_box(pairs, tmp_path):
                               tuple(s // 2 for s in coarse.sampling), (0, 0, 0), coarse.origin_shift, "coarse")
     other = mapio.write_map(tmp_path / "coarse.mrc", coarse)
     with pytest.raises(InputError, match="7cec: half-map coarse.mrc"):
-        pipeline.stage_half_boxes(EntryJob("7cec", "EMD-30342", model, mp, [other, other], res), box)
+        pipeline.stage_half_boxes(EntryJob("7cec", "EMD-30342", model, mp, [other, other], resolution=res), box)
 
 
 def test_placement_stage_never_fails_the_entry(pairs, monkeypatch):

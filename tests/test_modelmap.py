@@ -8,19 +8,10 @@ import gemmi
 import numpy as np
 import pytest
 
-from rerefine.refine import mapio, modelio, modelmap
+from rerefine.refine import modelio, modelmap
 from rerefine.common.errors import InputError
 
-
-def _box(origin, shape, voxel):
-    shape = tuple(int(n) for n in shape)
-    return mapio.DensityMap(
-        data=np.zeros(shape, np.float32),
-        cell=gemmi.UnitCell(*(n * voxel for n in shape), 90, 90, 90),
-        sampling=shape,
-        origin_shift=np.asarray(origin, float),
-        name="box",
-    )
+from boxes import blank_box  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 def _fragment(pairs, n_res=6, aniso=True):
@@ -78,7 +69,7 @@ def test_model_map_equals_direct_fourier_sum(pairs, voxel, d_min):
     xyz = modelio.atom_positions(st)
     lo = xyz.min(0) - 4.0
     shape = np.ceil((xyz.max(0) + 4.0 - lo) / voxel).astype(int)
-    box = _box(lo, shape, voxel)
+    box = blank_box(lo, shape, voxel)
     ours = modelmap.model_map(st, box, d_min, padding=8.0).data.astype(float)
     ref = _direct_map(st, box, d_min, 8.0)
     cc = np.corrcoef(ours.ravel(), ref.ravel())[0, 1]
@@ -94,7 +85,7 @@ def test_charge_hydrogens_occupancy_aniso(pairs):
     st = _fragment(pairs, aniso=False)
     xyz = modelio.atom_positions(st)
     lo = xyz.min(0) - 4.0
-    box = _box(lo, np.ceil((xyz.max(0) + 4.0 - lo) / 0.8).astype(int), 0.8)
+    box = blank_box(lo, np.ceil((xyz.max(0) + 4.0 - lo) / 0.8).astype(int), 0.8)
     base = modelmap.model_map(st, box, 2.5).data
     # formal charge: same form factor as the neutral element
     st_q = st.clone()
@@ -141,7 +132,7 @@ def test_charge_hydrogens_occupancy_aniso(pairs):
 
 def test_bad_inputs(pairs):
     st = _fragment(pairs, aniso=False)
-    box = _box((0, 0, 0), (20, 20, 20), 1.0)
+    box = blank_box((0, 0, 0), (20, 20, 20), 1.0)
     for bad in (0.0, -2.0, None):
         with pytest.raises(InputError, match="resolution"):
             modelmap.model_map(st, box, bad)
@@ -156,7 +147,7 @@ def test_padding_removes_wraparound(pairs):
     st = _fragment(pairs, aniso=False)
     atom = st[0][0][0][0]
     p = atom.pos
-    box = _box((p.x - 0.5, p.y - 10, p.z - 10), (30, 30, 30), 0.7)
+    box = blank_box((p.x - 0.5, p.y - 10, p.z - 10), (30, 30, 30), 0.7)
     single = st.clone()
     for r in range(len(single[0][0]) - 1, 0, -1):
         del single[0][0][r]

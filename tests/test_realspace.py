@@ -1,7 +1,8 @@
 """Real-space refinement: map target, B-factor fit, coordinate refinement, CLI (issue 6).
 
 Real data only (../shared/data); reference figures are the deposited models (their
-coordinates, B factors, CC_mask) and the geometry limits of issue 6.
+coordinates, B factors, CC_mask), cctbx's figures for them, and the geometry limits of the site's
+verdict (rerefine.reports.verdict) or, where a test says so, of issue 6.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import pytest
 
 from rerefine.refine import mapio, modelio
 from rerefine.common.errors import InputError
+from rerefine.reports.verdict import (ANGLE_FLOOR, ANGLE_TOL, BOND_FLOOR, BOND_TOL, OVERLAP_FRACTION,
+                                      OVERLAP_MIN)
 
 MONLIB_SUB = "monomers"
 
@@ -137,13 +140,11 @@ def test_restraint_selection_drops_phi_psi_and_ring_torsions(p5me2, monlib):
     lab = np.array(r.torsions.label)
     assert np.all(rr.torsions.sigma[(lab == "phi") | (lab == "psi")] == 0)
     assert np.all(rr.torsions.sigma[lab == "omega"] == r.torsions.sigma[lab == "omega"])
-    names = {(c.residue.name, c.atom.name): i for i, c in enumerate(st[0].all())}
     # proline ring torsions (central bond inside the pyrrolidine ring) are off
     pro = [k for k in range(len(lab)) if r.torsions.sigma[k] > 0
            and all(list(st[0].all())[int(a)].residue.name == "PRO" for a in r.torsions.idx[k])
            and lab[k] != "omega"]
     assert pro and all(rr.torsions.sigma[k] == 0 for k in pro if lab[k].startswith("sp3"))
-    assert names  # the model has atoms
     assert r.torsions.sigma is not rr.torsions.sigma  # input untouched
 
 
@@ -314,7 +315,9 @@ def test_recovery_of_shaken_model(p3ajo, monlib):
 
 @pytest.mark.slow
 def test_rerefinement_keeps_fit_and_geometry(p5me2, monlib):
-    """5ME2/EMD-3488: CC_mask not lower than the deposited model's - 0.005; geometry not worse by 0.015 Å / 1.5 deg."""
+    """5ME2/EMD-3488: CC_mask not lower than the deposited model's - 0.005; geometry no worse than
+    the site's verdict allows (rerefine.reports.verdict: bonds max(before, 0.010) + 0.002 Å, angles
+    max(before, 1.0) + 0.2°, overlaps + max(1, 5 %))."""
     from rerefine.refine.realspace import refine_model
 
     st, dmap, res = p5me2
@@ -323,11 +326,12 @@ def test_rerefinement_keeps_fit_and_geometry(p5me2, monlib):
     assert out.status == "ok"
     assert _cc_mask(out.structure, dmap, res) >= cc0 - 0.005
     gb, ga = out.geometry_before, out.geometry_after
-    assert ga["bond_rmsd"] <= gb["bond_rmsd"] + 0.015
-    assert ga["angle_rmsd"] <= gb["angle_rmsd"] + 1.5
+    assert ga["bond_rmsd"] <= max(gb["bond_rmsd"], BOND_FLOOR) + BOND_TOL
+    assert ga["angle_rmsd"] <= max(gb["angle_rmsd"], ANGLE_FLOOR) + ANGLE_TOL
     # the deposited model has no Probe-style clash; the map pull must not create any
     # (without the clash guard this refinement made 129)
-    assert ga["nonbonded_overlaps"] <= gb["nonbonded_overlaps"] + 5
+    assert ga["nonbonded_overlaps"] <= gb["nonbonded_overlaps"] + max(
+        OVERLAP_MIN, OVERLAP_FRACTION * gb["nonbonded_overlaps"])
     # names, order and count of atoms preserved
     before = [(c.chain.name, c.residue.seqid.num, c.atom.name) for c in st[0].all()]
     after = [(c.chain.name, c.residue.seqid.num, c.atom.name) for c in out.structure[0].all()]
@@ -404,10 +408,31 @@ def test_cli_refine(pairs, monlib, tmp_path, capsys):
                str(monlib), "--json", "-", "--cycles", "2"])
     assert rc == 0
     rep = json.loads(capsys.readouterr().out)
-    for part in ("before", "after"):
-        for key in ("cc_mask", "cc_box", "q_score", "atom_inclusion", "bond_rmsd", "angle_rmsd",
-                    "chirality_rmsd", "planarity_rmsd", "nonbonded_overlaps"):
-            assert rep[part][key] is not None, (part, key)
+    # the deposited model's figures: cctbx's CC_mask/CC_box (reference/cctbx_reference.json,
+    # agreement 0.01 as in test_metrics_cli), gemmi's geometry (0.00802 Å, 1.383°, test_geometry)
+    ref = json.loads((monlib.parent / "reference" / "cctbx_reference.json").read_text())["emd_20026_box_3ajo_refined"]
+    assert rep["before"]["cc_mask"] == pytest.approx(ref["cc_mask"], abs=0.01)
+    assert rep["before"]["cc_box"] == pytest.approx(ref["cc_box"], abs=0.01)
+    assert rep["before"]["bond_rmsd"] == pytest.approx(0.008019, abs=1e-6)
+    assert rep["before"]["angle_rmsd"] == pytest.approx(1.3834, abs=1e-4)
+    assert rep["before"]["nonbonded_overlaps"] == 0
+    for key in ("cc_mask", "cc_box", "q_score", "atom_inclusion", "bond_rmsd", "angle_rmsd",
+                "chirality_rmsd", "planarity_rmsd"):
+        assert np.isfinite(rep["after"][key]), key
+    assert rep["after"]["bond_rmsd"] <= max(rep["before"]["bond_rmsd"], BOND_FLOOR) + BOND_TOL
+    assert rep["after"]["angle_rmsd"] <= max(rep["before"]["angle_rmsd"], ANGLE_FLOOR) + ANGLE_TOL
+    # validation summary of the deposited model: MolProbity-class figures of the same file
+    # (reference/molprobity_reference.json, cctbx 2025.11 + reduce + probe): 0 Ramachandran
+    # outliers, 98.24 % favoured, 0 rotamer and C-beta outliers; clashscore within the 15 %
+    # agreement the validation tests hold (tests/test_validation.py), +-1.5 below 10
+    mp = json.loads((monlib.parent / "reference" / "molprobity_reference.json").read_text())["3ajo_fitted_deposited"]
+    assert rep["before"]["rama_outliers"] == mp["rama_summary"]["n_outliers"]
+    assert rep["before"]["rama_favored_pct"] == pytest.approx(mp["rama_summary"]["favored_pct"], abs=0.01)
+    assert rep["before"]["rotamer_outliers"] == mp["rota_summary"]["n_outliers"]
+    assert rep["before"]["cbeta_outliers"] == mp["cbeta_summary"]["n_outliers_ge_0.25"]
+    assert rep["before"]["clashscore"] == pytest.approx(mp["clash_summary"]["clashscore"], abs=1.5)
+    from rerefine.refine.validation import SUMMARY_KEYS
+    assert all(np.isfinite(rep["after"][k]) for k in SUMMARY_KEYS)
     assert rep["weight"] > 0 and rep["cycles"] >= 2 and rep["seconds"] > 0
     # deposited 3AJO-in-EMD-20026: CC_mask (cctbx-style) 0.818; refinement must not lower it
     assert rep["after"]["cc_mask"] >= rep["before"]["cc_mask"] - 0.005
@@ -476,6 +501,8 @@ def test_fit_map_keeps_b_factors_on_the_deposited_map(p3ajo, monlib):
     sharp = sharpen.auto_sharpen(dmap, res).map
     r = refine_model(st, sharp, res, monlib, fit_map=dmap)
     assert r.status == "ok" and r.adp is not None
+    # threshold read off an earlier run on this same pair (measured 0.865; the pairs here also tuned
+    # the refinement's parameters): 0.01 below it, and well above the deposited model's 0.818
     assert _cc_mask(r.structure, dmap, res) >= 0.855
     assert r.geometry_after["bond_rmsd"] <= 0.02 and r.geometry_after["angle_rmsd"] <= 2.0
 

@@ -15,6 +15,8 @@ import pytest
 
 from rerefine.refine import mapio, metrics, modelio
 
+from boxes import box_around  # noqa: E402  (tests/ is on sys.path under pytest)
+
 SIDE_KEEP = {"N", "CA", "C", "O", "CB"}
 
 
@@ -157,12 +159,7 @@ def test_own_fourier_map_afonine_table(pairs):
     xyz = modelio.atom_positions(st)
     qs, ccs = [], []
     for d in (1.0, 2.0, 3.0):
-        voxel = d / 3.0
-        lo = xyz.min(0) - 8.0
-        shape = tuple(int(n) for n in np.ceil((xyz.max(0) + 8.0 - lo) / voxel))
-        grid = mapio.DensityMap(data=np.zeros(shape, np.float32),
-                                cell=gemmi.UnitCell(*(n * voxel for n in shape), 90, 90, 90),
-                                sampling=shape, origin_shift=lo, name=f"own map {d} Å")
+        grid = box_around(xyz, d / 3.0, name=f"own map {d} Å")
         own = modelmap.model_map(st, grid, d, padding=20.0)  # other padding than metrics uses
         out = metrics.compute_metrics(st, own, d)
         qs.append(out["q_score"])

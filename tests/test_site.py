@@ -13,6 +13,7 @@ import re
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rerefine.reports import plots, site
@@ -74,6 +75,24 @@ def make_entries(n: int, seed: int = 1, **kw) -> list[dict]:
     return out
 
 
+def history_engine(folder: Path, history: dict):
+    """A SQLite results database holding ``{version: (entry dicts, parameters)}`` in that order
+    (through ``store.store_result``), for the version pages: they come from
+    ``queries.compare_versions`` like the real site's."""
+    from rerefine.reports import db, store
+
+    engine = db.make_engine(db.sqlite_url(folder / "history.sqlite"))
+    db.upgrade(engine)
+    for version, (entries, params) in history.items():
+        for e in entries:
+            m = e.get("metrics") or {}
+            store.store_result(engine, entry={k: e[k] for k in ("pdb_id", "emdb_id", "title", "resolution",
+                                                                 "release_date")},
+                               pipeline_version=version, params=params, status=e["status"],
+                               reason=e.get("reason"), metrics_before=m.get("before"), metrics_after=m.get("after"))
+    return engine
+
+
 # ----------------------------------------------------------------------------- HTML checks
 
 class _Collect(HTMLParser):
@@ -128,10 +147,10 @@ def built(tmp_path_factory):
     entries[0]["sharpening"]["radial"] = {"s": s_vals, "before": [math.exp(-25 * q * q) for q in s_vals],
                                           "after": [math.exp(-5 * q * q) for q in s_vals]}
     hist_a = make_entries(30, seed=5)
-    src = site.DictSource(entries, history={"1.0": hist_a, "1.1": entries},
-                          versions=[{"version": "1.0", "parameters": {"cycles": 3}},
-                                    {"version": "1.1", "parameters": {"cycles": 5}}])
-    report = site.build_site(src, out)
+    engine = history_engine(tmp_path_factory.mktemp("db"), {"1.0": (hist_a, {"cycles": 3}),
+                                                            "1.1": (entries, {"cycles": 5})})
+    report = site.build_site(site.DictSource(entries, engine=engine), out)
+    engine.dispose()
     return out, entries, report
 
 
@@ -273,8 +292,11 @@ def test_index_page_has_table_data_and_no_outside_requests(built):
     # Every URL in the built site is either a relative path, the SVG namespace, or an
     # <a href> to the RCSB/EMDB entry pages: nothing is loaded from another host.
     allowed_link = re.compile(r'href="https://(www\.rcsb\.org/structure/|www\.ebi\.ac\.uk/emdb/EMD-)')
+    # The vendored Mol* bundle (static/molstar/) names remote services for loaders our pages never
+    # call; test_viewer_browser.py checks in Chromium that opening the 3D view requests nothing
+    # from another host.
     for f in out.rglob("*"):
-        if f.is_file() and f.suffix in (".html", ".js", ".css"):
+        if f.is_file() and f.suffix in (".html", ".js", ".css") and "molstar" not in f.parent.name:
             text = f.read_text(encoding="utf-8")
             text = text.replace('xmlns="http://www.w3.org/2000/svg"', "")
             text = allowed_link.sub("", text)
@@ -293,7 +315,7 @@ def test_archive_and_version_pages(built):
     assert "This is the first recorded version" in text_of(out / "version" / "1.0.html")
 
 
-def test_method_impact_counts_follow_the_got_worse_rule():
+def test_method_impact_counts_follow_the_got_worse_rule(tmp_path):
     rng = random.Random(3)
     a = [make_entry(i, rng) for i in range(20)]
     b = [dict(e) for e in a]
@@ -302,8 +324,9 @@ def test_method_impact_counts_follow_the_got_worse_rule():
                         "after": dict(e.get("metrics", {}).get("after", {}) or {})}
         if e["metrics"]["after"]:
             e["metrics"]["after"]["cc_mask"] -= 0.05
-            e["verdict"] = e["verdict"]
-    s = site.DictSource(b, history={"a": a, "b": b}).version_summaries()
+    engine = history_engine(tmp_path, {"a": (a, {"v": "a"}), "b": (b, {"v": "b"})})
+    s = site.DictSource(b, engine=engine).version_summaries()
+    engine.dispose()
     comp = s[1]["comp"]
     done_first5 = sum(1 for e in a[:5] if e["status"] == "done")
     assert len(comp["worsened"]) == done_first5
@@ -446,3 +469,64 @@ def test_site_build_from_the_database_through_the_cli(tmp_path, capsys):
     r = site.build_site(site.DatabaseSource(engine), out)
     assert f"entry/{site.page_slug(entries[1]['pdb_id'])}.html" in r.written
     engine.dispose()
+
+
+# ----------------------------------------------------------------------------- gates, validation, Rama plots
+
+def test_entry_page_gates_validation_and_ramachandran(tmp_path):
+    from rerefine.reports import verdict
+
+    rng = random.Random(3)
+    e = make_entry(0, rng, status="done")
+    b, a = e["metrics"]["before"], e["metrics"]["after"]
+    val = {"rama_favored_pct": 96.0, "rama_outliers": 1, "rotamer_outliers_pct": 1.0, "clashscore": 5.0,
+           "cbeta_outliers": 0}
+    b.update(val, contour_source="default: level enclosing 17 Å³ per non-H atom")
+    a.update(val, rama_outliers=2, cc_mask_input_b=b["cc_mask"] + 0.02)
+    rows_b = [{"chain": "A", "seq": k, "icode": "", "resname": "ALA", "phi": -60.0 + k, "psi": -45.0,
+               "rama": "favored", "rotamer": None, "cbeta_dev": 0.05} for k in range(1, 6)]
+    rows_b.append({"chain": "A", "seq": 6, "icode": "", "resname": "<X>", "phi": 60.0, "psi": -120.0,
+                   "rama": "outlier", "rotamer": "favored", "cbeta_dev": 0.3})
+    rows_a = [dict(r) for r in rows_b]
+    rows_a[0].update(phi=70.0, psi=-100.0, rama="outlier")
+    rows_a[5].update(rotamer="outlier", cbeta_dev=0.1)
+    b["validation_residues"], a["validation_residues"] = rows_b, rows_a
+    v = verdict.decide(b, a)
+    assert (v.verdict, v.gate) == ("worse", "validation")
+    e.update(verdict=v.verdict, verdict_gate=v.gate, verdict_reasons=v.reasons,
+             verdict_gates=[{"name": g.name, "status": g.status, "detail": g.detail} for g in v.gates])
+    out = tmp_path / "site"
+    site.build_site(site.DictSource([e]), out, copy_artefacts=False)
+    page = out / "entry" / f"{site.page_slug(e['pdb_id'])}.html"
+    html = page.read_text(encoding="utf-8")
+    text = text_of(page)
+    assert "decided by the validation gate" in text and "Ramachandran outliers 1 -> 2" in text
+    assert "Validation (MolProbity-class) (decided)" in text
+    assert "no EMDB recommended contour level" in text  # the fallback is said loudly
+    assert "Williams et al. (2018)" in text and "CC-BY 4.0" in text  # Top8000 credited
+    doc = parse(page)
+    rama = [t for t in doc.tags if t[0] == "svg" and "rama" in t[1].get("class", "")]
+    assert len(rama) == 2
+    assert html.count('class="rama-out"') == 1 + 2  # one outlier before, two after
+    assert "<X>" not in html and "&lt;X&gt;" in html  # residue names are escaped
+    assert "Residues whose class changed in re-refinement (3)" in text  # Rama of 1, rotamer and C-beta of 6
+    # the index carries the deciding gate
+    assert "validation" in (out / "data" / "index.js").read_text()
+    # labels nothing computes are gone: no Ramachandran/rotamer rows in the geometry table
+    assert not {"clashscore", "rama_favored", "rama_outliers", "rotamer_outliers"} & set(site.GEOMETRY)
+
+
+def test_ramachandran_regions_from_top8000():
+    from rerefine.reports import entry_validation, ramaplot
+
+    g = np.zeros((4, 3))
+    g[1:3, 0] = 0.05
+    g[0, 2] = 0.001
+    assert ramaplot.region_runs(g, ramaplot.FAVOURED) == [(0, 1, 2)]
+    assert ramaplot.region_runs(g, ramaplot.ALLOWED) == [(0, 1, 2), (2, 0, 1)]
+    grid = entry_validation.general_rama_grid()
+    assert grid.shape == (180, 180)
+    cell = lambda phi, psi: grid[int((phi + 180) // 2), int((psi + 180) // 2)]  # noqa: E731
+    # alpha helix and beta strand are favoured; (phi 0, psi 0) and (-60, -120) are outside even allowed
+    assert cell(-63, -43) >= ramaplot.FAVOURED and cell(-120, 130) >= ramaplot.FAVOURED
+    assert cell(0, 0) < ramaplot.ALLOWED and cell(-60, -120) < ramaplot.ALLOWED

@@ -23,7 +23,8 @@ import pytest
 
 from rerefine.reports import site
 
-from test_site import XSS_TITLE, make_entries  # noqa: E402  (tests/ is on sys.path under pytest)
+from ci import missing  # noqa: E402
+from test_site import XSS_TITLE, history_engine, make_entries  # noqa: E402  (tests/ is on sys.path under pytest)
 
 pytestmark = pytest.mark.browser
 
@@ -38,12 +39,12 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage
 
 def _need_browser():
     if not CHROMIUM or not CHROMEDRIVER:
-        pytest.skip("headless Chromium tests need the Debian packages chromium and chromium-driver "
+        missing("headless Chromium tests need the Debian packages chromium and chromium-driver "
                     "(apt-get install -y chromium chromium-driver; .ci/run installs them)")
     try:
         import selenium  # noqa: F401
     except ImportError:
-        pytest.skip("selenium is not installed (pip install -e '.[test]')")
+        missing("selenium is not installed (pip install -e '.[test]')")
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -58,7 +59,9 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("www")
     entries = make_entries(60, seed=21)
     small = root / "small"
-    site.build_site(site.DictSource(entries, history={"1.0": entries}), small)
+    engine = history_engine(tmp_path_factory.mktemp("db"), {"1.0": (entries, {"cycles": 5})})
+    site.build_site(site.DictSource(entries, engine=engine), small)
+    engine.dispose()
     big = root / "big"
     shutil.copytree(small, big)
     rng = random.Random(4)

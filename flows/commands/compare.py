@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("version_b", metavar="VERSION_B", help="the version compared with it")
     p.add_argument("--url", metavar="URL", help="database URL (default: from the settings)")
     p.add_argument("--margin", type=float, default=None,
-                   help="smallest CCmask drop that counts as worse (default: the verdict margin, 0.01)")
+                   help="smallest CCmask drop that counts as worse (default 0.01, reports.verdict.CC_MARGIN)")
     p.add_argument("--limit", type=int, default=50, help="list at most this many worse entries (default 50)")
     p.add_argument("--json", metavar="OUT|-", help="write the full comparison as JSON")
     p.set_defaults(func=run)

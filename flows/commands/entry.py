@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def register(sub) -> None:
     p = sub.add_parser("entry", help="re-refine one entry end to end and store the result")
@@ -19,7 +21,7 @@ def register(sub) -> None:
 
 def run(args, settings) -> int:
     from rerefine.flows.cli import emit_json
-    from rerefine.flows.prefect_env import configure_prefect
+    from rerefine.flows.prefect_home import configure_prefect
     from rerefine.common.errors import InputError
 
     if args.resolution is not None and args.resolution <= 0:
@@ -30,14 +32,24 @@ def run(args, settings) -> int:
 
     mirror = args.mirror if args.mirror is not None else (settings.mirror or None)
     out = run_single(settings=settings, pdb_id=args.pdb_id, mirror=mirror, resolution=args.resolution,
-                     force=args.force, params=pipeline_params(args))
+                     force=args.force, params=pipeline_params(args, settings))
     if args.json != "-":
         line = f"{out['pdb_id']}: {out['status']}"
         if out.get("verdict"):
-            line += f" ({out['verdict']}; CCmask {out['cc_mask_before']:.3f} -> {out['cc_mask_after']:.3f})"
+            line += f" ({out['verdict']}"
+            if out.get("verdict_gate"):
+                line += f", decided by the {out['verdict_gate']} gate"
+            line += f"; CCmask {out['cc_mask_before']:.3f} -> {out['cc_mask_after']:.3f}"
+            if out.get("cc_mask_input_b_after") is not None:
+                line += f", with the input B {out['cc_mask_input_b_after']:.3f}"
+            line += ")"
         if out.get("reason"):
             line += f": {out['reason']}"
         print(line)
+        for why in out.get("verdict_reasons") or []:
+            print(f"  verdict: {why}")
+        for w in out.get("warnings") or []:
+            print(f"  WARNING: {w}", file=sys.stderr)
         if out.get("timings"):
             print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in out["timings"].items()))
     emit_json(out, args.json)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def register(sub) -> None:
     p = sub.add_parser("metrics", help="model-to-map fit: CCmask/box/peaks/volume, Q-score, atom inclusion")
@@ -40,6 +42,10 @@ def run(args, settings) -> int:
     resolution = resolve_resolution(args.resolution, st, args.model)
     dmap = mapio.read_map(args.map)
     out = metrics.compute_metrics(st, dmap, resolution, contour=args.contour, q_sigma=args.q_sigma)
+    if str(out.get("contour_source") or "").startswith("default"):
+        print(f"WARNING: {args.map}: no --contour given: atom inclusion uses the level enclosing 17 Å³ per "
+              "non-H atom, which assumes the model explains the whole map (a partial model gets far too low "
+              "an inclusion); give the EMDB recommended contour", file=sys.stderr)
     if args.json != "-":
         print(f"model {args.model} vs map {args.map} at {resolution:.2f} Å")
         print(f"CC_mask {out['cc_mask']:.4f}  CC_box {out['cc_box']:.4f}  "

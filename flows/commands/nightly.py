@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 
@@ -30,11 +29,13 @@ def add_pipeline_options(p) -> None:
     p.add_argument("--q-sigma", type=float, metavar="Å", help="Q-score reference width (default 0.6)")
 
 
-def pipeline_params(args):
+def pipeline_params(args, settings=None):
     from rerefine.flows.pipeline import PipelineParams
     from rerefine.common.errors import InputError
 
     p = PipelineParams()
+    if settings is not None:
+        p.douse_max_resolution = float(settings.douse_max_resolution)
     if args.cycles is not None:
         if args.cycles < 1:
             raise InputError("--cycles must be at least 1")
@@ -62,7 +63,7 @@ def print_summary(summary: dict) -> None:
 
 def run(args, settings) -> int:
     from rerefine.flows.cli import emit_json
-    from rerefine.flows.prefect_env import configure_prefect, start_local_server
+    from rerefine.flows.prefect_home import configure_prefect
     from rerefine.common.errors import InputError
 
     workers = args.workers if args.workers is not None else settings.concurrency
@@ -71,14 +72,8 @@ def run(args, settings) -> int:
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1")
     configure_prefect(settings.data_dir, quiet=args.json == "-")
-    # Prefect's API server starts first, in the background. A remote Dask cluster's workers could
-    # not reach a server on this host's loopback, so there Prefect starts its own at the first
-    # flow call, as it does everywhere with RR_PREFECT_SERVER=prefect (the fallback, and the
-    # benchmark's reference).
-    own = not args.dask_address and os.environ.get("RR_PREFECT_SERVER", "own") != "prefect"
-    server = start_local_server(settings.data_dir) if own else None
     t = time.perf_counter()
-    params = pipeline_params(args)  # an invalid option stops the server again at exit
+    params = pipeline_params(args, settings)  # an invalid option stops the server again at exit
     params_s = time.perf_counter() - t
     t = time.perf_counter()
     from rerefine.flows.nightly import run_nightly
@@ -87,16 +82,10 @@ def run(args, settings) -> int:
     mirror = args.mirror if args.mirror is not None else (settings.mirror or None)
     summary = run_nightly(settings=settings, since=args.since, until=args.until, mirror=mirror, limit=args.limit,
                           workers=workers, dask_address=args.dask_address, build_site=not args.no_site,
-                          force=args.force, params=params, server=server)
+                          force=args.force, params=params)
     summary["prefect_startup"]["import_seconds"] = round(prefect_import, 3)
     summary["setup_seconds"]["options"] = round(params_s, 3)
     if args.json != "-":
         print_summary(summary)
     emit_json(summary, args.json)
-    # The process ends next: freezing the heap spares the interpreter's last full garbage
-    # collection over the millions of objects Prefect, pydantic and numba leave (0.7 s of the
-    # exit on this machine). Nothing is lost: files are closed, database writes committed.
-    import gc
-
-    gc.freeze()
     return 0

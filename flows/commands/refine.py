@@ -29,12 +29,12 @@ def register(sub) -> None:
     p.add_argument("--monlib", default=None,
                    help="CCP4 monomer library folder (default: settings RR_MONOMER_LIB / CLIBD_MON)")
     p.add_argument("--no-adp", action="store_true", help="refine coordinates only, keep B factors")
-    p.add_argument("--cycles", type=int, default=3, help="coordinate macro-cycles (default 3)")
+    p.add_argument("--cycles", type=int, default=None,
+                   help="coordinate macro-cycles (default: the nightly pipeline's, PipelineParams.macro_cycles)")
     p.add_argument("--weight", type=float, default=None,
                    help="fixed map weight (default: automatic, aiming at 0.01 Å / 1.0 deg RMSD)")
     p.add_argument("--sharpen-b", type=float, default=0.0,
                    help="B (Å²) to sharpen (>0) or blur (<0) the map for the coordinate target")
-    p.add_argument("--per-chain", action="store_true", help="separate map weight per chain")
     p.add_argument("--free", action="store_true",
                    help="no restraint to the input positions: follow the map further (by default each "
                         "atom is held to its input position with sigma 0.15 Å)")
@@ -57,15 +57,31 @@ def _metrics(st, dmap, resolution) -> dict:
     return {k: m.get(k) for k in METRIC_KEYS}
 
 
-def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, adp=True, cycles=3,
-                 weight=None, sharpen_b=0.0, per_chain=False, free=False, rigid_body=None) -> dict:
-    """Refine ``model_path`` against ``map_path``, write ``output``; the report as a dict."""
+def _validation(st, monlib, top8000) -> dict:
+    """MolProbity-class summary (:data:`rerefine.refine.validation.SUMMARY_KEYS`) of a model."""
+    from rerefine.refine.validation import SUMMARY_KEYS, validate
+
+    s = validate(st, monlib, top8000_dir=top8000).summary
+    return {k: s[k] for k in SUMMARY_KEYS}
+
+
+def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, adp=True,
+                 cycles=None, weight=None, sharpen_b=0.0, free=False, rigid_body=None, top8000=None) -> dict:
+    """Refine ``model_path`` against ``map_path``, write ``output``; the report as a dict.
+
+    ``cycles``: coordinate macro-cycles, by default the nightly pipeline's
+    (:attr:`rerefine.flows.pipeline.PipelineParams.macro_cycles`), so both refine alike."""
     from rerefine.flows import __version__
+    from rerefine.flows.pipeline import PipelineParams
     from rerefine.refine import mapio, modelio
     from rerefine.common.errors import InputError
     from rerefine.refine.realspace import refine_model
 
     t0 = time.perf_counter()
+    if cycles is None:
+        cycles = PipelineParams().macro_cycles
+    elif cycles < 1:
+        raise InputError("--cycles must be at least 1")
     st = modelio.read_model(model_path)
     dmap = mapio.read_map(map_path)
     if resolution is None:
@@ -84,7 +100,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         # the same diagnosis as on the nightly site: would the map move the chains as a whole?
         placement = placement_check(st, dmap, resolution, by="chain")
     res = refine_model(st, dmap, resolution, monlib, adp=adp, cycles=cycles, weight=weight,
-                       b_sharpen=sharpen_b, per_chain=per_chain, rigid_body=rigid_body,
+                       b_sharpen=sharpen_b, rigid_body=rigid_body,
                        **({"reference_sigma": None, "fit_reference_sigma": None} if free else {}))
     refine_seconds = res.seconds
     after = _metrics(res.structure, dmap, resolution)
@@ -95,10 +111,9 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         "output": str(output),
         "resolution": float(resolution),
         "status": res.status,
-        "before": {**before, **_geometry(res.geometry_before)},
-        "after": {**after, **_geometry(res.geometry_after)},
+        "before": {**before, **_geometry(res.geometry_before), **_validation(st, monlib, top8000)},
+        "after": {**after, **_geometry(res.geometry_after), **_validation(res.structure, monlib, top8000)},
         "weight": res.weight,
-        "chain_weights": res.chain_weights,
         "cycles": res.cycles,
         "rmsd_moved": res.rmsd_moved,
         "b_refined": res.adp is not None,
@@ -119,8 +134,8 @@ def run(args, settings) -> int:
     monlib = args.monlib or settings.monomer_library
     rep = refine_files(args.model, args.map, args.output, resolution=args.resolution, monlib=monlib,
                        adp=not args.no_adp, cycles=args.cycles, weight=args.weight,
-                       sharpen_b=args.sharpen_b, per_chain=args.per_chain, free=args.free,
-                       rigid_body=args.rigid_body)
+                       sharpen_b=args.sharpen_b, free=args.free,
+                       rigid_body=args.rigid_body, top8000=settings.top8000_dir)
     if args.json != "-":
         b, a = rep["before"], rep["after"]
 
@@ -131,7 +146,9 @@ def run(args, settings) -> int:
               f"({rep['status']}; weight {f(rep['weight'], '.3g')}, {rep['cycles']} cycles, "
               f"{rep['seconds']:.1f} s) -> {rep['output']}")
         for key, fmt in (("cc_mask", ".3f"), ("cc_box", ".3f"), ("q_score", ".3f"), ("atom_inclusion", ".3f"),
-                         ("bond_rmsd", ".4f"), ("angle_rmsd", ".2f"), ("nonbonded_overlaps", "d")):
+                         ("bond_rmsd", ".4f"), ("angle_rmsd", ".2f"), ("nonbonded_overlaps", "d"),
+                         ("clashscore", ".2f"), ("rama_favored_pct", ".2f"), ("rama_outliers", "d"),
+                         ("rotamer_outliers", "d"), ("cbeta_outliers", "d")):
             print(f"  {key:<20} {f(b.get(key), fmt):>8} -> {f(a.get(key), fmt)}")
         for g in rep["rigid_body"] or ():
             print(f"  rigid body {g['group']}: rotated {g['rotation_deg']:.2f} deg, shifted {g['shift']:.2f} Å")

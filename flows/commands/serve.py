@@ -36,7 +36,7 @@ def register(sub) -> None:
 
 
 def run(args, settings) -> int:
-    from rerefine.flows.prefect_env import configure_prefect
+    from rerefine.flows.prefect_home import configure_prefect
     from rerefine.common.errors import InputError
 
     cron = args.cron or settings.schedule_cron
@@ -46,7 +46,7 @@ def run(args, settings) -> int:
     next_run(cron, now)  # validates the expression before anything starts
     configure_prefect(settings.data_dir)
     from rerefine.flows.commands.nightly import print_summary
-    from rerefine.flows.nightly import _settings_dict, make_task_runner, nightly_flow, run_nightly
+    from rerefine.flows.nightly import make_task_runner, nightly_flow, run_nightly, run_settings
 
     workers = args.workers if args.workers is not None else settings.concurrency
     mirror = args.mirror if args.mirror is not None else (settings.mirror or None)
@@ -55,7 +55,7 @@ def run(args, settings) -> int:
         print(f"serving deployment rerefine-nightly/nightly on cron '{cron}' (UTC) at "
               f"{os.environ['PREFECT_API_URL']}; Ctrl-C stops")
         flow.serve(name="nightly", cron=cron, timezone="UTC",
-                   parameters={"settings_dict": _settings_dict(settings), "mirror": mirror})
+                   parameters={"settings_dict": run_settings(settings), "mirror": mirror})
         return 0
     while True:
         now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)

@@ -11,9 +11,9 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.mrc", help="sharpened map (same grid and origin)")
     p.add_argument("--half-maps", nargs=2, metavar=("H1", "H2"), help="half-maps: FSC weighting before sharpening")
     p.add_argument("--model", metavar="M", help="model: scale the map's radial amplitudes to the model map's")
-    p.add_argument("--target", choices=["target_b", "adjusted_sa", "kurtosis"], default="target_b",
-                   help="target_b: B_iso = 5.9 d_min² (default); adjusted_sa / kurtosis: search B "
-                        "between -100 and 300 Å² maximising that score")
+    p.add_argument("--target", choices=["target_b", "adjusted_sa"], default="target_b",
+                   help="target_b: B_iso = 5.9 d_min² (default); adjusted_sa: search B "
+                        "between -100 and 300 Å² maximising the adjusted surface area")
     p.add_argument("--json", metavar="OUT|-", help="write the chosen parameters as JSON")
     p.set_defaults(func=run)
 
