@@ -657,6 +657,6 @@ def bond_angle_rmsds(r: Restraints, xyz: np.ndarray, *, heavy_only: bool = False
         ka = heavy[a_idx].all(axis=1)
         b_idx, b_ideal = np.ascontiguousarray(b_idx[kb]), b_ideal[kb]
         a_idx, a_ideal = np.ascontiguousarray(a_idx[ka]), a_ideal[ka]
-    bd = _bond_devs(xyz, b_idx, b_ideal)
-    ad = _angle_devs(xyz, a_idx, a_ideal)
+    bd = bond_devs(xyz, b_idx, b_ideal)
+    ad = angle_devs(xyz, a_idx, a_ideal)
     return {"bond_rmsd": _rms(bd), "angle_rmsd": _rms(ad), "n_bonds": int(bd.size), "n_angles": int(ad.size)}

@@ -759,7 +759,10 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
 
     rotamer_sigma_scale = SIGMA_SCALE if rotamer_sigma_scale is None else float(rotamer_sigma_scale)
     if rotamer_sigma_scale > 0:
+        from .rotamer_restraint import RotamerWatch
+
         r, _ = with_rotamer_restraints(work, r, xyz0, rotamer_sigma_scale)
+        r.watches = (RotamerWatch(r),)
     if metals:
         from .metal_restraint import with_metal_restraints
 
@@ -981,9 +984,12 @@ FIT_CUTOFF_LOG = 4.6
 
 def _watch_validation(r, xyz, record: dict) -> None:
     """After an accepted cycle: raise the Ramachandran weight of residues whose MolProbity class
-    got worse than the input's (:meth:`.ramachandran_restraint.RamachandranRestraint.watch`)."""
+    got worse than the input's (:meth:`.ramachandran_restraint.RamachandranRestraint.watch`) and
+    the weight of rotamer chis pulled out of their rotamer (:class:`.rotamer_restraint.RotamerWatch`)."""
     if r.ramachandran is not None:
         record["rama_raised"] = r.ramachandran.watch(xyz)
+    for w in r.watches:
+        record[f"{w.name}_raised"] = w.watch(r, xyz)
 
 
 def _restrained(x, p, data_e, data_g, r, free, guard, ref_k, p_ref):

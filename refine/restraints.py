@@ -176,6 +176,9 @@ class Restraints:
     # further optional terms with ``name`` and ``energy_gradient(xyz, grad) -> float`` (e.g.
     # chain_breaks.GapKeeper), set by the refinement; assign a new list, never append (copies share it)
     extra_terms: tuple = ()
+    # validation watches of the refinement (objects with ``name`` and ``watch(r, xyz) -> int``,
+    # e.g. rotamer_restraint.RotamerWatch), called after each accepted cycle
+    watches: tuple = ()
     weights: dict = field(default_factory=lambda: {
         "bond": 1.0, "angle": 1.0, "torsion": 1.0, "chiral": 1.0, "plane": 1.0, "nonbonded": 1.0})
 

@@ -95,3 +95,30 @@ def test_side_chain_outside_every_rotamer_is_not_restrained(test_data):
     *_, done_moved = rotamer_rows(st, r, moved)
     assert rid not in {d for d, _ in done_moved}
     assert len(done_moved) == len(done) - 1
+
+
+def test_watch_raises_the_weight_of_chis_leaving_their_rotamer(test_data):
+    """A chi pulled more than WATCH_DEV esd from its centre has its sigma halved (weight x4) per
+    call, down to sigma0/4 (x16); chis inside are untouched."""
+    from rerefine.refine.rotamer_restraint import WATCH_DEV, RotamerWatch
+
+    st = modelio.read_model(test_data / MODELS["5me2_deposited"])
+    r = refinement_topology(st, test_data / "monomers")
+    xyz = atom_xyz(st)
+    r2, done = with_rotamer_restraints(st, r, xyz)
+    w = RotamerWatch(r2)
+    assert len(w.rows) == sum(1 for lab in r2.torsions.label if lab.startswith("rotamer_chi"))
+    from rerefine.refine.geometry import torsion_devs
+
+    t = r2.torsions
+    dev0 = torsion_devs(xyz, t.idx[w.rows], t.ideal[w.rows], t.period[w.rows])
+    expected = int(np.sum(np.abs(dev0) > WATCH_DEV * w.sigma0))
+    assert w.watch(r2, xyz) == expected  # the deposited model: only chis already > 2 esd out
+    sig1 = t.sigma[w.rows].copy()
+    out = np.abs(dev0) > WATCH_DEV * w.sigma0
+    np.testing.assert_allclose(sig1[out], w.sigma0[out] / 2)
+    np.testing.assert_array_equal(sig1[~out], w.sigma0[~out])
+    for _ in range(3):
+        w.watch(r2, xyz)
+    np.testing.assert_allclose(t.sigma[w.rows][out], w.sigma0[out] / 4)
+    assert w.watch(r2, xyz) == 0  # at the floor: nothing left to raise
