@@ -299,6 +299,11 @@ def _set_omega_targets(st: gemmi.Structure, r, xyz: np.ndarray) -> None:
         t.ideal[ti] = 0.0 if cis else 180.0
 
 
+#: Degrees: validation watch (restraints.TorsionWatch) limits after each cycle: an omega further
+#: than this from 0/180 (MolProbity calls 30 deg twisted) and a C-beta torsion further than
+#: WATCH_CBETA from its ideal (together ~9 deg make the 0.25 Å C-beta outlier) get weight x4, up to x16.
+WATCH_OMEGA = 15.0
+WATCH_CBETA = 4.0
 #: Degrees: a peptide whose omega is further than this from its target (0 or 180) after a
 #: macro-cycle is trapped (planarity and angle restraints hold a half-turned peptide in place)
 #: and is rebuilt by :func:`rebuild_peptides`.
@@ -759,10 +764,10 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
 
     rotamer_sigma_scale = SIGMA_SCALE if rotamer_sigma_scale is None else float(rotamer_sigma_scale)
     if rotamer_sigma_scale > 0:
-        from .rotamer_restraint import RotamerWatch
+        from .rotamer_restraint import rotamer_watch
 
         r, _ = with_rotamer_restraints(work, r, xyz0, rotamer_sigma_scale)
-        r.watches = (RotamerWatch(r),)
+        r.watches = (rotamer_watch(r),)
     if metals:
         from .metal_restraint import with_metal_restraints
 
@@ -771,6 +776,12 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
         from .cbeta_restraint import with_cbeta_restraints
 
         r = with_cbeta_restraints(work, r)
+    from .restraints import torsion_watch
+
+    # omega further than WATCH_OMEGA from cis/trans and C-beta torsions further than WATCH_CBETA
+    # get their weight raised after a cycle (validation calls 30 deg twisted, 0.25 Å a C-beta outlier)
+    r.watches = tuple(r.watches) + (torsion_watch(r, "omega", ("omega",), WATCH_OMEGA),
+                                    torsion_watch(r, "cbeta", ("cbeta_n", "cbeta_c"), WATCH_CBETA))
     rama_weight = RAMA_WEIGHT if rama_weight is None else float(rama_weight)
     r.ramachandran = ramachandran_restraint(work, r, rama_weight) if rama_weight > 0 else None
     from .chain_breaks import GapKeeper, gap_pairs
@@ -985,7 +996,8 @@ FIT_CUTOFF_LOG = 4.6
 def _watch_validation(r, xyz, record: dict) -> None:
     """After an accepted cycle: raise the Ramachandran weight of residues whose MolProbity class
     got worse than the input's (:meth:`.ramachandran_restraint.RamachandranRestraint.watch`) and
-    the weight of rotamer chis pulled out of their rotamer (:class:`.rotamer_restraint.RotamerWatch`)."""
+    the weight of torsions pulled towards what validation calls an outlier (:class:`.restraints.TorsionWatch`:
+    rotamer chis, omega, C-beta)."""
     if r.ramachandran is not None:
         record["rama_raised"] = r.ramachandran.watch(xyz)
     for w in r.watches:

@@ -20,7 +20,7 @@ Criterion (when may a side chain leave its rotamer): a chi held by this term cos
 density drops below the 2 % favoured contour for most rotamers) costs about
 ``(3 / SIGMA_SCALE)^2`` = 9 target units per chi at ``SIGMA_SCALE = 1`` (-2 ln L). A chi that
 the map still pulls further than :data:`WATCH_DEV` esd gets its weight raised after each cycle
-(:class:`RotamerWatch`, x4 up to x16), so it leaves its rotamer only when the map gains more
+(:func:`rotamer_watch`, x4 up to x16), so it leaves its rotamer only when the map gains more
 than ~16 x 9 = 144 units there, i.e. when the density clearly places it elsewhere (5ME2's
 Thr A/C 118 were pulled from chi1 45.6 to 34 deg, an outlier, at the plain weight). Side chains that start outside every rotamer are not restrained (the map
 and the library decide, as before).
@@ -65,7 +65,7 @@ SIGMA_SCALE = 1.0
 SIGMA_MIN = 5.0
 #: A side chain is "in" a rotamer when its distance to the centre is at most this (esd units).
 MATCH_LIMIT = 4.0
-#: Validation watch (:class:`RotamerWatch`): after a cycle, a restrained chi further than this many
+#: Validation watch (:func:`rotamer_watch`): after a cycle, a restrained chi further than this many
 #: of its esd from the rotamer centre (it is leaving the rotamer: the Top8000 favoured region of
 #: e.g. Thr "p" ends about 2-3 esd out) gets its weight multiplied by WATCH_FACTOR, up to WATCH_MAX.
 WATCH_DEV = 2.0
@@ -160,30 +160,13 @@ def with_rotamer_restraints(st, r, xyz: np.ndarray, sigma_scale: float = SIGMA_S
     return with_torsions(r, idx, ideal, sig, per, lab), done
 
 
-class RotamerWatch:
-    """Raises the weight of rotamer chi restraints the map pulls out of their rotamer.
 
-    Holds the rows of ``r.torsions`` labelled ``rotamer_chi*`` and their starting sigma; see
-    :data:`WATCH_DEV`.
-    """
+def rotamer_watch(r):
+    """:class:`rerefine.refine.restraints.TorsionWatch` of the ``rotamer_chi*`` rows of ``r``: a chi
+    further than :data:`WATCH_DEV` of its starting sigmas (esd) from the centre gets weight x4,
+    up to x16 (:data:`WATCH_FACTOR`, :data:`WATCH_MAX`)."""
+    from .restraints import TorsionWatch
 
-    name = "rotamer"
-
-    def __init__(self, r):
-        self.rows = np.array([k for k, lab in enumerate(r.torsions.label) if lab.startswith("rotamer_chi")],
-                             dtype=np.int64)
-        self.sigma0 = np.array(r.torsions.sigma[self.rows], dtype=np.float64)
-
-    def watch(self, r, xyz: np.ndarray) -> int:
-        """Lower the sigma (x 1/2: weight x4; not below sigma0/4) of every watched chi now further than
-        :data:`WATCH_DEV` starting sigmas from its centre; returns how many."""
-        from .geometry import torsion_devs
-
-        if not len(self.rows):
-            return 0
-        t = r.torsions
-        dev = torsion_devs(np.ascontiguousarray(xyz), t.idx[self.rows], t.ideal[self.rows], t.period[self.rows])
-        floor = self.sigma0 / np.sqrt(WATCH_MAX)
-        out = (np.abs(dev) > WATCH_DEV * self.sigma0) & (t.sigma[self.rows] > floor * 1.0001)
-        t.sigma[self.rows[out]] = np.maximum(t.sigma[self.rows[out]] / np.sqrt(WATCH_FACTOR), floor[out])
-        return int(out.sum())
+    rows = np.array([k for k, lab in enumerate(r.torsions.label) if lab.startswith("rotamer_chi")], dtype=np.int64)
+    return TorsionWatch("rotamer", rows, WATCH_DEV * np.asarray(r.torsions.sigma)[rows], r.torsions.sigma[rows],
+                        WATCH_FACTOR, WATCH_MAX)

@@ -100,13 +100,13 @@ def test_side_chain_outside_every_rotamer_is_not_restrained(test_data):
 def test_watch_raises_the_weight_of_chis_leaving_their_rotamer(test_data):
     """A chi pulled more than WATCH_DEV esd from its centre has its sigma halved (weight x4) per
     call, down to sigma0/4 (x16); chis inside are untouched."""
-    from rerefine.refine.rotamer_restraint import WATCH_DEV, RotamerWatch
+    from rerefine.refine.rotamer_restraint import WATCH_DEV, rotamer_watch
 
     st = modelio.read_model(test_data / MODELS["5me2_deposited"])
     r = refinement_topology(st, test_data / "monomers")
     xyz = atom_xyz(st)
     r2, done = with_rotamer_restraints(st, r, xyz)
-    w = RotamerWatch(r2)
+    w = rotamer_watch(r2)
     assert len(w.rows) == sum(1 for lab in r2.torsions.label if lab.startswith("rotamer_chi"))
     from rerefine.refine.geometry import torsion_devs
 
