@@ -189,7 +189,7 @@ def test_trapped_peptide_is_rebuilt(p3ajo, monlib):
     positions and omega within 15 deg of trans. Reference: the deposited coordinates."""
     from rerefine.refine.geometry import restraint_energy_gradient
     from rerefine.refine.maptarget import MapTarget, scattering_weights
-    from rerefine.refine.realspace import _omega, peptide_units, rebuild_peptides, refinement_restraints, \
+    from rerefine.refine.realspace import omega_angles as _omega, peptide_units, rebuild_peptides, refinement_restraints, \
         refinement_topology
     from rerefine.refine.restraints import atom_xyz
 
