@@ -485,6 +485,8 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     added_h = hydrogens and restraints is None and len(work) and not has_hydrogens(work)
     if added_h:
         work = add_hydrogens(work, monlib_dir)
+    # hydrogens added for refinement ride on their atoms: no map term (occupancy 0), no B of their own
+    h_added = np.array([bool(added_h) and c.atom.serial == -1 for c in work[0].all()], dtype=bool)
     xyz0 = atom_xyz(work)
     b_input = np.array([c.atom.b_iso for c in work[0].all()])  # reference of the B prior (adp.log_prior)
     if len(xyz0) == 0:
@@ -495,6 +497,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                          f"{dmap.name} (box too small or wrong frame)")
     r_full = restraints if restraints is not None else refinement_topology(work, monlib_dir)
     r = refinement_restraints(r_full)
+    adp_fixed = np.asarray(r.fixed, bool) | h_added
     r.weights = dict(r_full.weights)
     r.weights["nonbonded"] = r_full.weights.get("nonbonded", 1.0) * nonbonded_weight
     from .ramachandran_restraint import RAMA_WEIGHT, ramachandran_restraint
@@ -683,7 +686,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
             pairs = np.asarray(r.bonds.idx, np.int64)
             try:
                 result.adp = refine_adp(work, fmap, resolution, xyz=xyz, pairs=pairs,
-                                        fixed=r.fixed, max_iter=adp_max_iter, b_prior=b_input,
+                                        fixed=adp_fixed, max_iter=adp_max_iter, b_prior=b_input,
                                         prior_sigma=adp_prior_sigma)
             except (InputError, ValueError) as exc:
                 result.warnings.append(f"B factors not refined: {exc}")
@@ -694,7 +697,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                                          w_atom, guard, stage, fit_cycles, fit_iter, fit_reference_sigma,
                                          target_bond, fit_target_angle or target_angle, pairs,
                                          adp_max_iter, auto_weight=auto, p_ref=p_ref, b_input=b_input,
-                                         adp_prior_sigma=adp_prior_sigma)
+                                         adp_prior_sigma=adp_prior_sigma, adp_fixed=adp_fixed)
                     except (InputError, ValueError) as exc:  # e.g. voxels too coarse for the model map
                         result.warnings.append(f"density-fit stage skipped: {exc}")
                     set_xyz(work, xyz)
@@ -763,7 +766,7 @@ def _restrained(x, p, data_e, data_g, r, free, guard, ref_k, p_ref):
 
 def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, target, w_atom, guard, stage,
                cycles, max_iter, reference_sigma, target_bond, target_angle, pairs, adp_max_iter,
-               auto_weight=True, p_ref=None, b_input=None, adp_prior_sigma=None):
+               auto_weight=True, p_ref=None, b_input=None, adp_prior_sigma=None, adp_fixed=None):
     """Alternate coordinate refinement against the model-map fit (:mod:`.modelfit`) and B.
 
     The first weight carries over the geometry-calibrated map-value weight: it makes the
@@ -837,8 +840,8 @@ def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, targ
             wd = _adjust(wd, stats["bond_rmsd"], stats["angle_rmsd"], target_bond, target_angle)
         try:
             # B between coordinate steps only has to be good enough for the next model map
-            result.adp = refine_adp(work, dmap, resolution, xyz=xyz, pairs=pairs, fixed=r.fixed,
-                                    max_iter=adp_max_iter if cyc == cycles - 1 else max(5, adp_max_iter // 2),
+            result.adp = refine_adp(work, dmap, resolution, xyz=xyz, pairs=pairs,
+                                    fixed=adp_fixed if adp_fixed is not None else r.fixed, max_iter=adp_max_iter if cyc == cycles - 1 else max(5, adp_max_iter // 2),
                                     b_prior=b_input, prior_sigma=adp_prior_sigma)
         except (InputError, ValueError) as exc:
             result.warnings.append(f"B factors not refined: {exc}")

@@ -28,7 +28,7 @@ def add_hydrogens(st: gemmi.Structure, monlib_dir: str | os.PathLike) -> gemmi.S
     library X-H distances, neutral His with HE2), so refinement avoids the very contacts counted.
 
     Added atoms are marked with the serial ``-1`` (the input's serials are kept), which
-    :func:`strip_added` uses.
+    :func:`strip_added` uses, and get occupancy 0: the map neither pulls nor sees them.
     """
     from .validation.hydrogens import add_hydrogens as place
 
@@ -42,6 +42,7 @@ def add_hydrogens(st: gemmi.Structure, monlib_dir: str | os.PathLike) -> gemmi.S
     for c in work[0].all():
         if (c.chain.name, c.residue.seqid.num, c.residue.seqid.icode, c.atom.name, c.atom.altloc) not in originals:
             c.atom.serial = -1
+            c.atom.occ = 0.0  # riding: no map term, no scattering in the model map
     return work
 
 
