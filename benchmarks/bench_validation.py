@@ -69,7 +69,8 @@ def ours(path: Path, runs: int) -> dict:
     first = time.perf_counter() - t
     med, times = median_time(lambda: validate(st, MONLIB, top8000_dir=TOP), runs)
     s = rep.summary
-    return {"seconds": med, "runs": times, "first_run_seconds": first, "n_atoms": st[0].count_atom_sites(),
+    per_res = {f"{r['chain']}:{r['seq']}{r['icode']}:{r['resname']}": r for r in rep.per_residue}
+    return {"per_residue": per_res, "seconds": med, "runs": times, "first_run_seconds": first, "n_atoms": st[0].count_atom_sites(),
             "n_atoms_with_h": s["n_atoms_clash"], "clashscore": s["clashscore"],
             "rama_favored_pct": s["rama_favored_pct"], "rotamer_outliers": s["rotamer_outliers"]}
 
@@ -119,9 +120,24 @@ def main() -> None:
         path = DATA / "maps_models" / rel
         a = ours(path, runs)
         b = theirs(path, runs, cctbx_python, probe)
+        per_res = a.pop("per_residue")
         row = {"ours": a, "cctbx_reduce_probe": b, "ratio": (a["seconds"] / b["seconds"]) if b else None}
+        if b:
+            # same Top8000 tables on both sides: classes and scores per residue
+            for kind, key in (("rama", "rama"), ("rota", "rotamer")):
+                theirs_res = b.pop(kind)
+                both = [(per_res[k], v) for k, v in theirs_res.items() if k in per_res and per_res[k][key]]
+                agree = sum(1 for r, v in both if r[key] == v[1])
+                diff = max((abs(r[f"{key}_score"] - v[0]) for r, v in both), default=None)
+                row[f"{kind}_agreement"] = {"n": len(both), "n_cctbx": len(theirs_res), "same_class": agree,
+                                            "max_score_diff_pct": diff}
         results["models"][name] = row
         extra = f"; cctbx+reduce+probe {b['seconds']:.2f} s (ratio {row['ratio']:.2f})" if b else ""
+        for kind in ("rama", "rota"):
+            ag = row.get(f"{kind}_agreement")
+            if ag:
+                extra += (f"; {kind} same class {ag['same_class']}/{ag['n']} (cctbx scored {ag['n_cctbx']}), "
+                          f"max score diff {ag['max_score_diff_pct']:.2g} %")
         print(f"{name}: {a['n_atoms']} atoms ({a['n_atoms_with_h']} with H): ours {a['seconds']:.2f} s "
               f"(first run {a['first_run_seconds']:.2f} s){extra}")
     out = REPO / "benchmarks" / "results" / "validation.json"

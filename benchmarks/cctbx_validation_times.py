@@ -3,7 +3,8 @@
 Runs under the *cctbx* interpreter (a separate virtual environment, never the project's):
 ``python cctbx_validation_times.py MODEL RUNS`` prints one JSON line with the median seconds
 of each analysis (model read once; the first run of each, which loads its tables, is not
-counted) and the import time.
+counted), the import time, and the per-residue scores (percent) and classes of ramalyze and
+rotalyze (``rama``/``rota``: ``CHAIN:SEQ:RESNAME -> [score, class]``) for the agreement check.
 """
 
 import json
@@ -26,7 +27,11 @@ jobs = {
 }
 out = {"import_seconds": t_import}
 for name, fn in jobs.items():
-    fn()
+    res = fn()
+    if name in ("ramalyze", "rotalyze"):
+        out[name[:4]] = {f"{x.chain_id.strip()}:{x.resseq.strip()}{x.icode.strip()}:{x.resname.strip()}":
+                         [x.score, (x.ramalyze_type() if name == "ramalyze" else x.evaluation).lower()]
+                         for x in res.results}
     times = []
     for _ in range(runs):
         t = time.perf_counter()

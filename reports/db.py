@@ -85,7 +85,8 @@ METRIC_COLUMNS = (
     "bond_rmsd", "angle_rmsd", "chirality_rmsd", "planarity_rmsd", "nonbonded_overlaps",
 ) + (
     # revision 0002: fit figures refinement cannot inflate (CCmask of the coordinates with the
-    # input B; FSC average and CCmask against half-map 1 = work and half-map 2 = free) and the
+    # input B; FSC average and CCmask against half-map 1 = work and half-map 2 = free, "after" being
+    # the model refined against half-map 1 only) and the
     # MolProbity-class validation (percentages in %, counts, clashscore per 1000 atoms, RMSDs
     # of non-H atoms in Å and degrees)
     "cc_mask_input_b", "fsc_avg_work", "fsc_avg_free", "cc_mask_work", "cc_mask_free",

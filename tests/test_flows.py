@@ -137,6 +137,14 @@ def test_nightly_isolates_a_bad_entry_and_skips_finished_work(mirror, tmp_path, 
     want = decide(full_before, full_after).verdict
     assert runs["7cec"]["verdict"] == want and s[want] == 1
     assert cc_before == pytest.approx(0.8077, abs=0.01)
+    # the gated verdict's figures are stored: the coordinates' fit with the input B, the validation
+    # of both models (its agreement with MolProbity is tests/test_validation.py's), and the
+    # fallback contour is said in the run's warnings
+    assert full_before["cc_mask_input_b"] == full_before["cc_mask"] and full_after["cc_mask_input_b"] is not None
+    assert full_before["clashscore"] is not None and full_after["rama_favored_pct"] is not None
+    assert any(r["rama"] == "outlier" for r in full_after["validation_residues"]) or full_after["rama_outliers"] == 0
+    assert any("17 Å³ per non-H atom" in w for w in full_after["refinement"]["warnings"])
+    assert "fsc_avg_free" not in full_after  # the sample archive has no half-maps
     # the placement check of the deposited model: 7CEC sits where its map puts it (0.09 deg)
     placement = full_before["placement"]
     assert placement["by"] == "chain" and [g["group"] for g in placement["groups"]] == ["A"]

@@ -33,8 +33,6 @@ from numba import njit
 
 from ..nonbonded import path_codes
 
-from ..restraints import atom_xyz
-
 OVERLAP = 0.4
 
 
@@ -269,4 +267,5 @@ def occupancies(st: gemmi.Structure) -> np.ndarray:
     return np.array([c.atom.occ for c in st[0].all()], dtype=np.float64)
 
 
-__all__ = ["OVERLAP", "clash_kernel", "clashes", "atom_labels", "counted_atoms", "occupancies", "atom_xyz"]
+__all__ = ["OVERLAP", "DOT_DENSITY", "RADIUS", "clash_kernel", "dot_overlaps", "clashes", "contact_radii",
+           "parent_atoms", "bond_adjacency", "atom_labels", "counted_atoms", "occupancies"]

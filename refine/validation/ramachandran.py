@@ -53,7 +53,7 @@ def omega(residues: list[ProteinResidue], i: int) -> float | None:
     if r.prev < 0:
         return None
     p = residues[r.prev]
-    return torsion(residues, [(p, "CA"), (p, "C"), (r, "N"), (r, "CA")])
+    return torsion([(p, "CA"), (p, "C"), (r, "N"), (r, "CA")])
 
 
 def phi_psi(residues: list[ProteinResidue], i: int) -> tuple[float | None, float | None]:
@@ -61,8 +61,8 @@ def phi_psi(residues: list[ProteinResidue], i: int) -> tuple[float | None, float
     r = residues[i]
     p = residues[r.prev] if r.prev >= 0 else None
     n = residues[r.next] if r.next >= 0 else None
-    phi = torsion(residues, [(p, "C"), (r, "N"), (r, "CA"), (r, "C")]) if p is not None else None
-    psi = torsion(residues, [(r, "N"), (r, "CA"), (r, "C"), (n, "N")]) if n is not None else None
+    phi = torsion([(p, "C"), (r, "N"), (r, "CA"), (r, "C")]) if p is not None else None
+    psi = torsion([(r, "N"), (r, "CA"), (r, "C"), (n, "N")]) if n is not None else None
     return phi, psi
 
 

@@ -128,7 +128,7 @@ def dihedral(p0, p1, p2, p3):
     return math.degrees(math.atan2(y, x))
 
 
-def torsion(res_list, specs) -> float | None:
+def torsion(specs) -> float | None:
     """Dihedral of four (residue, atom name) pairs, or None when a residue or atom is absent."""
     pts = []
     for r, name in specs:

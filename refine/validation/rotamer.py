@@ -54,13 +54,13 @@ NOT_SCORED = ("ARG", "LYS")
 def chis(r: ProteinResidue, n: int) -> list[float] | None:
     """chi1..chin of ``r`` in degrees [0, 360), or None when an atom is missing."""
     x1 = _CHI1.get(r.resname, "CG")
-    out = [torsion(None, [(r, "N"), (r, "CA"), (r, "CB"), (r, x1)])]
+    out = [torsion([(r, "N"), (r, "CA"), (r, "CB"), (r, x1)])]
     if n >= 2:
         a, b, c = _CHI2[r.resname]
-        out.append(torsion(None, [(r, "CA"), (r, a), (r, b), (r, c)]))
+        out.append(torsion([(r, "CA"), (r, a), (r, b), (r, c)]))
     if n >= 3:
         a, b, c = _CHI3[r.resname]
-        out.append(torsion(None, [(r, "CB"), (r, a), (r, b), (r, c)]))
+        out.append(torsion([(r, "CB"), (r, a), (r, b), (r, c)]))
     if any(v is None for v in out):
         return None
     return [v % 360.0 for v in out]
