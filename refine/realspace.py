@@ -482,8 +482,14 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
         del work[len(work) - 1]
     if adp_prior_sigma is None:
         from .adp import PRIOR_SIGMA as adp_prior_sigma
-    added_h = hydrogens and restraints is None and len(work) and not has_hydrogens(work)
+    from .occupancy import has_altlocs
+
+    # not with alternative conformers: the occupancy refinement works on the input's atoms
+    added_h = hydrogens and restraints is None and len(work) and not has_hydrogens(work) and not has_altlocs(work)
+    r_geo = None
     if added_h:
+        # geometry figures (before/after) stay those of the model itself, without the added H
+        r_geo = refinement_topology(work, monlib_dir)
         work = add_hydrogens(work, monlib_dir)
     # hydrogens added for refinement ride on their atoms: no map term (occupancy 0), no B of their own
     h_added = np.array([bool(added_h) and c.atom.serial == -1 for c in work[0].all()], dtype=bool)
@@ -545,7 +551,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     nchain = len(chain_names)
     chain_factor = np.ones(nchain)
 
-    result.geometry_before = geometry_stats(r_full, xyz0)
+    result.geometry_before = _model_geometry(r_full, r_geo, h_added, xyz0)
     result.map_before = float(np.dot(w_atom, target.values(xyz0)) / w_atom.sum())
 
     start = xyz0
@@ -675,7 +681,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     result.chain_weights = ({n: float(result.weight * f) for n, f in zip(chain_names, chain_factor)}
                             if per_chain else {})
     set_xyz(work, xyz)
-    result.geometry_after = geometry_stats(r_full, xyz)
+    result.geometry_after = _model_geometry(r_full, r_geo, h_added, xyz)
     result.map_after = float(np.dot(w_atom, target.values(xyz)) / w_atom.sum())
     result.rmsd_moved = float(np.sqrt(np.mean(np.sum((xyz - xyz0) ** 2, axis=1))))
 
@@ -704,7 +710,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                     except (InputError, ValueError) as exc:  # e.g. voxels too coarse for the model map
                         result.warnings.append(f"density-fit stage skipped: {exc}")
                     set_xyz(work, xyz)
-                    result.geometry_after = geometry_stats(r_full, xyz)
+                    result.geometry_after = _model_geometry(r_full, r_geo, h_added, xyz)
                     result.map_after = float(np.dot(w_atom, target.values(xyz)) / w_atom.sum())
                     result.rmsd_moved = float(np.sqrt(np.mean(np.sum((xyz - xyz0) ** 2, axis=1))))
         else:
@@ -735,6 +741,16 @@ FIT_MAX_VOXELS = 8.0e6
 #: coordinate target the gradient direction is what matters.
 FIT_ALIAS_LOG = 5.0
 FIT_CUTOFF_LOG = 4.6
+
+
+def _model_geometry(r_full, r_geo, h_added, xyz) -> dict:
+    """:func:`.geometry.geometry_stats` of the model as given: with hydrogens added for refinement,
+    on the input's own restraints ``r_geo`` and atoms (the added ones dropped)."""
+    from .geometry import geometry_stats
+
+    if r_geo is None:
+        return geometry_stats(r_full, xyz)
+    return geometry_stats(r_geo, xyz[~h_added])
 
 
 def _watch_validation(r, xyz, record: dict) -> None:
