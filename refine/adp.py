@@ -43,6 +43,16 @@ log = logging.getLogger(__name__)
 
 B_MIN = 1.0
 B_MAX = 500.0
+#: Width (in ln B) of the weak prior of every B to the input model's (:func:`log_prior`): keeps B
+#: where the map says little (weak or no density) near what the depositors refined, and keeps atoms
+#: off the bounds (today's fit parked 296 atoms of 5ME2 at 1 Å² and 182 of 7CEC at 500 Å²).
+#: Measured in benchmarks/bench_refine_validation.py (see the commit message).
+PRIOR_SIGMA = 3.0
+#: Å²: the prior's reference is the input B clipped to this range (:func:`prior_reference`)...
+PRIOR_B_MIN = 5.0
+PRIOR_B_MAX = 300.0
+#: ...or, for input B without spread, at least this.
+PRIOR_B_FLAT = 30.0
 #: Default width of each similarity restraint form (:func:`similarity`).
 SIGMA = {"relative": 5.0, "flat": 10.0, "log": 0.3}
 
@@ -101,11 +111,56 @@ def similarity(bvals: np.ndarray, pairs: np.ndarray, sigma: float, kind: str = "
     return e, g
 
 
+def prior_reference(b_input: np.ndarray) -> np.ndarray:
+    """Reference B (Å²) of the prior (:func:`log_prior`) from the input model's B.
+
+    The input B clipped to [:data:`PRIOR_B_MIN`, :data:`PRIOR_B_MAX`]; when they carry no
+    information (no spread above 1 Å², e.g. one B for the whole model, or zeros) every atom gets
+    the larger of their median and :data:`PRIOR_B_FLAT`.
+    """
+    b = np.asarray(b_input, float)
+    b = np.where(np.isfinite(b), b, np.nan)
+    med = float(np.nanmedian(b)) if np.isfinite(b).any() else PRIOR_B_FLAT
+    if not np.isfinite(b).any() or float(np.nanstd(b)) < 1.0:
+        return np.full(len(b), max(med, PRIOR_B_FLAT))
+    return np.clip(np.where(np.isfinite(b), b, med), PRIOR_B_MIN, PRIOR_B_MAX)
+
+
+def log_prior(bvals: np.ndarray, b_ref: np.ndarray, sigma: float, free: np.ndarray | None = None
+              ) -> tuple[float, np.ndarray]:
+    """Weak prior of each B to its reference up to one overall factor, and its gradient:
+    ``sum_i (d_i - <d>)^2 / sigma^2`` with ``d_i = ln B_i - ln B_ref,i`` and ``<d>`` their mean
+    over the ``free`` atoms (all by default).
+
+    The overall factor is free because the map's own blur decides the overall B, not the
+    depositors' refinement (5ME2's deposited B average 25 Å², the fit to EMD-3488 wants about
+    twice); what the prior keeps is the *pattern* of the deposited B where the map is silent.
+    In the log it rises steeply towards the lower bound: an atom at 1 Å² among atoms at their
+    reference 30 Å² costs ``11.6 / sigma^2``. (The mean's own derivative drops out: the
+    deviations from the mean sum to zero.)
+    """
+    dl = np.log(bvals) - np.log(b_ref)
+    sel = np.ones(len(dl), bool) if free is None else free
+    dc = np.where(sel, dl - dl[sel].mean(), 0.0)
+    s2 = sigma * sigma
+    return float(np.dot(dc, dc)) / s2, 2.0 * dc / (s2 * bvals)
+
+
+def distribution(b: np.ndarray) -> dict:
+    """Summary of a B distribution (Å²): percentiles and how many atoms sit at either bound."""
+    b = np.asarray(b, float)
+    q = np.percentile(b, [0, 5, 25, 50, 75, 95, 100]) if len(b) else [np.nan] * 7
+    return {"min": float(q[0]), "p5": float(q[1]), "p25": float(q[2]), "median": float(q[3]), "p75": float(q[4]),
+            "p95": float(q[5]), "max": float(q[6]), "mean": float(b.mean()) if len(b) else float("nan"),
+            "at_min": int(np.sum(b <= B_MIN * 1.001)), "at_max": int(np.sum(b >= B_MAX * 0.999))}
+
+
 def refine_adp(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, xyz: np.ndarray | None = None,
                pairs: np.ndarray | None = None, fixed: np.ndarray | None = None, group: bool | str = "auto",
                individual: bool = True, sigma: float | None = None, restraint: str = "relative",
                data_weight: float | None = None, max_iter: int = 40, fit: ModelMapFit | None = None,
-               target: str = "ccmask") -> AdpResult:
+               target: str = "ccmask", b_prior: np.ndarray | None = None,
+               prior_sigma: float | None = PRIOR_SIGMA) -> AdpResult:
     """Refine isotropic B (Å²) of the atoms of ``st[0]`` against ``dmap``; writes them into ``st``.
 
     Stages: one B per residue (all its atoms move together), then one per atom with the
@@ -142,6 +197,12 @@ def refine_adp(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, xyz:
         i.e. a misfit change of half its starting value is worth one unit per atom.
     target : {"ccmask", "sphere"}
         Fit target (:class:`ModelMapFit`); ignored when ``fit`` is given.
+    b_prior : numpy.ndarray, optional
+        Reference B (Å², per atom) of the weak prior :func:`log_prior`; default
+        :func:`prior_reference` of the B in ``st`` (give the input model's B when ``st`` already
+        carries refined ones, as the refinement's later cycles do).
+    prior_sigma : float or None
+        Width of the prior in ln B (:data:`PRIOR_SIGMA`); None or 0 switches it off.
     """
     atoms = [cra.atom for cra in st[0].all()]
     n = len(atoms)
@@ -164,9 +225,14 @@ def refine_adp(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, xyz:
     result = AdpResult(b=b0.copy(), cc_before=cc0, cc_after=cc0, evaluations=0)
     bcur = b0.copy()
 
+    b_ref = prior_reference(b0 if b_prior is None else b_prior)
+
     def total(bvals):
         m, g, _ = fit.evaluate(bvals)
         e_s, g_s = similarity(bvals, pairs, sigma, restraint)
+        if prior_sigma:
+            e_p, g_p = log_prior(bvals, b_ref, prior_sigma, free)
+            e_s, g_s = e_s + e_p, g_s + g_p
         return data_weight * m + e_s, data_weight * g + g_s
 
     # residue index of each atom

@@ -127,7 +127,7 @@ def angle_range(xyz, idx, ideal, sigma, weight, g, lo, hi):
 
 
 @njit(cache=True)
-def _dihedral(xyz, a, b, c, d, out):
+def dihedral_gradient(xyz, a, b, c, d, out):
     """Dihedral angle (rad, IUPAC sign) of a-b-c-d; its gradient w.r.t. the 4 atoms into out (4, 3)."""
     b1x = xyz[b, 0] - xyz[a, 0]
     b1y = xyz[b, 1] - xyz[a, 1]
@@ -179,7 +179,7 @@ def torsion_range(xyz, idx, ideal, sigma, period, weight, g, lo, hi):
         s = sigma[k]
         if s <= 0.0:
             continue
-        phi, ok = _dihedral(xyz, idx[k, 0], idx[k, 1], idx[k, 2], idx[k, 3], dg)
+        phi, ok = dihedral_gradient(xyz, idx[k, 0], idx[k, 1], idx[k, 2], idx[k, 3], dg)
         if not ok:
             continue
         per = 360.0 / period[k]
@@ -453,7 +453,10 @@ def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None,
                  parallel: bool | None = None) -> dict:
     """Per-term restraint energies (dimensionless, weights applied); optional gradient into ``grad``.
 
-    Keys ``bond``, ``angle``, ``torsion``, ``chiral``, ``plane``, ``nonbonded``.
+    Keys ``bond``, ``angle``, ``torsion``, ``chiral``, ``plane``, ``nonbonded``, and
+    ``ramachandran`` when ``r.ramachandran`` is set
+    (:class:`rerefine.refine.ramachandran_restraint.RamachandranRestraint`, refinement only), and
+    one key per term of ``r.extra_terms`` (its ``name``).
     Refreshes the nonbonded neighbour list when needed. ``parallel``: force the threaded (True)
     or serial (False) drivers; by default :func:`rerefine.refine.threads.use_parallel` decides. Not re-entrant for one ``r``: the
     per-thread gradient buffers are kept on ``r`` between calls (use one Restraints per thread).
@@ -484,7 +487,14 @@ def energy_terms(r: Restraints, xyz: np.ndarray, grad: np.ndarray | None = None,
     if grad is not None:
         _reduce(gbuf, r.fixed, grad)
     tot = eterms.sum(axis=0)
-    return {k: float(tot[i]) for i, k in enumerate(TERMS)}
+    out = {k: float(tot[i]) for i, k in enumerate(TERMS)}
+    rama = getattr(r, "ramachandran", None)
+    if rama is not None:
+        # its rows never contain fixed atoms (see ramachandran_restraint), so no masking needed
+        out["ramachandran"] = rama.energy_gradient(xyz, grad if grad is not None else np.zeros_like(xyz))
+    for term in getattr(r, "extra_terms", ()):
+        out[term.name] = term.energy_gradient(xyz, grad if grad is not None else np.zeros_like(xyz))
+    return out
 
 
 def restraint_energy_gradient(r: Restraints, xyz: np.ndarray, *, parallel: bool | None = None
@@ -546,7 +556,7 @@ def torsion_devs(xyz, idx, ideal, period):
     out = np.empty(ideal.shape[0])
     dg = np.empty((4, 3))
     for k in range(ideal.shape[0]):
-        phi, ok = _dihedral(xyz, idx[k, 0], idx[k, 1], idx[k, 2], idx[k, 3], dg)
+        phi, ok = dihedral_gradient(xyz, idx[k, 0], idx[k, 1], idx[k, 2], idx[k, 3], dg)
         per = 360.0 / period[k]
         d = phi * DEG - ideal[k]
         out[k] = d - per * math.floor(d / per + 0.5)

@@ -31,6 +31,11 @@ Method (after phenix.real_space_refine, Afonine et al. 2018, Acta Cryst. D74:531
 
 A macro-cycle whose target or coordinates become non-finite stops the refinement; the
 input model is returned unchanged with the reason in ``RefinementResult.status``.
+
+Length (~870 lines): the driver, its density-fit stage, the automatic weight and the clash
+guard are one algorithm sharing their state; the peptide topology and rebuilding live in
+:mod:`.peptide_links`, the issue-16 terms in their own modules (ramachandran_restraint,
+rotamer_restraint, cbeta_restraint, metal_restraint, chain_breaks, riding_hydrogens).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from rerefine.common.errors import InputError, RefinementError
 from .mapio import DensityMap, fraction_inside
 from .maptarget import MapTarget, scattering_weights
 from .nonbonded import nonbonded_range
+from .peptide_links import omega_angles, peptide_units, rebuild_peptides, refinement_topology  # noqa: F401 (re-exported)
 from .threads import PARALLEL_MIN_ATOMS
 
 log = logging.getLogger(__name__)
@@ -200,272 +206,13 @@ def refinement_restraints(r):
     return replace(r, torsions=tors)
 
 
-#: Å; consecutive amino acids of a chain whose C(i)-N(i+1) distance is below this are linked
-#: by a peptide bond even when gemmi's topology (link only below 1.5 x 1.341 Å) calls it a gap.
-#: A 0.5 Å RMS coordinate error stretches C-N bonds to 2.0-2.8 Å (shaken 5ME2: 50 of 562 links
-#: lost, their N atoms then drift 1-2 Å); a real chain break (missing residues) leaves C(i) and
-#: the next N at least ~3.3 Å apart (they are then 1-5 or more distant).
-PEPTIDE_LINK_MAX = 3.0
-#: Degrees: without cis-peptide records in the file, a peptide to proline is cis when its input
-#: omega is nearer 0 than 180; any other residue only when |omega| < this and CA-CA is below
-#: :data:`CIS_CA_CA_MAX` (ideal cis 2.9 Å, trans 3.8 Å). Non-proline cis peptides are rare
-#: (about 0.03 % vs 5 % for proline; Jabs et al. 1999, J Mol Biol 286:291), so a noisy omega
-#: alone must not make one.
-CIS_OMEGA_MAX = 30.0
-CIS_CA_CA_MAX = 3.2
+#: Degrees: validation watch (restraints.TorsionWatch) limits after each cycle: an omega further
+#: than this from 0/180 (MolProbity calls 30 deg twisted) and a C-beta torsion further than
+#: WATCH_CBETA from its ideal (together ~9 deg make the 0.25 Å C-beta outlier) get weight x4, up to x16.
+WATCH_OMEGA = 15.0
+WATCH_CBETA = 4.0
 
 
-def _peptide_pairs(st: gemmi.Structure):
-    """Consecutive residue pairs (r1, r2) of each chain that both carry C/N backbone atoms."""
-    for ch in st[0]:
-        for k in range(1, len(ch)):
-            r1, r2 = ch[k - 1], ch[k]
-            if r1.find_atom("C", "*") is not None and r2.find_atom("N", "*") is not None:
-                yield ch, r1, r2
-
-
-def refinement_topology(st: gemmi.Structure, monlib_dir):
-    """Library restraints of ``st[0]`` with peptide links decided robustly against coordinate errors.
-
-    gemmi decides links from the input coordinates alone: a C-N distance above 2.01 Å is a
-    chain break (no peptide bond, angle, plane or omega restraint, and the two atoms then
-    repel each other), and omega below 90 deg makes a cis link. On a model with coordinate
-    errors both happen by the dozen. Here
-
-    * consecutive amino acids with C(i)-N(i+1) < :data:`PEPTIDE_LINK_MAX` are linked (the
-      topology is built on a copy whose N(i+1) is moved next to C(i); the coordinates of the
-      model are not changed);
-    * cis or trans is taken from the file's cis-peptide records (PDB ``CISPEP``, mmCIF
-      ``struct_mon_prot_cis``) when it has any, else from the input geometry with the
-      rules of :data:`CIS_OMEGA_MAX` (proline: nearer cis than trans), and the omega
-      restraint's ideal value (the only difference between the library's CIS and TRANS
-      links) set to 0 or 180 deg accordingly.
-    """
-    from .restraints import atom_xyz, build_restraints
-
-    topo = st.clone()
-    while len(topo) > 1:
-        del topo[len(topo) - 1]
-    moved = 0
-    for _, r1, r2 in _peptide_pairs(topo):
-        c = r1.find_atom("C", "*")
-        for n in r2:
-            if n.name != "N":
-                continue
-            d = c.pos.dist(n.pos)
-            if 2.0 < d < PEPTIDE_LINK_MAX:
-                u = (n.pos - c.pos) / d
-                n.pos = c.pos + u * 1.34
-                moved += 1
-    r = build_restraints(topo, monlib_dir)
-    xyz = atom_xyz(st)
-    if moved:
-        r.nonbonded.build(xyz)
-        r.warnings.append(f"{st.name or 'model'}: {moved} peptide links with C-N 2.0-{PEPTIDE_LINK_MAX:g} Å "
-                          "restrained as bonds (gemmi would call them chain breaks)")
-    _set_omega_targets(st, r, xyz)
-    return r
-
-
-def _set_omega_targets(st: gemmi.Structure, r, xyz: np.ndarray) -> None:
-    """Ideal omega 0 (cis) or 180 (trans) for each peptide omega restraint; see :func:`refinement_topology`."""
-    t = r.torsions
-    lab = np.array(t.label)
-    om = np.nonzero(lab == "omega")[0]
-    if not len(om):
-        return
-    info = [(c.chain.name, c.residue.seqid.num, c.residue.seqid.icode, c.residue.name) for c in st[0].all()]
-    records = {(cp.partner_n.chain_name, cp.partner_n.res_id.seqid.num, cp.partner_n.res_id.seqid.icode)
-               for cp in st.cispeps}
-    idx = t.idx[om]
-    a, b, c, d = xyz[idx[:, 0]], xyz[idx[:, 1]], xyz[idx[:, 2]], xyz[idx[:, 3]]
-    b1, b2, b3 = b - a, c - b, d - c
-    n1, n2 = np.cross(b1, b2), np.cross(b2, b3)
-    m1 = np.cross(n1, b2 / np.maximum(np.linalg.norm(b2, axis=1), 1e-9)[:, None])
-    omega = np.degrees(np.arctan2((m1 * n2).sum(1), (n1 * n2).sum(1)))
-    caca = np.linalg.norm(d - a, axis=1)
-    for k, ti in enumerate(om):
-        ch, num, icode, rname = info[int(idx[k, 3])]
-        if records:
-            cis = (ch, num, icode) in records
-        elif rname == "PRO":
-            cis = abs(omega[k]) < 90.0
-        else:
-            cis = abs(omega[k]) < CIS_OMEGA_MAX and caca[k] < CIS_CA_CA_MAX
-        t.ideal[ti] = 0.0 if cis else 180.0
-
-
-#: Degrees: a peptide whose omega is further than this from its target (0 or 180) after a
-#: macro-cycle is trapped (planarity and angle restraints hold a half-turned peptide in place)
-#: and is rebuilt by :func:`rebuild_peptides`.
-TRAPPED_OMEGA = 30.0
-
-
-def _ideal_peptide(cis: bool) -> dict:
-    """Planar ideal peptide unit CA1-C(=O)-N(H)-CA2 in 2-D (Å), from the library's TRANS/CIS link
-    (C-N 1.337 Å, CA-C-N 115.9, O-C-N 123.5, C-N-CA 122.1, C-N-H 119.2 deg) and the amino-acid
-    dictionaries (CA-C 1.525, C=O 1.231, N-CA 1.458, N-H 0.86 Å)."""
-    def at(origin, length, ang_deg, sign):
-        a = np.radians(ang_deg)
-        return origin + length * np.array([np.cos(a), sign * np.sin(a)])
-
-    c = np.zeros(2)
-    n = np.array([1.337, 0.0])
-    ca1 = at(c, 1.525, 115.9, 1.0)
-    o = at(c, 1.231, 123.5, -1.0)
-    side = 1.0 if cis else -1.0  # CA2 on CA1's side of the C-N bond when cis
-    ca2 = n + 1.458 * np.array([np.cos(np.radians(180.0 - 122.1)), side * np.sin(np.radians(180.0 - 122.1))])
-    h = n + 0.86 * np.array([np.cos(np.radians(180.0 - 119.2)), -side * np.sin(np.radians(180.0 - 119.2))])
-    # frame: origin at the CA1-CA2 midpoint, x along CA1 -> CA2, y in the plane
-    mid = 0.5 * (ca1 + ca2)
-    ex = (ca2 - ca1) / np.linalg.norm(ca2 - ca1)
-    ey = np.array([-ex[1], ex[0]])
-    return {k: np.array([np.dot(v - mid, ex), np.dot(v - mid, ey)])
-            for k, v in (("C", c), ("O", o), ("N", n), ("H", h))}
-
-
-def peptide_units(st: gemmi.Structure, r) -> np.ndarray:
-    """(n, 8) rows ``omega restraint, CA1, C, O, N, H (-1 if absent), CA2, cis`` of every
-    restrained peptide whose atoms have no alternative conformers."""
-    t = r.torsions
-    lab = np.array(t.label)
-    names = [c.atom.name for c in st[0].all()]
-    look = {}
-    for i, (res, nm) in enumerate(zip(r.residue.tolist(), names)):
-        if r.altloc[i] == 0:
-            look[(res, nm)] = i
-    rows = []
-    for k in np.nonzero(lab == "omega")[0]:
-        ca1, c1, n2, ca2 = (int(v) for v in t.idx[k])
-        if r.altloc[[ca1, c1, n2, ca2]].any() or r.fixed[[ca1, c1, n2, ca2]].any():
-            continue
-        if names[ca1] != "CA" or names[c1] != "C" or names[n2] != "N" or names[ca2] != "CA":
-            continue
-        o1 = look.get((int(r.residue[c1]), "O"))
-        if o1 is None:
-            continue
-        h2 = look.get((int(r.residue[n2]), "H"), -1)
-        rows.append((k, ca1, c1, o1, n2, h2, ca2, int(abs(t.ideal[k]) < 90.0)))
-    return np.array(rows, dtype=np.int64).reshape(-1, 8)
-
-
-def _omega(xyz: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Dihedral angles (deg) of rows ``idx`` (n, 4)."""
-    a, b, c, d = xyz[idx[:, 0]], xyz[idx[:, 1]], xyz[idx[:, 2]], xyz[idx[:, 3]]
-    b1, b2, b3 = b - a, c - b, d - c
-    n1, n2 = np.cross(b1, b2), np.cross(b2, b3)
-    m1 = np.cross(n1, b2 / np.maximum(np.linalg.norm(b2, axis=1), 1e-9)[:, None])
-    return np.degrees(np.arctan2((m1 * n2).sum(1), (n1 * n2).sum(1)))
-
-
-def rebuild_peptides(xyz: np.ndarray, units: np.ndarray, energy, *, tolerance: float = TRAPPED_OMEGA,
-                     steps: int = 24, omega_ideal: np.ndarray | None = None,
-                     switchable: np.ndarray | None = None, residue_names=None, energy_gradient=None,
-                     residue: np.ndarray | None = None, free: np.ndarray | None = None,
-                     relax_top: int = 2, relax_iter: int = 30) -> tuple[np.ndarray, list]:
-    """Replace trapped peptides by an ideal planar unit at the best rotation about CA(i)-CA(i+1).
-
-    A peptide whose omega is more than ``tolerance`` from its target (0 or 180 deg) sits in a
-    local minimum: bringing it back means passing through non-planar states that the
-    planarity and angle restraints forbid. With both CA fixed the ideal peptide unit
-    (C, O, N, H) has one degree of freedom, the rotation about the CA-CA axis; ``steps``
-    rotations are scored with ``energy(xyz)`` (map + restraints) and the best one is kept when
-    it is lower than the current one. The scan covers the full turn, so a peptide whose
-    carbonyl points the wrong way (a flip, Jones et al. 1991, Acta Cryst A47:110) is
-    corrected in the same move. An ideal unit dropped into a relaxed neighbourhood strains the
-    backbone angles around it, so with ``energy_gradient(xyz) -> (E, dE/dxyz)``, ``residue``
-    (residue serial per atom) and ``free`` (refined atoms) the ``relax_top`` best rotations of
-    each isomer are first relaxed (L-BFGS, ``relax_iter`` steps, the free atoms of the two
-    residues only) and compared relaxed. Returns the new coordinates and the unit rows changed.
-
-    Cis or trans: where ``switchable`` (peptides whose isomer came from the input geometry,
-    not from cis-peptide records) both ideal units are scanned, each scored with its own omega
-    target (``omega_ideal``, the restraint array, updated in place together with
-    ``units[:, 7]``), and cis carries the prior penalty ``-2 ln p`` (:data:`CIS_PRIOR`,
-    ``residue_names[u]`` is the residue after the peptide): a
-    switchable cis peptide is re-examined even when it is not trapped.
-    """
-    xyz = xyz.copy()
-    om = _omega(xyz, units[:, [1, 2, 4, 6]])
-    target = np.where(units[:, 7] == 1, 0.0, 180.0)
-    dev = np.abs((om - target + 180.0) % 360.0 - 180.0)
-    templates = {0: _ideal_peptide(False), 1: _ideal_peptide(True)}
-    changed = []
-    if switchable is None or omega_ideal is None:
-        switchable = np.zeros(len(units), bool)
-    todo = (dev > tolerance) | (switchable & (units[:, 7] == 1))
-    if not np.any(todo):
-        return xyz, changed
-    e_cur = energy(xyz)
-    for u in np.nonzero(todo)[0]:
-        k, ca1, c1, o1, n2, h2, ca2, cis = (int(v) for v in units[u])
-        isomers = (0, 1) if switchable[u] else (cis,)
-        prior = {0: 0.0, 1: 0.0}
-        if switchable[u]:
-            p = CIS_PRIOR["PRO"] if residue_names is not None and residue_names[u] == "PRO" else CIS_PRIOR["other"]
-            prior[1] = -2.0 * np.log(p)
-            prior[0] = -2.0 * np.log(1.0 - p)
-            e_cur = energy(xyz) + prior[cis]
-        axis = xyz[ca2] - xyz[ca1]
-        ex = axis / np.linalg.norm(axis)
-        ref = np.array([1.0, 0.0, 0.0]) if abs(ex[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
-        e1 = np.cross(ex, ref)
-        e1 /= np.linalg.norm(e1)
-        e2 = np.cross(ex, e1)
-        mid = 0.5 * (xyz[ca1] + xyz[ca2])
-        ids = [c1, o1, n2] + ([h2] if h2 >= 0 else [])
-        keys = ["C", "O", "N"] + (["H"] if h2 >= 0 else [])
-        best = (e_cur, None, cis)
-        trial = xyz.copy()
-        if energy_gradient is not None:
-            local = np.isin(residue, (residue[ca1], residue[ca2]))
-            if free is not None:
-                local &= free
-            local_ids = np.nonzero(local)[0]
-        for iso in isomers:
-            tpl = templates[iso]
-            if switchable[u]:
-                omega_ideal[k] = 0.0 if iso else 180.0
-            scored = []
-            for th in np.linspace(0.0, 2.0 * np.pi, steps, endpoint=False):
-                ey = np.cos(th) * e1 + np.sin(th) * e2
-                for i, kname in zip(ids, keys):
-                    a, b = tpl[kname]
-                    trial[i] = mid + a * ex + b * ey
-                scored.append((energy(trial) + prior[iso], trial.copy()))
-            scored.sort(key=lambda t: t[0])
-            if energy_gradient is None:
-                cands = scored[:1]
-            else:
-                cands = []
-                for _, x in scored[:relax_top]:
-                    def fg(p, x=x):
-                        xx = x.copy()
-                        xx[local_ids] = p.reshape(-1, 3)
-                        e, g = energy_gradient(xx)
-                        return e, g[local_ids].ravel()
-                    sol = optimize.minimize(fg, x[local_ids].ravel(), jac=True, method="L-BFGS-B",
-                                            options={"maxiter": relax_iter})
-                    x = x.copy()
-                    x[local_ids] = sol.x.reshape(-1, 3)
-                    cands.append((float(sol.fun) + prior[iso], x))
-            for e, x in cands:
-                if e < best[0]:
-                    best = (e, x, iso)
-        if switchable[u]:
-            omega_ideal[k] = 0.0 if best[2] else 180.0
-            units[u, 7] = best[2]
-        if best[1] is not None:
-            xyz = best[1]
-            e_cur = best[0] - prior[best[2]]
-            changed.append(int(u))
-    return xyz, changed
-
-
-#: Prior probability of a cis peptide before proline and before any other residue (Jabs et al.
-#: 1999, J Mol Biol 286:291: 5.2 % and 0.03 % of peptides in the PDB), used as ``-2 ln p`` in
-#: the cis/trans choice of :func:`rebuild_peptides` (the target is on a -2 log-likelihood scale).
-CIS_PRIOR = {"PRO": 0.052, "other": 0.0003}
 
 
 @contextlib.contextmanager
@@ -581,7 +328,10 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                  fit_reference_sigma: float | None = REFERENCE_SIGMA,
                  fit_target_angle: float | None = FIT_TARGET_ANGLE,
                  occupancy: bool = True, fit_map: DensityMap | None = None,
-                 rigid_body: str | None = None) -> RefinementResult:
+                 rigid_body: str | None = None, rama_weight: float | None = None,
+                 rotamer_sigma_scale: float | None = None, cbeta: bool = True,
+                 hydrogens: bool = True, adp_prior_sigma: float | None = None,
+                 metals: bool = True) -> RefinementResult:
     """Refine coordinates (and B factors) of the first model of ``st`` against ``dmap``.
 
     Parameters
@@ -647,6 +397,27 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
         First fit the whole model (``"model"``) or each chain (``"chain"``) into ``dmap`` as a
         rigid body (:func:`rerefine.refine.rigidbody.fit_rigid_body`); the reference-position
         restraint then holds atoms to the moved positions. For models misplaced as a whole.
+    rama_weight : float or None
+        Weight ``w`` of the Ramachandran term ``-w V(phi, psi)``
+        (:mod:`rerefine.refine.ramachandran_restraint`, Top8000 landscapes); default
+        :data:`rerefine.refine.ramachandran_restraint.RAMA_WEIGHT`, 0 switches it off.
+    rotamer_sigma_scale : float or None
+        Chi restraints of side chains that start in a Top8000 rotamer to its centre, sigma =
+        this x the rotamer's esd (:mod:`rerefine.refine.rotamer_restraint`); default
+        :data:`rerefine.refine.rotamer_restraint.SIGMA_SCALE`, 0 switches them off.
+    cbeta : bool
+        C-beta torsion restraints (:mod:`rerefine.refine.cbeta_restraint`).
+    hydrogens : bool
+        Refine a model without hydrogens with riding hydrogens added
+        (:mod:`rerefine.refine.riding_hydrogens`; removed again from the result), so that the
+        repulsion sees what the all-atom clashscore counts. Not with ``restraints`` given.
+    adp_prior_sigma : float or None
+        Width (ln B) of the weak prior of B to the input's pattern
+        (:func:`rerefine.refine.adp.log_prior`); default :data:`rerefine.refine.adp.PRIOR_SIGMA`,
+        0 switches it off.
+    metals : bool
+        Distance restraints for the model's metal connection records
+        (:mod:`rerefine.refine.metal_restraint`).
 
     Raises
     ------
@@ -662,7 +433,9 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                              reference_sigma=reference_sigma, soft_start=soft_start, rebuild=rebuild,
                              fit_cycles=fit_cycles, fit_iter=fit_iter, fit_reference_sigma=fit_reference_sigma,
                              fit_target_angle=fit_target_angle, occupancy=occupancy, fit_map=fit_map,
-                             rigid_body=rigid_body)
+                             rigid_body=rigid_body, rama_weight=rama_weight,
+                             rotamer_sigma_scale=rotamer_sigma_scale, cbeta=cbeta, hydrogens=hydrogens,
+                             adp_prior_sigma=adp_prior_sigma, metals=metals)
 
 
 def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, free: np.ndarray,
@@ -694,9 +467,12 @@ def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, fr
 def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sharpen, target_bond,
                   target_angle, max_iter, per_chain, restraints, max_extra_cycles, adp_max_iter,
                   nonbonded_weight, clash_guard, reference_sigma, soft_start, rebuild, fit_cycles, fit_iter,
-                  fit_reference_sigma, fit_target_angle, occupancy, fit_map, rigid_body) -> RefinementResult:
+                  fit_reference_sigma, fit_target_angle, occupancy, fit_map, rigid_body,
+                  rama_weight, rotamer_sigma_scale, cbeta, hydrogens, adp_prior_sigma,
+                  metals) -> RefinementResult:
     from .geometry import geometry_stats, restraint_energy_gradient
     from .restraints import atom_xyz, set_xyz
+    from .riding_hydrogens import add_hydrogens, has_hydrogens, strip_added
 
     t0 = time.perf_counter()
     if not (resolution and np.isfinite(resolution) and resolution > 0):
@@ -704,7 +480,21 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     work = st.clone()
     while len(work) > 1:
         del work[len(work) - 1]
+    if adp_prior_sigma is None:
+        from .adp import PRIOR_SIGMA as adp_prior_sigma
+    from .occupancy import has_altlocs
+
+    # not with alternative conformers: the occupancy refinement works on the input's atoms
+    added_h = hydrogens and restraints is None and len(work) and not has_hydrogens(work) and not has_altlocs(work)
+    r_geo = None
+    if added_h:
+        # geometry figures (before/after) stay those of the model itself, without the added H
+        r_geo = refinement_topology(work, monlib_dir)
+        work = add_hydrogens(work, monlib_dir)
+    # hydrogens added for refinement ride on their atoms: no map term (occupancy 0), no B of their own
+    h_added = np.array([bool(added_h) and c.atom.serial == -1 for c in work[0].all()], dtype=bool)
     xyz0 = atom_xyz(work)
+    b_input = np.array([c.atom.b_iso for c in work[0].all()])  # reference of the B prior (adp.log_prior)
     if len(xyz0) == 0:
         raise InputError(f"{st.name or 'model'}: model has no atoms")
     inside = fraction_inside(dmap, xyz0)
@@ -713,8 +503,38 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                          f"{dmap.name} (box too small or wrong frame)")
     r_full = restraints if restraints is not None else refinement_topology(work, monlib_dir)
     r = refinement_restraints(r_full)
+    adp_fixed = np.asarray(r.fixed, bool) | h_added
     r.weights = dict(r_full.weights)
     r.weights["nonbonded"] = r_full.weights.get("nonbonded", 1.0) * nonbonded_weight
+    from .ramachandran_restraint import RAMA_WEIGHT, ramachandran_restraint
+    from .rotamer_restraint import SIGMA_SCALE, with_rotamer_restraints
+
+    rotamer_sigma_scale = SIGMA_SCALE if rotamer_sigma_scale is None else float(rotamer_sigma_scale)
+    if rotamer_sigma_scale > 0:
+        from .rotamer_restraint import rotamer_watch
+
+        r, _ = with_rotamer_restraints(work, r, xyz0, rotamer_sigma_scale)
+        r.watches = (rotamer_watch(r),)
+    if metals:
+        from .metal_restraint import with_metal_restraints
+
+        r, _ = with_metal_restraints(work, r, xyz0)
+    if cbeta:
+        from .cbeta_restraint import with_cbeta_restraints
+
+        r = with_cbeta_restraints(work, r)
+    from .restraints import torsion_watch
+
+    # omega further than WATCH_OMEGA from cis/trans and C-beta torsions further than WATCH_CBETA
+    # get their weight raised after a cycle (validation calls 30 deg twisted, 0.25 Å a C-beta outlier)
+    r.watches = tuple(r.watches) + (torsion_watch(r, "omega", ("omega",), WATCH_OMEGA),
+                                    torsion_watch(r, "cbeta", ("cbeta_n", "cbeta_c"), WATCH_CBETA))
+    rama_weight = RAMA_WEIGHT if rama_weight is None else float(rama_weight)
+    r.ramachandran = ramachandran_restraint(work, r, rama_weight) if rama_weight > 0 else None
+    from .chain_breaks import GapKeeper, gap_pairs
+
+    gaps = gap_pairs(work, r, xyz0)
+    r.extra_terms = (GapKeeper(*gaps, r.fixed),) if len(gaps[0]) else ()
     result = RefinementResult(structure=work, warnings=list(r.warnings))
     if inside < 1.0:
         result.warnings.append(f"{100 * (1 - inside):.1f}% of the atoms lie outside the map box")
@@ -731,7 +551,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     nchain = len(chain_names)
     chain_factor = np.ones(nchain)
 
-    result.geometry_before = geometry_stats(r_full, xyz0)
+    result.geometry_before = _model_geometry(r_full, r_geo, h_added, xyz0)
     result.map_before = float(np.dot(w_atom, target.values(xyz0)) / w_atom.sum())
 
     start = xyz0
@@ -740,8 +560,16 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
 
         groups, labels = rigid_groups(work, rigid_body)
         # the final stage fits the very target the coordinate cycles use: no second filtering of the map
-        result.rigid_body = fit_rigid_body(xyz0, dmap, resolution, w_atom, groups, labels, target=target)
+        heavy = np.array([not c.atom.is_hydrogen() for c in work[0].all()])
+        result.rigid_body = fit_rigid_body(xyz0, dmap, resolution, w_atom, groups, labels, target=target,
+                                           heavy_mask=heavy)
+        for g in result.rigid_body.summary():
+            if g["status"] in ("ambiguous", "clash"):
+                result.warnings.append(f"rigid-body fit of {g['group']} not applied ({g['status']}: optimum "
+                                       f"{g['rotation_deg']:.1f} deg, {g['shift']:.1f} Å)")
         start = result.rigid_body.xyz
+    if r.ramachandran is not None:
+        r.ramachandran.watch(start)  # the classes refinement must not make worse
 
     auto = weight is None
     w = initial_weight(r, target, start, w_atom, free, target_bond) if auto else float(weight)
@@ -801,7 +629,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
             return _diverged(st, result, f"cycle {ncycle}: target became non-finite (weight {w:.3g})", t0)
         trial = xyz.copy()
         trial[free] = sol.x.reshape(-1, 3)
-        stats = geometry_stats(r_full, trial)
+        stats = _model_geometry(r_full, r_geo, h_added, trial)  # heavy atoms decide the weight
         mterm = float(np.dot(w_atom, target.values(trial)) / w_atom.sum())
         loose = stats["bond_rmsd"] > 1.5 * target_bond or stats["angle_rmsd"] > 1.5 * target_angle
         # a loose cycle is undone only when it left the geometry worse than it found it: a shaken
@@ -820,6 +648,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
         else:
             xyz = trial
             cur_excess = excess
+            _watch_validation(r, xyz, result.history[-1])
             if units is not None and len(units) and ncycle < total_cycles:
                 xyz, changed = rebuild_peptides(xyz, units, lambda x: plain_energy(x, wa)[0],
                                                 omega_ideal=r.torsions.ideal, switchable=switchable,
@@ -852,7 +681,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     result.chain_weights = ({n: float(result.weight * f) for n, f in zip(chain_names, chain_factor)}
                             if per_chain else {})
     set_xyz(work, xyz)
-    result.geometry_after = geometry_stats(r_full, xyz)
+    result.geometry_after = _model_geometry(r_full, r_geo, h_added, xyz)
     result.map_after = float(np.dot(w_atom, target.values(xyz)) / w_atom.sum())
     result.rmsd_moved = float(np.sqrt(np.mean(np.sum((xyz - xyz0) ** 2, axis=1))))
 
@@ -861,9 +690,13 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
 
         if fmap.is_orthogonal:
             pairs = np.asarray(r.bonds.idx, np.int64)
+            # no B similarity to the riding hydrogens: their B stay fixed at the input's and would
+            # tie their atoms' B to it (5ME2: full CC_mask 0.886 -> 0.870 with them)
+            pairs = pairs[~h_added[pairs].any(axis=1)]
             try:
                 result.adp = refine_adp(work, fmap, resolution, xyz=xyz, pairs=pairs,
-                                        fixed=r.fixed, max_iter=adp_max_iter)
+                                        fixed=adp_fixed, max_iter=adp_max_iter, b_prior=b_input,
+                                        prior_sigma=adp_prior_sigma)
             except (InputError, ValueError) as exc:
                 result.warnings.append(f"B factors not refined: {exc}")
             else:
@@ -872,11 +705,13 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                         xyz = _fit_stage(result, work, fmap, resolution, r, r_full, xyz, free, w, target,
                                          w_atom, guard, stage, fit_cycles, fit_iter, fit_reference_sigma,
                                          target_bond, fit_target_angle or target_angle, pairs,
-                                         adp_max_iter, auto_weight=auto, p_ref=p_ref)
+                                         adp_max_iter, auto_weight=auto, p_ref=p_ref, b_input=b_input,
+                                         adp_prior_sigma=adp_prior_sigma, adp_fixed=adp_fixed,
+                                         geo=lambda x: _model_geometry(r_full, r_geo, h_added, x))
                     except (InputError, ValueError) as exc:  # e.g. voxels too coarse for the model map
                         result.warnings.append(f"density-fit stage skipped: {exc}")
                     set_xyz(work, xyz)
-                    result.geometry_after = geometry_stats(r_full, xyz)
+                    result.geometry_after = _model_geometry(r_full, r_geo, h_added, xyz)
                     result.map_after = float(np.dot(w_atom, target.values(xyz)) / w_atom.sum())
                     result.rmsd_moved = float(np.sqrt(np.mean(np.sum((xyz - xyz0) ** 2, axis=1))))
         else:
@@ -892,6 +727,8 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                     result.occupancy = refine_occupancy(work, fmap, resolution, xyz=xyz)
                 except (InputError, ValueError) as exc:
                     result.warnings.append(f"occupancies not refined: {exc}")
+    if added_h:
+        strip_added(work)
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -905,6 +742,27 @@ FIT_MAX_VOXELS = 8.0e6
 #: coordinate target the gradient direction is what matters.
 FIT_ALIAS_LOG = 5.0
 FIT_CUTOFF_LOG = 4.6
+
+
+def _model_geometry(r_full, r_geo, h_added, xyz) -> dict:
+    """:func:`.geometry.geometry_stats` of the model as given: with hydrogens added for refinement,
+    on the input's own restraints ``r_geo`` and atoms (the added ones dropped)."""
+    from .geometry import geometry_stats
+
+    if r_geo is None:
+        return geometry_stats(r_full, xyz)
+    return geometry_stats(r_geo, xyz[~h_added])
+
+
+def _watch_validation(r, xyz, record: dict) -> None:
+    """After an accepted cycle: raise the Ramachandran weight of residues whose MolProbity class
+    got worse than the input's (:meth:`.ramachandran_restraint.RamachandranRestraint.watch`) and
+    the weight of torsions pulled towards what validation calls an outlier (:class:`.restraints.TorsionWatch`:
+    rotamer chis, omega, C-beta)."""
+    if r.ramachandran is not None:
+        record["rama_raised"] = r.ramachandran.watch(xyz)
+    for w in r.watches:
+        record[f"{w.name}_raised"] = w.watch(r, xyz)
 
 
 def _restrained(x, p, data_e, data_g, r, free, guard, ref_k, p_ref):
@@ -928,7 +786,7 @@ def _restrained(x, p, data_e, data_g, r, free, guard, ref_k, p_ref):
 
 def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, target, w_atom, guard, stage,
                cycles, max_iter, reference_sigma, target_bond, target_angle, pairs, adp_max_iter,
-               auto_weight=True, p_ref=None):
+               auto_weight=True, p_ref=None, b_input=None, adp_prior_sigma=None, adp_fixed=None, geo=None):
     """Alternate coordinate refinement against the model-map fit (:mod:`.modelfit`) and B.
 
     The first weight carries over the geometry-calibrated map-value weight: it makes the
@@ -967,7 +825,7 @@ def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, targ
     p_ref = xyz[free].ravel().copy() if p_ref is None else p_ref
     ref_k = 1.0 / reference_sigma ** 2 if reference_sigma else 0.0
     stage["guard"] = True
-    stats0 = geometry_stats(r_full, xyz)
+    stats0 = geo(xyz) if geo is not None else geometry_stats(r_full, xyz)
     cur_excess = max(stats0["bond_rmsd"] / target_bond, stats0["angle_rmsd"] / target_angle)
 
     def fg(p, wd):
@@ -985,7 +843,7 @@ def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, targ
             break
         trial = xyz.copy()
         trial[free] = sol.x.reshape(-1, 3)
-        stats = geometry_stats(r_full, trial)
+        stats = geo(trial) if geo is not None else geometry_stats(r_full, trial)
         excess = max(stats["bond_rmsd"] / target_bond, stats["angle_rmsd"] / target_angle)
         loose = excess > 1.5 and excess > cur_excess
         _, _, cc = density_fit(trial)
@@ -997,12 +855,14 @@ def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, targ
             continue
         xyz = trial
         cur_excess = excess
+        _watch_validation(r, xyz, result.history[-1])
         if auto_weight:
             wd = _adjust(wd, stats["bond_rmsd"], stats["angle_rmsd"], target_bond, target_angle)
         try:
             # B between coordinate steps only has to be good enough for the next model map
-            result.adp = refine_adp(work, dmap, resolution, xyz=xyz, pairs=pairs, fixed=r.fixed,
-                                    max_iter=adp_max_iter if cyc == cycles - 1 else max(5, adp_max_iter // 2))
+            result.adp = refine_adp(work, dmap, resolution, xyz=xyz, pairs=pairs,
+                                    fixed=adp_fixed if adp_fixed is not None else r.fixed, max_iter=adp_max_iter if cyc == cycles - 1 else max(5, adp_max_iter // 2),
+                                    b_prior=b_input, prior_sigma=adp_prior_sigma)
         except (InputError, ValueError) as exc:
             result.warnings.append(f"B factors not refined: {exc}")
             break

@@ -170,6 +170,15 @@ class Restraints:
     partner_idx: np.ndarray | None = None
     partner_code: np.ndarray | None = None
     nonbonded: object = None
+    # optional Ramachandran term (ramachandran_restraint.RamachandranRestraint); set by the
+    # refinement, not by build_restraints (validation statistics never include it)
+    ramachandran: object = None
+    # further optional terms with ``name`` and ``energy_gradient(xyz, grad) -> float`` (e.g.
+    # chain_breaks.GapKeeper), set by the refinement; assign a new list, never append (copies share it)
+    extra_terms: tuple = ()
+    # validation watches of the refinement (objects with ``name`` and ``watch(r, xyz) -> int``,
+    # e.g. TorsionWatch), called after each accepted cycle
+    watches: tuple = ()
     weights: dict = field(default_factory=lambda: {
         "bond": 1.0, "angle": 1.0, "torsion": 1.0, "chiral": 1.0, "plane": 1.0, "nonbonded": 1.0})
 
@@ -187,6 +196,65 @@ class Restraints:
         return {"bonds": len(self.bonds), "angles": len(self.angles), "torsions": len(self.torsions),
                 "chirs": len(self.chirals), "planes": len(self.planes),
                 "nonbonded_pairs": 0 if self.nonbonded is None else int(self.nonbonded.n_pairs)}
+
+
+def with_torsions(r: "Restraints", idx: np.ndarray, ideal: np.ndarray, sigma: np.ndarray, period: np.ndarray,
+                  labels: list) -> "Restraints":
+    """A shallow copy of ``r`` with torsion restraints appended (``idx`` (n, 4), ``ideal`` and
+    ``sigma`` deg, ``period``, ``labels``); ``r`` itself is not changed."""
+    from dataclasses import replace
+
+    if not len(idx):
+        return r
+    t = r.torsions
+    tors = TorsionSet(np.concatenate([t.idx, np.asarray(idx).reshape(-1, 4)]).astype(t.idx.dtype),
+                      np.concatenate([t.ideal, ideal]), np.concatenate([t.sigma, sigma]),
+                      np.concatenate([t.period, period]).astype(t.period.dtype), list(t.label) + list(labels))
+    out = replace(r, torsions=tors)
+    out.weights = dict(r.weights)
+    return out
+
+
+class TorsionWatch:
+    """Validation watch on some torsion rows: after a refinement cycle, every watched row further
+    than its ``limit`` (deg) from its ideal gets its weight multiplied by ``factor`` (sigma divided
+    by sqrt(factor)), up to ``max_factor`` times its starting weight.
+
+    Used for rotamer chis (:func:`rerefine.refine.rotamer_restraint.rotamer_watch`), peptide omega
+    and C-beta torsions (``realspace``): terms whose library sigma lets a strong map pull a
+    residue into what validation calls an outlier (twisted peptide at 30 deg off, C-beta
+    deviation >= 0.25 Å).
+    """
+
+    def __init__(self, name: str, rows: np.ndarray, limit: np.ndarray, sigma0: np.ndarray, factor: float = 4.0,
+                 max_factor: float = 16.0):
+        self.name = name
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.limit = np.broadcast_to(np.asarray(limit, dtype=np.float64), self.rows.shape).copy()
+        self.sigma0 = np.array(sigma0, dtype=np.float64)
+        self.factor = float(factor)
+        self.floor = self.sigma0 / np.sqrt(max_factor)
+
+    def watch(self, r: "Restraints", xyz: np.ndarray) -> int:
+        """Raise the weight of the rows of ``r.torsions`` beyond their limit at ``xyz``; returns how many."""
+        from .geometry import torsion_devs
+
+        if not len(self.rows):
+            return 0
+        t = r.torsions
+        dev = torsion_devs(np.ascontiguousarray(xyz), t.idx[self.rows], t.ideal[self.rows], t.period[self.rows])
+        out = (np.abs(dev) > self.limit) & (t.sigma[self.rows] > self.floor * 1.0001)
+        t.sigma[self.rows[out]] = np.maximum(t.sigma[self.rows[out]] / np.sqrt(self.factor), self.floor[out])
+        return int(out.sum())
+
+
+def torsion_watch(r: "Restraints", name: str, labels: tuple, limit: float, factor: float = 4.0,
+                  max_factor: float = 16.0) -> TorsionWatch:
+    """:class:`TorsionWatch` of the rows of ``r.torsions`` whose label is in ``labels`` (sigma > 0),
+    with one ``limit`` (deg) for all."""
+    t = r.torsions
+    rows = np.array([k for k, lab in enumerate(t.label) if lab in labels and t.sigma[k] > 0], dtype=np.int64)
+    return TorsionWatch(name, rows, limit, t.sigma[rows], factor, max_factor)
 
 
 # --------------------------------------------------------------------------- coordinates

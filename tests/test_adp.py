@@ -108,11 +108,42 @@ def test_b_refinement_raises_cc_mask_with_sane_b(loaded, reference):
     b = np.array([a.b_iso for a in _atoms(st)])
     assert np.all((b >= B_MIN) & (b <= B_MAX))
     assert 25.0 < np.median(b) < 80.0
+    # issue 16: no atom parked at a bound (without the prior to the deposited B pattern, 177 of
+    # 4468 atoms ended at 1 Å²; with it none, measured)
+    from rerefine.refine.adp import distribution
+
+    d = distribution(b)
+    assert d["at_min"] == 0 and d["at_max"] == 0
     # bonded atoms similar: RMS relative difference |B_i - B_j| / mean(B_i, B_j) (servalcat's own
     # refinement of this pair leaves 0.46)
     p = bonded_pairs(modelio.atom_positions(st))
     rel = np.abs(b[p[:, 0]] - b[p[:, 1]]) / (0.5 * (b[p[:, 0]] + b[p[:, 1]]))
     assert np.sqrt(np.mean(rel ** 2)) < 0.4
+
+
+def test_log_prior_gradient_and_overall_factor():
+    """The B prior: analytic gradient = finite differences; blind to one overall factor (the map
+    decides the overall B); an atom at B_MIN among atoms at their reference costs ln(30)^2/sigma^2."""
+    from rerefine.refine.adp import log_prior, prior_reference
+
+    rng = np.random.default_rng(5)
+    ref = rng.uniform(20, 80, 50)
+    b = ref * rng.uniform(0.5, 2.0, 50)
+    e, g = log_prior(b, ref, 2.0)
+    h = 1e-6
+    for i in range(0, 50, 7):
+        bp, bm = b.copy(), b.copy()
+        bp[i] += h
+        bm[i] -= h
+        assert g[i] == pytest.approx((log_prior(bp, ref, 2.0)[0] - log_prior(bm, ref, 2.0)[0]) / (2 * h), rel=1e-5)
+    assert log_prior(3.0 * b, ref, 2.0)[0] == pytest.approx(e, rel=1e-12)
+    flat = np.full(1001, 30.0)
+    one = flat.copy()
+    one[0] = 1.0
+    assert log_prior(one, flat, 1.0)[0] == pytest.approx(np.log(30.0) ** 2 * (1 - 1 / 1001), rel=1e-9)
+    # reference: input B clipped; B without spread (one value, zeros) give a flat reference
+    assert prior_reference(np.array([0.0, 0.0, 0.0])).tolist() == [30.0, 30.0, 30.0]
+    assert prior_reference(np.array([2.0, 50.0, 900.0])).tolist() == [5.0, 50.0, 300.0]
 
 
 def test_b_refinement_never_lowers_cc(loaded):
@@ -122,7 +153,7 @@ def test_b_refinement_never_lowers_cc(loaded):
     st, dmap, res = loaded["emd_20026_box_3ajo_refined"]
     st = st.clone()
     fit = _fit(st, dmap, res)
-    first = refine_adp(st, dmap, res, fit=fit, sigma=1e4, max_iter=15, group=False)
+    first = refine_adp(st, dmap, res, fit=fit, sigma=1e4, prior_sigma=None, max_iter=15, group=False)
     b1 = np.array([a.b_iso for a in _atoms(st)])
     second = refine_adp(st, dmap, res, fit=fit, max_iter=15)
     assert second.cc_before == pytest.approx(first.cc_after, abs=1e-9)

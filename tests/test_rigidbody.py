@@ -171,3 +171,22 @@ def test_placement_check_flags_5me2_not_3ajo(p5me2, pairs):
     model, mp, res3 = pairs["emd_20026_box_3ajo_refined"]
     q = placement_check(modelio.read_model(model), mapio.read_map(mp), res3, by="model")
     assert not q["misplaced"] and q["groups"][0]["rotation_deg"] < 0.2
+
+
+def test_large_optimum_is_ambiguous_not_applied(pairs):
+    """Issue 16: a rigid-body fit is a local correction. 3AJO turned by 12 deg: the optimum (back
+    to the deposited place) lies beyond MAX_TURN_DEG, so the group is reported 'ambiguous' with
+    the optimum's figures and left where it was; a 4 deg / 1 Å displacement (previous test) is
+    still corrected."""
+    from rerefine.refine.rigidbody import MAX_TURN_DEG
+
+    model, mp, res = pairs["emd_20026_box_3ajo_refined"]
+    st, dmap = modelio.read_model(model), mapio.read_map(mp)
+    x0 = atom_xyz(st)
+    c = x0.mean(axis=0)
+    axis = np.array([0.6, -0.48, 0.64])
+    moved = (x0 - c) @ rotation_matrix(np.radians(12.0) * axis / np.linalg.norm(axis)).T + c
+    fit = fit_rigid_body(moved, dmap, res, scattering_weights(st, res))
+    row = fit.summary()[0]
+    assert row["status"] == "ambiguous" and row["rotation_deg"] > MAX_TURN_DEG
+    assert np.array_equal(fit.xyz, moved)
