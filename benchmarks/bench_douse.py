@@ -33,13 +33,9 @@ from realdata import DATA, PAIRS, REPO  # noqa: E402
 
 
 def dry(st):
-    from rerefine.refine.douse import _water_residues  # noqa: PLC2701 (benchmark of this module)
+    from rerefine.refine.douse import without_waters
 
-    out = st.clone()
-    for ci, ri in reversed(_water_residues(out)):
-        del out[0][ci][ri]
-    out.remove_empty_chains()
-    return out
+    return without_waters(st)
 
 
 def waters(st) -> np.ndarray:

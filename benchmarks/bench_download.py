@@ -1,11 +1,14 @@
-"""Download benchmark: throughput vs the loopback server's raw throughput, peak memory, resume.
+"""Download benchmark (for information): throughput against a raw client and ``curl -o`` on loopback,
+peak memory, resume. No throughput goal: no archive link reaches loopback speed (issue 18 dropped the
+``>= 0.8 x raw`` goal of issue 7 with the thread pipeline built for it); the goals kept are flat
+memory and a resume that sends only the missing half.
 
 Two 200 MB gzip files are served by ``rerefine.harvester.loopback`` (``os.sendfile`` from
 the page cache) on 127.0.0.1:
 
 * ``stored.gz``: one gzip member of incompressible bytes (deflate stored blocks). The
   full gzip check (CRC-32 and ISIZE over every byte) is cheap here, so the network path
-  is what is measured: this is the figure of issue #7 (ours >= 0.8 x raw).
+  is what is measured.
 * ``map.gz``: members made by gzip -6 of the real EMD-3488 map, back to back (like a
   real ``.map.gz``, about 1:3). Here the full decompress check is the floor: inflate runs
   at a few hundred MB/s of compressed input on one core whatever the client does, so
@@ -27,9 +30,7 @@ the server's byte counter must show only the missing half sent the second time.
 
 CPU seconds are recorded too (client from the child's rusage, server from this process,
 which only waits meanwhile), plus each stage of ours alone on one thread. They explain
-the ratio whatever the machine's load: the raw client spends ~0.04 s of CPU per 200 MB
-and the server as much, while SHA-256 alone (SHA-NI) needs ~0.10 s, so on a 2-core box
-the ratio is bounded well below 0.8 by arithmetic, not by the pipeline.
+the ratio whatever the machine's load (ours hashes, inflates and writes in one loop on one thread).
 
 Writes ``benchmarks/results/download.json``.
 
@@ -97,7 +98,6 @@ def _cpu() -> float:
 def stages(path: Path) -> dict:
     """CPU seconds of each stage of ours, alone on one thread, over the page-cached file."""
     import hashlib
-    import mmap
 
     from rerefine.harvester.http import GzipCheck
 
@@ -116,17 +116,13 @@ def stages(path: Path) -> dict:
         g.feed(mv[i:i + ch])
     assert g.result() is None
     out["gzip_check"] = time.thread_time() - t
-    buf = mmap.mmap(-1, ch)
     dst = path.with_suffix(".stagewrite")
-    for name, flags in (("write_o_direct", os.O_DIRECT), ("write_page_cache", 0)):
-        t = time.thread_time()
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flags)
-        for i in range(0, len(data) - ch + 1, ch):
-            buf[:] = mv[i:i + ch]
-            os.write(fd, buf)
-        os.close(fd)
-        out[name] = time.thread_time() - t
-        dst.unlink()
+    t = time.thread_time()
+    with open(dst, "wb") as fh:
+        for i in range(0, len(data), ch):
+            fh.write(mv[i:i + ch])
+    out["write_page_cache"] = time.thread_time() - t
+    dst.unlink()
     return {k: round(v, 3) for k, v in out.items()}
 
 
@@ -247,10 +243,8 @@ def main() -> int:
         return 0
     test_data = Path(os.environ.get("RR_TEST_DATA", HERE.parent.parent / "shared" / "data"))
 
-    from rerefine.harvester import http
-
     out: dict = {"file_mb": a.mb, "runs": a.runs, "sink_dir": a.sink_dir or "(temp dir)", "cpus": os.cpu_count(),
-                 "load_avg_1min_at_start": round(os.getloadavg()[0], 2), "inflate_lib": http._inflate.__name__}
+                 "load_avg_1min_at_start": round(os.getloadavg()[0], 2), "inflate_lib": "zlib"}
     with tempfile.TemporaryDirectory(prefix="bench-dl-") as tmp:
         tmp = Path(tmp)
         served = tmp / "served"
@@ -261,10 +255,6 @@ def main() -> int:
         if "map.gz" in files:
             make_map_gz(served / "map.gz", a.mb, test_data)
         sink = Path(tempfile.mkdtemp(prefix="bench-dl-sink-", dir=a.sink_dir)) if a.sink_dir else tmp
-        probe = http._PartFile(sink / "probe", os.O_WRONLY | os.O_CREAT, 0, True)
-        out["o_direct_in_sink"] = probe.dfd is not None
-        probe.close()
-        (sink / "probe").unlink()
         with LoopbackArchive(served) as srv:
             for name in files:
                 out[name] = measure(srv, name, served, sink, a.runs, floor=(name == "map.gz"))
@@ -294,8 +284,9 @@ def main() -> int:
             shutil.rmtree(sink, ignore_errors=True)
 
     head = out.get("stored.gz") or out[files[0]]
-    out["goals"] = {"ratio>=0.8 (stored.gz, median of interleaved pairs)": head["ratio_median_of_pairs"] >= 0.8,
-                    "peak_rss<100MB": max(v["peak_rss_mb_max"] for k, v in out.items() if k.endswith(".gz")) < 100,
+    out["information"] = {"ours_over_raw (stored.gz, median of interleaved pairs)": head["ratio_median_of_pairs"],
+                          "ours_over_curl (stored.gz)": head.get("ours_over_curl_median_of_pairs")}
+    out["goals"] = {"peak_rss<100MB": max(v["peak_rss_mb_max"] for k, v in out.items() if k.endswith(".gz")) < 100,
                     "resume_sends_half": abs(out["resume"]["second_fraction"] - 0.5) < 1e-3}
     out["load_avg_1min_at_end"] = round(os.getloadavg()[0], 2)
     res_dir = HERE / "results"

@@ -8,6 +8,10 @@ Run: ``.venv/bin/python benchmarks/bench_viewer.py [--copies 64]``; writes
 * A ~100,000-atom entry: the 3AJO-derived model (water-free, 1,425 atoms) and its EMD-20026 box
   repeated ``--copies`` times side by side (``bench_douse.tiled``), the model standing in for
   both the deposited and the re-refined one, the box for the map and the difference map.
+* Site build cost of the entry page's 3D-view and ordered-water sections: full builds of
+  ``--entries`` synthetic entries (tests/test_site.py's generator, 300 residues each) with the
+  templates as they are and with the two includes removed (and no Mol* copy), alternated,
+  medians of ``--repeats``; the ratio is what they add (``bench_site.py`` times 10,000 entries).
 """
 
 from __future__ import annotations
@@ -39,9 +43,56 @@ def measure(name, st, other, dmap, diff, out: Path) -> dict:
     return row
 
 
+def site_build_cost(n: int, repeats: int) -> dict:
+    import shutil
+    import statistics
+    from importlib import resources
+
+    import jinja2
+
+    from rerefine.reports import site
+    from test_site import make_entries
+
+    entries = make_entries(n, seed=3, n_res=300)
+    orig_tpl = Path(str(resources.files("rerefine.site"))) / "templates"
+    orig_env, orig_copy = site.make_environment, site.copy_viewer_assets
+
+    def bare_env():
+        env = orig_env()
+        env.loader = jinja2.FileSystemLoader(str(bare))
+        return env
+
+    times = {"with": [], "without": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        bare = Path(tmp) / "tpl"
+        shutil.copytree(orig_tpl, bare)
+        page = bare / "entry.html"
+        page.write_text(page.read_text().replace('{% include "waters.html" %}\n', "")
+                        .replace('{% include "viewer.html" %}\n', ""))
+        try:
+            for rep in range(repeats):
+                for mode in ("without", "with"):
+                    site.make_environment = bare_env if mode == "without" else orig_env
+                    site.copy_viewer_assets = (lambda *a: False) if mode == "without" else orig_copy
+                    out = Path(tmp) / f"{mode}-{rep}"
+                    t0 = time.perf_counter()
+                    site.build_site(site.DictSource(entries), out, full=True)
+                    times[mode].append(time.perf_counter() - t0)
+                    shutil.rmtree(out)
+        finally:
+            site.make_environment, site.copy_viewer_assets = orig_env, orig_copy
+    med = {k: statistics.median(v) for k, v in times.items()}
+    row = {"entries": n, "seconds_with": round(med["with"], 2), "seconds_without": round(med["without"], 2),
+           "ratio": round(med["with"] / med["without"], 3), "runs": times}
+    print(row, flush=True)
+    return row
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--copies", type=int, default=64)
+    ap.add_argument("--entries", type=int, default=1500)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     from rerefine.refine import diffmap, mapio, modelio
 
@@ -58,9 +109,10 @@ def main() -> int:
         st, dmap = modelio.read_model(mm / m), mapio.read_map(mm / p)
         big, bmap = tiled(dry(st), dmap, args.copies)
         rows.append(measure(f"3ajo_x{args.copies}", big, big, bmap, bmap, out))
+    out = {"entries": rows, "site_build": site_build_cost(args.entries, args.repeats)}
     res_dir = REPO / "benchmarks" / "results"
     res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / "viewer.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (res_dir / "viewer.json").write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

@@ -107,13 +107,22 @@ def diffmap_task(st, box, resolution: float):
     return pipeline.stage_diffmap(st, box, resolution)
 
 
+def http_client(s: dict):
+    """The harvester's HTTP client with the run's time limits (``http_timeout``, ``http_total_timeout``)."""
+    from rerefine.harvester.http import HttpClient
+
+    return HttpClient(user_agent=s.get("user_agent") or HttpClient.user_agent,
+                      timeout=s.get("http_timeout", 60.0), total_timeout=s.get("http_total_timeout", 3600.0))
+
+
 @task(name="fetch", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_is_archive_error)
-def fetch_task(candidate: dict, cache_dir: str, mirror: str | None, files_url: str, emdb_files_url: str):
+def fetch_task(candidate: dict, ctx: dict):
     from rerefine.harvester import harvest
 
     cand = harvest.candidate_from_dict(candidate)
-    fetched = harvest.fetch_entry(cand, cache_dir, mirror=mirror or None, files_url=files_url,
-                                  emdb_files_url=emdb_files_url, progress=False)
+    fetched = harvest.fetch_entry(cand, ctx["cache_dir"], mirror=ctx.get("mirror") or None,
+                                  files_url=ctx["files_url"], emdb_files_url=ctx["emdb_files_url"], progress=False,
+                                  session=http_client(ctx), max_map_mb=ctx.get("max_map_mb"))
     md = dict(fetched.metadata)
     return EntryJob(pdb_id=fetched.pdb_id, emdb_id=fetched.emdb_id, model_path=Path(fetched.model_path),
                     map_path=Path(fetched.map_path), half_map_paths=[Path(p) for p in fetched.half_map_paths],
@@ -121,7 +130,9 @@ def fetch_task(candidate: dict, cache_dir: str, mirror: str | None, files_url: s
                     contour=cand.contour_level if cand.contour_level is not None else md.get("contour"),
                     metadata={"title": cand.title or md.get("title"),
                               "release_date": cand.release_date or md.get("release_date"),
-                              "authors": cand.authors or md.get("authors") or []})
+                              "authors": cand.authors or md.get("authors") or [],
+                              "warnings": list(md.get("warnings") or []),
+                              "figure_sources": dict(md.get("figure_sources") or {})})
 
 
 # ---- the per-entry flow -----------------------------------------------------------------
@@ -132,7 +143,9 @@ def entry_record(job: EntryJob) -> dict:
     return {"pdb_id": job.pdb_id, "emdb_id": job.emdb_id, "title": md.get("title"),
             "release_date": md.get("release_date"), "resolution": job.resolution,
             "method": "ELECTRON MICROSCOPY",
-            "method_details": {"authors": md.get("authors") or [], "contour": job.contour}}
+            "method_details": {"authors": md.get("authors") or [], "contour": job.contour,
+                               "figure_sources": md.get("figure_sources") or {},
+                               "warnings": (md.get("warnings") or [])[:20]}}
 
 
 def _residue_b(st) -> dict:
@@ -177,8 +190,12 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
                            status="failed", reason=reason)
         return {"pdb_id": job.pdb_id, "status": "failed", "reason": reason, "timings": timings}
     with timed(timings, "bookkeeping"):
-        if not ctx.get("force") and store.is_done(engine, pdb_id=job.pdb_id, pipeline_version=ctx["version"],
-                                                  params=params.to_dict(), input_files=files):
+        before = None if ctx.get("force") else store.previous_outcome(
+            engine, pdb_id=job.pdb_id, pipeline_version=ctx["version"], params=params.to_dict(), input_files=files)
+        if before is not None and before[0] == "failed":  # the same inputs and version would fail again
+            return {"pdb_id": job.pdb_id, "status": "failed", "timings": timings,
+                    "reason": f"{before[1]} (not retried: same inputs and pipeline version; --force redoes it)"}
+        if before is not None:
             return {"pdb_id": job.pdb_id, "status": "cached", "reason": "", "timings": timings}
         store.mark_running(engine, entry=entry, pipeline_version=ctx["version"], params=params.to_dict(),
                            input_files=files, host=socket.gethostname())
@@ -187,6 +204,13 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
             st, dmap, res = load_task(job)
         job.resolution = res
         entry["resolution"] = res
+        if job.contour is not None and pipeline.contour_outside_map(job.contour, dmap):
+            note = f"EMDB contour level {job.contour:g} lies outside the map's values: ignored"
+            log.warning("%s: %s", job.pdb_id, note)
+            job.metadata.setdefault("warnings", []).append(note)
+            job.contour = None
+            entry = entry_record(job)
+            entry["resolution"] = res
         with timed(timings, "box"):
             box = box_task(st, dmap, params.box_padding)
         del dmap
@@ -255,17 +279,45 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
                 "cc_mask_input_b_after": after.get("cc_mask_input_b"),
                 "warnings": list(after["refinement"]["warnings"])}
     except RerefineError as exc:
-        reason = str(exc)
+        reason, transient = str(exc), bool(getattr(exc, "transient", False))
     except MemoryError:
-        reason = f"{job.pdb_id}: out of memory"
+        reason, transient = f"{job.pdb_id}: out of memory", True
     except OSError as exc:  # e.g. a full disk while writing outputs
-        reason = f"{job.pdb_id}: {exc.strerror or exc} ({getattr(exc, 'filename', '') or 'I/O'})"
+        reason, transient = f"{job.pdb_id}: {exc.strerror or exc} ({getattr(exc, 'filename', '') or 'I/O'})", True
     except Exception as exc:  # a bug must not stop the nightly run; keep its cause on record
         log.error("%s: internal error\n%s", job.pdb_id, traceback.format_exc())
-        reason = f"{job.pdb_id}: internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+        reason, transient = f"{job.pdb_id}: internal error: {type(exc).__name__}: {exc}".splitlines()[0], False
     store.store_result(engine, entry=entry, pipeline_version=ctx["version"], params=params.to_dict(),
-                       status="failed", reason=reason, timings=timings, input_files=files, started_at=started)
+                       status="failed", reason=reason, timings=timings, input_files=files, started_at=started,
+                       transient=transient)
     return {"pdb_id": job.pdb_id, "status": "failed", "reason": reason, "timings": timings}
+
+
+def record_candidate(engine, cand: dict, version: str, params: dict, status: str, reason: str) -> None:
+    """Store a run without inputs (rejected, or failed before its files were judged) for a candidate.
+
+    Never raises: when the candidate's metadata cannot be stored, the entry is stored with its id
+    alone; when even that fails, the log says why and the night goes on.
+    """
+    from rerefine.reports import store
+
+    full = {k: cand.get(k) for k in ("pdb_id", "emdb_id", "title", "resolution", "release_date")}
+    for entry in (full, {"pdb_id": cand.get("pdb_id")}):
+        try:
+            store.store_result(engine, entry=entry, pipeline_version=version, params=params, status=status,
+                               reason=reason)
+            return
+        except Exception:  # noqa: BLE001 - one entry's record must not end the night
+            log.warning("%s: cannot record %s run with its metadata", cand.get("pdb_id"), status, exc_info=True)
+
+
+def _reason(pdb_id: str, stage: str, exc: BaseException) -> str:
+    """One line naming the entry, the stage and the cause (a bug's traceback goes to the log)."""
+    if isinstance(exc, RerefineError):
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return text if text.lower().startswith(pdb_id.lower()) else f"{pdb_id}: {text}"
+    log.error("%s: %s failed\n%s", pdb_id, stage, traceback.format_exc())
+    return f"{pdb_id}: {stage}: internal error: {type(exc).__name__}: {exc}".splitlines()[0][:500]
 
 
 @task(name="process-entry")
@@ -275,21 +327,18 @@ def process_entry_task(candidate: dict, ctx: dict) -> dict:
 
     t0 = time.perf_counter()
     try:
-        job = fetch_task(candidate, ctx["cache_dir"], ctx.get("mirror"), ctx["files_url"],
-                         ctx["emdb_files_url"])
-    except RerefineError as exc:
-        reason = str(exc)
+        job = fetch_task(candidate, ctx)
+    except Exception as exc:  # the per-entry guard: whatever the fetch meets is this entry's failure
+        reason = _reason(candidate["pdb_id"], "fetch", exc)
         engine = db.make_engine(ctx["database"])
-        store.store_result(engine, entry={"pdb_id": candidate["pdb_id"], "emdb_id": candidate.get("emdb_id"),
-                                          "title": candidate.get("title"),
-                                          "resolution": candidate.get("resolution"),
-                                          "release_date": candidate.get("release_date")},
-                           pipeline_version=ctx["version"], params=ctx.get("params", {}),
-                           status="failed", reason=reason)
+        record_candidate(engine, candidate, ctx["version"], ctx.get("params", {}), "failed", reason)
         return {"pdb_id": candidate["pdb_id"], "status": "failed", "reason": reason,
                 "timings": {"fetch": time.perf_counter() - t0}}
     fetch_s = time.perf_counter() - t0
-    out = entry_flow(job.to_dict(), ctx)
+    try:
+        out = entry_flow(job.to_dict(), ctx)
+    except Exception as exc:  # entry_flow records its own failures; this is the last line (e.g. the database)
+        out = {"pdb_id": candidate["pdb_id"], "status": "failed", "reason": _reason(candidate["pdb_id"], "entry", exc)}
     out.setdefault("timings", {})["fetch"] = round(fetch_s, 3)
     # The entry's wall time inside this task: minus its stage timings, Prefect's per-entry cost.
     out["wall_seconds"] = round(time.perf_counter() - t0, 3)
@@ -348,7 +397,10 @@ def prepare_run(database: str) -> dict:
 def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, workers=1,
                 dask_address=None, build_site=True, force=False, params: PipelineParams | None = None,
                 accept_unknown_resolution=None) -> dict:
-    """Harvest, process every accepted entry, rebuild the site; return the summary dict."""
+    """Harvest, process every accepted entry, rebuild the site; return the summary dict.
+
+    The caller holds the data directory's nightly lock (:func:`rerefine.flows.runlock.nightly_lock`).
+    """
     import os
 
     s = run_settings(settings)
@@ -361,7 +413,7 @@ def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, wo
     with without_heartbeats():
         summary = nightly(settings_dict=s, since=since, until=until, mirror=mirror,
                           limit=limit, build_site=build_site, force=force, params=params.to_dict(),
-                          accept_unknown_resolution=accept_unknown_resolution, db_ready=True)
+                          accept_unknown_resolution=accept_unknown_resolution, db_ready=True, locked=True)
     # Wall time of the flow call as the caller sees it (``seconds`` is measured inside the flow).
     summary["flow_call_seconds"] = round(time.perf_counter() - t0, 3)
     summary["setup_seconds"] = setup
@@ -379,7 +431,8 @@ def run_settings(settings) -> dict:
         "search_url": settings.rcsb_search_url, "data_url": settings.rcsb_data_url,
         "files_url": settings.rcsb_files_url, "emdb_api_url": settings.emdb_api_url,
         "emdb_files_url": settings.emdb_files_url, "max_resolution": settings.max_resolution,
-        "max_map_mb": settings.max_map_mb,
+        "max_map_mb": settings.max_map_mb, "user_agent": settings.user_agent,
+        "http_timeout": settings.http_timeout, "http_total_timeout": settings.http_total_timeout,
     }
 
 
@@ -388,7 +441,9 @@ def _entry_ctx(s: dict, params: dict, force: bool, mirror) -> dict:
     return {"database": s["database"], "out_root": s["data_dir"], "monlib": s["monlib"],
             "top8000": s.get("top8000"), "version": __version__,
             "params": params, "force": force, "cache_dir": s["downloads"], "mirror": str(mirror or ""),
-            "files_url": s["files_url"], "emdb_files_url": s["emdb_files_url"]}
+            "files_url": s["files_url"], "emdb_files_url": s["emdb_files_url"], "max_map_mb": s["max_map_mb"],
+            "user_agent": s["user_agent"], "http_timeout": s["http_timeout"],
+            "http_total_timeout": s["http_total_timeout"]}
 
 
 def default_since(engine) -> dt.date:
@@ -413,7 +468,8 @@ def harvest_task(s: dict, since, until, mirror, limit, accept_unknown_resolution
     return harvest.discover(since, until, search_url=None if mirror else s["search_url"],
                             data_url=s["data_url"], emdb_api_url=s["emdb_api_url"], mirror=mirror or None,
                             max_resolution=s["max_resolution"], max_map_mb=s["max_map_mb"], limit=limit,
-                            accept_unknown_resolution=accept_unknown_resolution, cache_dir=s["downloads"])
+                            accept_unknown_resolution=accept_unknown_resolution, cache_dir=s["downloads"],
+                            session=http_client(s))
 
 
 @task(name="build-site")
@@ -431,15 +487,26 @@ def site_task(database: str, out: str) -> str:
 @flow(name="rerefine-nightly", log_prints=False)
 def nightly_flow(settings_dict: dict, since=None, until=None, mirror=None, limit=None, build_site=True,
                  force=False, params: dict | None = None, accept_unknown_resolution=None,
-                 db_ready: bool = False) -> dict:
+                 db_ready: bool = False, locked: bool = False) -> dict:
     """Harvest new EM entries, re-refine each (failures isolated), rebuild the site, summarise.
 
-    ``db_ready``: the caller has already upgraded the database (:func:`prepare_run`).
+    ``db_ready``: the caller has already upgraded the database (:func:`prepare_run`). ``locked``: the
+    caller holds the data directory's nightly lock (:func:`rerefine.flows.runlock.nightly_lock`);
+    otherwise (a served deployment) the flow takes it, waiting for a running night to end.
     """
+    from rerefine.flows.runlock import nightly_lock
+
+    if not locked:
+        with nightly_lock(settings_dict["data_dir"], wait=True):
+            return nightly_flow.fn(settings_dict, since, until, mirror, limit, build_site, force, params,
+                                   accept_unknown_resolution, db_ready, locked=True)
+    from rerefine.flows.runlock import clean_temp_files
     from rerefine.reports import db, store
 
     t0 = time.perf_counter()
     s = settings_dict
+    for root in {s["data_dir"], s["downloads"], s["site_dir"]}:
+        clean_temp_files(root)
     if not db_ready:
         db.upgrade(s["database"])
     engine = db.make_engine(s["database"])
@@ -458,18 +525,20 @@ def nightly_flow(settings_dict: dict, since=None, until=None, mirror=None, limit
         if c.status == "accepted":
             accepted.append(asdict(c))
         else:
-            summary["rejected"].append({"pdb_id": c.pdb_id, "reason": c.reason})
-            store.store_result(engine, entry={"pdb_id": c.pdb_id, "emdb_id": c.emdb_id, "title": c.title,
-                                              "resolution": c.resolution, "release_date": c.release_date},
-                               pipeline_version=__version__, params=params or {},
-                               status="skipped" if c.status == "rejected" else "failed",
-                               reason=c.reason or c.status)
+            if c.status == "rejected":
+                summary["rejected"].append({"pdb_id": c.pdb_id, "reason": c.reason})
+            else:  # metadata could not be had or judged: a failure, worth another try next night
+                summary["failed"].append({"pdb_id": c.pdb_id, "reason": c.reason})
+            record_candidate(engine, asdict(c), __version__, params or {},
+                             "skipped" if c.status == "rejected" else "failed", c.reason or c.status)
     futures = [process_entry_task.submit(c, ctx) for c in accepted]
-    for fut in futures:
+    for cand, fut in zip(accepted, futures):
         try:
             res = fut.result()
         except Exception as exc:  # a crashed worker: record and go on
-            res = {"pdb_id": "?", "status": "failed", "reason": f"worker crashed: {exc}".splitlines()[0]}
+            reason = f"{cand['pdb_id']}: worker crashed: {exc}".splitlines()[0]
+            record_candidate(engine, cand, __version__, params or {}, "failed", reason)
+            res = {"pdb_id": cand["pdb_id"], "status": "failed", "reason": reason}
         summary["entries"].append(res)
         if res["status"] == "done":
             summary["processed"] += 1

@@ -113,10 +113,21 @@ def stage_load(job: EntryJob):
     res = job.resolution or modelio.model_resolution(st)
     if not res or res <= 0:
         raise InputError(f"{job.pdb_id}: no resolution stated by the archive or the model")
-    inside = mapio.fraction_inside(dmap, modelio.atom_positions(st))
+    xyz = modelio.atom_positions(st)
+    bad = int(np.count_nonzero(~np.isfinite(xyz).all(axis=1)))
+    if bad:
+        raise InputError(f"{job.pdb_id}: {bad} of {len(xyz)} atoms have non-finite coordinates (NaN or inf)")
+    inside = mapio.fraction_inside(dmap, xyz)
     if inside < 0.5:
         raise InputError(f"{job.pdb_id}: only {100 * inside:.0f}% of the model lies inside map {dmap.name}")
     return st, dmap, float(res)
+
+
+def contour_outside_map(level: float, dmap: mapio.DensityMap) -> bool:
+    """True when a recommended contour level cannot be a level of this map: not finite, or not
+    strictly between the map's minimum and maximum (every atom, or none, would count as inside)."""
+    level = float(level)
+    return not np.isfinite(level) or not (float(dmap.data.min()) < level < float(dmap.data.max()))
 
 
 def stage_box(st, dmap: mapio.DensityMap, padding: float = BOX_PADDING) -> mapio.DensityMap:
@@ -387,7 +398,8 @@ def write_viewer(outdir: Path, pdb_id: str, deposited, refined, sharpened: mapio
         contour = before.get("contour")
         level = viewer.matched_level(box, float(contour), sharpened) if contour is not None else \
             float(sharpened.data.mean() + 1.5 * sharpened.data.std())
-        residues = viewer.residue_list(before.get("per_residue"), after.get("per_residue"))
+        residues = viewer.residue_list(before.get("per_residue"), after.get("per_residue"),
+                                       validation=after.get("validation_residues"))
         p = viewer.write_viewer_data(Path(outdir) / f"{pdb_id.lower()}_viewer.js", deposited, refined, sharpened,
                                      diff, level, residues=residues, title=pdb_id)
     except Exception as exc:  # noqa: BLE001 - the 3D view is optional; the log keeps why

@@ -46,7 +46,8 @@ class Settings:
     max_map_mb: float = 2048.0
     concurrency: int = 2
     schedule_cron: str = "0 2 * * *"
-    http_timeout: float = 60.0
+    http_timeout: float = 60.0  # s: connection and each read (idle time)
+    http_total_timeout: float = 3600.0  # s: one whole request or download, all attempts
     user_agent: str = "rerefine (automated cryo-EM re-refinement; https://github.com/rerefine)"
 
     @property

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from rerefine.common.errors import ArchiveError, InputError
 
-from . import ids
+from . import fields, ids
 
 _BYTES_PER_VOXEL = {"IMAGE STORED AS SIGNED BYTE": 1, "IMAGE STORED AS SIGNED INTEGER (2 BYTES)": 2,
                     "IMAGE STORED AS FLOATING POINT NUMBER (4 BYTES)": 4}
@@ -45,6 +45,7 @@ class EmdbInfo:
     release_date: str | None = None
     authors: list[str] = field(default_factory=list)
     pdb_ids: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # fields present but unusable (ignored)
 
 
 def _list(x) -> list:
@@ -56,27 +57,18 @@ def _list(x) -> list:
 def _text(x) -> str | None:
     if isinstance(x, dict):
         x = x.get("valueOf_")
-    if x is None:
+    if x is None or isinstance(x, (list, dict, bool)):
         return None
     s = str(x).strip()
     return s or None
 
 
-def _float(x) -> float | None:
-    s = _text(x)
-    try:
-        return float(s) if s is not None else None
-    except ValueError:
-        return None
+def _date(x, warnings: list) -> str | None:
+    return fields.iso_date(_text(x), what="EMDB map release date", warnings=warnings)
 
 
-def _date(x) -> str | None:
-    s = _text(x)
-    return s[:10] if s else None
-
-
-def _resolution(entry: dict) -> float | None:
-    for sd in _list((entry.get("structure_determination_list") or {}).get("structure_determination")):
+def _resolution(entry: dict, warnings: list) -> float | None:
+    for sd in _list(_dict(entry.get("structure_determination_list")).get("structure_determination")):
         if not isinstance(sd, dict):
             continue
         for key, procs in sd.items():
@@ -85,33 +77,41 @@ def _resolution(entry: dict) -> float | None:
             if not (key == "image_processing" or key.endswith("_processing")):
                 continue
             for proc in _list(procs):
-                if isinstance(proc, dict):
-                    r = _float((proc.get("final_reconstruction") or {}).get("resolution"))
-                    if r is not None and r > 0:
+                if isinstance(proc, dict) and isinstance(proc.get("final_reconstruction"), dict):
+                    r = fields.number(_text(proc["final_reconstruction"].get("resolution")), what="EMDB resolution",
+                                      lo=fields.RESOLUTION_RANGE[0], hi=fields.RESOLUTION_RANGE[1],
+                                      warnings=warnings)
+                    if r is not None:
                         return r
     return None
 
 
-def _contour(mp: dict) -> float | None:
-    contours = [c for c in _list((mp.get("contour_list") or {}).get("contour")) if isinstance(c, dict)]
+def _contour(mp: dict, warnings: list) -> float | None:
+    contours = [c for c in _list(_dict(mp.get("contour_list")).get("contour")) if isinstance(c, dict)]
     primary = [c for c in contours if str(c.get("primary")).lower() == "true"]
     for c in primary + contours:
-        v = _float(c.get("level"))
+        v = fields.number(_text(c.get("level")), what="EMDB recommended contour level",
+                          lo=fields.CONTOUR_RANGE[0], hi=fields.CONTOUR_RANGE[1], warnings=warnings)
         if v is not None:
             return v
     return None
 
 
-def _map_size(mp: dict) -> int | None:
-    kb = _float(mp.get("size_kbytes"))
+def _dict(x) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _map_size(mp: dict, warnings: list) -> int | None:
+    kb = fields.number(_text(mp.get("size_kbytes")), what="EMDB map size_kbytes", lo=1e-3, hi=1e12,
+                       warnings=warnings)
     if kb:
         return int(kb * 1000)
-    dims = mp.get("dimensions") or {}
-    try:
-        n = int(dims["col"]) * int(dims["row"]) * int(dims["sec"])
-    except (KeyError, TypeError, ValueError):
+    dims = _dict(mp.get("dimensions"))
+    n = [fields.count(_text(dims.get(k)), what=f"EMDB map dimension {k}", warnings=warnings)
+         for k in ("col", "row", "sec")]
+    if None in n or 0 in n:
         return None
-    return n * _BYTES_PER_VOXEL.get(str(mp.get("data_type", "")).upper(), 4) + 1024
+    return n[0] * n[1] * n[2] * _BYTES_PER_VOXEL.get(str(mp.get("data_type", "")).upper(), 4) + 1024
 
 
 def parse_entry(entry: dict, *, source: str = "EMDB entry") -> EmdbInfo:
@@ -131,36 +131,37 @@ def parse_entry(entry: dict, *, source: str = "EMDB entry") -> EmdbInfo:
         eid = ids.emdb_id(raw_id)
     except InputError:
         raise ArchiveError(f"{source}: answer has no valid emdb_id ({str(raw_id)[:30]!r})") from None
-    mp = entry.get("map") or {}
-    admin = entry.get("admin") or {}
-    interp = entry.get("interpretation") or {}
+    mp, admin, interp = _dict(entry.get("map")), _dict(entry.get("admin")), _dict(entry.get("interpretation"))
+    warnings: list[str] = []
     map_file = _text(mp.get("file"))
     if map_file:
         map_file = ids.safe_filename(map_file, what=f"{eid} map file name")
     halves = []
-    for h in _list((interp.get("half_map_list") or {}).get("half_map")):
+    for h in _list(_dict(interp.get("half_map_list")).get("half_map")):
         name = _text(h.get("file")) if isinstance(h, dict) else None
         if name:
             halves.append(ids.safe_filename(name, what=f"{eid} half-map file name"))
     pdbs = []
-    for ref in _list(((entry.get("crossreferences") or {}).get("pdb_list") or {}).get("pdb_reference")):
+    for ref in _list(_dict(_dict(entry.get("crossreferences")).get("pdb_list")).get("pdb_reference")):
         if isinstance(ref, dict) and _text(ref.get("pdb_id")):
             try:
                 pdbs.append(ids.pdb_id(_text(ref.get("pdb_id"))))
             except InputError:
                 pass
-    authors = [a for a in (_text(x) for x in _list((admin.get("authors_list") or {}).get("author"))) if a]
+    authors = [a for a in (fields.text(_text(x), 200) for x in _list(_dict(admin.get("authors_list")).get("author")))
+               if a]
     return EmdbInfo(
         emdb_id=eid,
-        resolution=_resolution(entry),
-        contour_level=_contour(mp),
+        resolution=_resolution(entry, warnings),
+        contour_level=_contour(mp, warnings),
         map_file=map_file,
         half_map_files=halves,
-        map_size_bytes=_map_size(mp) if mp else None,
-        title=_text(admin.get("title")),
-        release_date=_date((admin.get("key_dates") or {}).get("map_release")),
+        map_size_bytes=_map_size(mp, warnings) if mp else None,
+        title=fields.text(_text(admin.get("title"))),
+        release_date=_date(_dict(admin.get("key_dates")).get("map_release"), warnings),
         authors=authors,
         pdb_ids=pdbs,
+        warnings=[f"{eid}: {w}" for w in warnings],
     )
 
 

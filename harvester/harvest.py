@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from .mirror import Mirror, model_record
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
+MAX_MODEL_MB = 512.0  # default limit on a model mmCIF's bytes and inflated size (the largest PDB entries are ~100 MiB)
 
 
 @dataclass
@@ -73,6 +75,8 @@ class Candidate:
     method: str | None = None
     authors: list[str] = field(default_factory=list)
     source: str = "rcsb"  # "rcsb" or "mirror": where discovery found it
+    sources: dict = field(default_factory=dict)  # figure -> where it came from (resolution, contour_level)
+    warnings: list[str] = field(default_factory=list)  # archive fields present but ignored as unusable
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -213,12 +217,8 @@ def discover(since=None, until=None, *, search_url: str | None = None, data_url:
             if limit is not None and n_accepted >= limit:
                 break
             cand = Candidate(pdb_id=pid, source="rcsb")
-            try:
-                info = rcsb.fetch_entry_info(client, data_url, pid)
-            except RerefineError as exc:
-                out.append(_failed(cand, exc))
-                continue
-            judge_and_add(cand, info)
+            with guarded(cand, "judging its RCSB and EMDB metadata", out):
+                judge_and_add(cand, rcsb.fetch_entry_info(client, data_url, pid))
         return out
 
     if mir is None:
@@ -228,24 +228,40 @@ def discover(since=None, until=None, *, search_url: str | None = None, data_url:
         if limit is not None and n_accepted >= limit:
             break
         cand = Candidate(pdb_id=pid, source="mirror")
-        try:
-            path = _model_file(mir, pid, client, cache, progress=False)[0]
-            info = model_record(path, pid)
-        except RerefineError as exc:
-            out.append(_failed(cand, exc))
-            continue
-        if info.release_date is None:
-            if since_d or until_d:
+        with guarded(cand, "reading its mirror mmCIF", out):
+            info = model_record(_model_file(mir, pid, client, cache, progress=False)[0], pid)
+            if info.release_date is None and (since_d or until_d):
                 cand.title, cand.method = info.title, info.method
-                cand.status, cand.reason = "rejected", "no release date stated (undated entry outside a dated window)"
+                cand.status, cand.reason = "rejected", "no release date stated (undated entry outside a dated window)" \
+                    + "".join(f"; {w}" for w in info.warnings if "date" in w)
                 out.append(cand)
                 continue
-        else:
             d = _as_date(info.release_date)
-            if (since_d and d < since_d) or (until_d and d > until_d):
+            if d and ((since_d and d < since_d) or (until_d and d > until_d)):
                 continue  # outside the window: not a candidate of this run
-        judge_and_add(cand, info)
+            judge_and_add(cand, info)
     return out
+
+
+@contextmanager
+def guarded(cand: Candidate, stage: str, out: list | None = None):
+    """The per-entry guard: any exception while discovering, judging or fetching one entry becomes
+    that entry's failure (status "failed", reason naming the entry, the stage and the cause) and is
+    appended to ``out`` when given; the caller goes on with the next entry. Only a KeyboardInterrupt
+    or a SystemExit passes."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - the guard's job: one bad record never ends the night
+        if isinstance(exc, RerefineError):
+            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        else:
+            log.debug("%s: %s failed", cand.pdb_id, stage, exc_info=True)
+            cause = f"unusable data ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        if not cause.startswith(cand.pdb_id):
+            cause = f"{cand.pdb_id}: {stage}: {cause}"
+        cand.status, cand.reason = "failed", cause[:500]
+        if out is not None and cand not in out:
+            out.append(cand)
 
 
 def candidate_for(pdb_id: str, *, data_url: str | None = None, emdb_api_url: str | None = None, mirror=None,
@@ -259,7 +275,7 @@ def candidate_for(pdb_id: str, *, data_url: str | None = None, emdb_api_url: str
     client = _client(session)
     mir = _as_mirror(mirror)
     cand = Candidate(pdb_id=pid, source="mirror" if mir else "rcsb")
-    try:
+    with guarded(cand, "judging its metadata"):
         if mir is not None:
             cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "rerefine-harvest-cache"
             info = model_record(_model_file(mir, pid, client, cache, progress=False)[0], pid)
@@ -267,15 +283,8 @@ def candidate_for(pdb_id: str, *, data_url: str | None = None, emdb_api_url: str
             if not data_url:
                 raise InputError(f"{pid}: no RCSB Data API URL and no mirror to look the entry up in")
             info = rcsb.fetch_entry_info(client, data_url, pid)
-    except RerefineError as exc:
-        return _failed(cand, exc)
-    _judge(cand, info, client, mir, emdb_api_url, max_resolution=max_resolution,
-           max_map_bytes=max_map_mb * MiB, accept_unknown_resolution=accept_unknown_resolution)
-    return cand
-
-
-def _failed(cand: Candidate, exc: Exception) -> Candidate:
-    cand.status, cand.reason = "failed", str(exc)
+        _judge(cand, info, client, mir, emdb_api_url, max_resolution=max_resolution,
+               max_map_bytes=max_map_mb * MiB, accept_unknown_resolution=accept_unknown_resolution)
     return cand
 
 
@@ -285,6 +294,9 @@ def _judge(cand: Candidate, info: rcsb.ModelInfo, client: HttpClient, mir: Mirro
     cand.title, cand.release_date, cand.method = info.title, info.release_date, info.method
     cand.authors = list(info.authors)
     cand.resolution = info.resolution
+    cand.warnings = list(info.warnings)
+    if info.resolution is not None:
+        cand.sources["resolution"] = "model mmCIF record" if cand.source == "mirror" else "RCSB entry"
 
     def reject(reason: str) -> None:
         cand.status, cand.reason = "rejected", reason
@@ -305,8 +317,12 @@ def _judge(cand: Candidate, info: rcsb.ModelInfo, client: HttpClient, mir: Mirro
     cand.map_file = em.map_file
     cand.half_map_files = list(em.half_map_files)
     cand.map_size_bytes = em.map_size_bytes
+    cand.warnings += em.warnings
+    if em.contour_level is not None:
+        cand.sources["contour_level"] = f"EMDB {em.emdb_id} recommended contour"
     if em.resolution is not None:
         cand.resolution = em.resolution
+        cand.sources["resolution"] = f"EMDB {em.emdb_id}"
     if not cand.authors:
         cand.authors = list(em.authors)
     if not cand.map_file:
@@ -353,30 +369,38 @@ def emdb_metadata(eid: str, *, mirror=None, emdb_api_url: str | None = None, ses
 
 def _model_file(mir: Mirror, pid: str, client: HttpClient, cache: Path, progress) -> tuple[Path, int]:
     rel = mir.model_rel(pid)
-    path, n = _mirror_file(mir, rel, client, cache, progress, what=f"{pid}: model")
+    path, n = _mirror_file(mir, rel, client, cache, progress, what=f"{pid}: model", max_mb=MAX_MODEL_MB)
     if mir.is_url:  # cached objects have no suffix; gemmi needs ".cif.gz" to see gzip
         path = link_into(path, cache / "entries" / pid / f"{pid}.cif.gz")
     return path, n
 
 
-def _mirror_file(mir: Mirror, rel: str, client: HttpClient, cache: Path, progress, *, what: str) -> tuple[Path, int]:
-    """(local path, bytes transferred) of a mirror file; local files are used in place."""
+def _mirror_file(mir: Mirror, rel: str, client: HttpClient, cache: Path, progress, *, what: str,
+                 max_mb: float | None = None) -> tuple[Path, int]:
+    """(local path, bytes transferred) of a mirror file; local files are used in place.
+
+    ``max_mb`` bounds the file's bytes and, for gzip files, its inflated size (MiB).
+    """
     loc = mir.locate(rel)
+    cap = None if max_mb is None else int(max_mb * MiB)
     if isinstance(loc, Path):
         if not loc.is_file():
             raise ArchiveError(f"{what}: not in the mirror ({rel})")
+        if cap is not None and loc.stat().st_size > cap:
+            raise ArchiveError(f"{what}: {loc.stat().st_size / MiB:.1f} MiB, over the {max_mb:g} MiB limit ({loc})")
         if loc.name.endswith(".gz"):
-            problem = verify_gzip_file(loc)
+            problem = verify_gzip_file(loc, cap)
             if problem:
                 raise ArchiveError(f"{what}: {problem} ({loc})")
         return loc, 0
-    r = client.download(loc, cache, what=what, progress=progress)
+    r = client.download(loc, cache, what=what, progress=progress, max_bytes=cap, max_inflated=cap)
     return r.path, r.bytes_transferred
 
 
 def fetch_entry(candidate: Candidate, cache_dir, *, mirror=None, files_url: str | None = None,
                 emdb_files_url: str | None = None, session=None, progress=None,
-                half_maps: bool = True) -> FetchedEntry:
+                half_maps: bool = True, max_map_mb: float | None = None,
+                max_model_mb: float | None = MAX_MODEL_MB) -> FetchedEntry:
     """Fetch the model (mmCIF), primary map and half-maps of an accepted candidate.
 
     Parameters
@@ -399,6 +423,9 @@ def fetch_entry(candidate: Candidate, cache_dir, *, mirror=None, files_url: str 
     half_maps : bool
         Also fetch the half-maps. A half-map that cannot be fetched does not fail the
         entry: both are dropped and ``metadata["warnings"]`` says why.
+    max_map_mb, max_model_mb : float, optional
+        Limits (MiB) on each map's and on the model's bytes and inflated size, checked on the
+        actual bytes while they arrive (metadata can be wrong).
 
     Raises
     ------
@@ -417,13 +444,14 @@ def fetch_entry(candidate: Candidate, cache_dir, *, mirror=None, files_url: str 
     warnings: list[str] = []
     sources: dict = {}
 
-    def get(rel: str | None, url: str | None, what: str) -> Path:
+    def get(rel: str | None, url: str | None, what: str, max_mb: float | None) -> Path:
         nonlocal sent
         if mir is not None:
-            path, n = _mirror_file(mir, rel, client, cache, progress, what=what)
+            path, n = _mirror_file(mir, rel, client, cache, progress, what=what, max_mb=max_mb)
             sources[what] = str(mir.locate(rel))
         else:
-            r = client.download(url, cache, what=what, progress=progress)
+            cap = None if max_mb is None else int(max_mb * MiB)
+            r = client.download(url, cache, what=what, progress=progress, max_bytes=cap, max_inflated=cap)
             path, n = r.path, r.bytes_transferred
             sources[what] = url
         sent += n
@@ -439,15 +467,16 @@ def fetch_entry(candidate: Candidate, cache_dir, *, mirror=None, files_url: str 
         remote = (ids.classic_of(pid) or pid).upper()
         model_url = f"{files_url.rstrip('/')}/{remote}.cif.gz"
     base = (emdb_files_url or "").rstrip("/")
-    model = get(Mirror.model_rel(pid) if mir else None, model_url, f"{pid}: model")
+    model = get(Mirror.model_rel(pid) if mir else None, model_url, f"{pid}: model", max_model_mb)
     mp = get(Mirror.map_rel(eid, candidate.map_file) if mir else None,
-             f"{base}/{eid}/map/{ids.safe_filename(candidate.map_file)}", f"{pid}: map {eid}")
+             f"{base}/{eid}/map/{ids.safe_filename(candidate.map_file)}", f"{pid}: map {eid}", max_map_mb)
     halves: list[Path] = []
     if half_maps and candidate.half_map_files:
         try:
             for name in candidate.half_map_files:
                 halves.append(get(Mirror.half_map_rel(eid, name) if mir else None,
-                                  f"{base}/{eid}/other/{ids.safe_filename(name)}", f"{pid}: half-map {name}"))
+                                  f"{base}/{eid}/other/{ids.safe_filename(name)}", f"{pid}: half-map {name}",
+                                  max_map_mb))
         except RerefineError as exc:
             warnings.append(f"half-maps not used: {exc}")
             halves = []
@@ -464,7 +493,8 @@ def fetch_entry(candidate: Candidate, cache_dir, *, mirror=None, files_url: str 
     metadata = {
         "pdb_id": pid, "emdb_id": eid, "title": candidate.title, "resolution": candidate.resolution,
         "contour_level": candidate.contour_level, "release_date": candidate.release_date,
-        "authors": list(candidate.authors), "sources": sources, "warnings": warnings,
+        "authors": list(candidate.authors), "sources": sources, "warnings": list(candidate.warnings) + warnings,
+        "figure_sources": dict(candidate.sources),
     }
     return FetchedEntry(pdb_id=pid, emdb_id=eid, model_path=model_p, map_path=map_p, half_map_paths=half_p,
                         metadata=metadata, status="fetched" if sent else "cached", bytes_transferred=sent)

@@ -10,7 +10,15 @@ used up one request at a time:
   of the answer (a float below 1), then close the connection;
 * ``("delay", s)`` - sleep ``s`` seconds before answering (beyond a client's timeout);
 * ``("truncate", n)`` - serve only the first ``n`` bytes as if they were the whole file;
-* ``("body", bytes)`` - answer 200 with these bytes (e.g. malformed JSON).
+* ``("body", bytes)`` - answer 200 with these bytes (e.g. malformed JSON);
+* ``("endless", bytes)`` - answer 200 without a length and send these bytes again and again
+  until the client goes away;
+* ``("endless_gzip", None)`` - the same with a valid gzip stream of zeros that never ends;
+* ``("trickle", s)`` - send the real answer's headers, then its body one byte every ``s`` seconds;
+* ``("ignore_range", None)`` - answer 200 with the whole file even to a ``Range`` request.
+
+``add_fault(path, kind, value, times=n)`` queues a fault for the next ``n`` requests (``times=None``:
+every request from now on).
 
 It counts the body bytes sent per path (``bytes_sent``) and logs each request, so tests
 can check that a resume transferred only the missing part. Never used against the
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import socket
 import threading
 import time
 from collections import defaultdict, deque
@@ -41,6 +50,7 @@ class LoopbackArchive:
         for path, spec in (routes or {}).items():
             self.add_route(path, *spec) if isinstance(spec, tuple) else self.add_route(path, spec)
         self.faults: dict[str, deque] = defaultdict(deque)
+        self.sticky: dict[str, tuple] = {}
         self.bytes_sent: dict[str, int] = defaultdict(int)
         self.requests: list[tuple[str, str, str | None]] = []
         self.posted: list[tuple[str, bytes]] = []  # (path, body) of POST requests
@@ -59,9 +69,12 @@ class LoopbackArchive:
             body = body.encode()
         self.routes[path] = (status, body, content_type)
 
-    def add_fault(self, path: str, kind: str, value=None) -> None:
-        """Queue a fault for the next request of ``path`` (see module docstring)."""
-        self.faults[path].append((kind, value))
+    def add_fault(self, path: str, kind: str, value=None, times: int | None = 1) -> None:
+        """Queue a fault for the next ``times`` requests of ``path`` (None: all of them; see module docstring)."""
+        if times is None:
+            self.sticky[path] = (kind, value)
+        else:
+            self.faults[path].extend([(kind, value)] * times)
 
     def total_sent(self) -> int:
         return sum(self.bytes_sent.values())
@@ -105,6 +118,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # keep test output quiet
         pass
 
+    def setup(self):
+        super().setup()
+        # Headers and body leave in separate writes: without this, Nagle's algorithm and the client's
+        # delayed ACK hold every small answer back by 40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_POST(self):
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n else b""
@@ -121,7 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
         with arc._lock:
             arc.requests.append((self.command, path, self.headers.get("Range")))
             arc.user_agents.append(self.headers.get("User-Agent", ""))
-            fault = arc.faults[path].popleft() if arc.faults.get(path) else None
+            fault = arc.faults[path].popleft() if arc.faults.get(path) else arc.sticky.get(path)
+        if fault and fault[0] in ("endless", "endless_gzip"):
+            return self._endless(fault, path)
         if fault and fault[0] == "delay":
             time.sleep(float(fault[1]))
             fault = None
@@ -175,6 +196,27 @@ class _Handler(BaseHTTPRequestHandler):
         self._count(path, n)
         self.close_connection = True
 
+    def _endless(self, fault, path: str):
+        import zlib
+
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        piece = fault[1] or b"x" * 65536
+        if fault[0] == "endless_gzip":  # header + 1 MiB of zeros, then the same deflate block for each further MiB
+            gz = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            first = gz.compress(bytes(1 << 20)) + gz.flush(zlib.Z_SYNC_FLUSH)
+            piece = gz.compress(bytes(1 << 20)) + gz.flush(zlib.Z_SYNC_FLUSH)
+            self.wfile.write(first)
+        try:
+            while True:  # until the client closes the connection
+                self.wfile.write(piece)
+                self._count(path, len(piece))
+        except OSError:
+            pass
+
     def _listing(self, target: Path, path: str):
         # An autoindex page like Apache/nginx/ftp.ebi.ac.uk produce: one <a href> per entry.
         base = path if path.endswith("/") else path + "/"
@@ -194,7 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
             size = min(size, int(fault[1]))
         start, end = 0, size - 1
         status = 200
-        rng = self.headers.get("Range")
+        rng = self.headers.get("Range") if not (fault and fault[0] == "ignore_range") else None
         if_range = self.headers.get("If-Range")
         if rng and (not if_range or if_range in (etag, lastmod)):
             try:
@@ -232,7 +274,15 @@ class _Handler(BaseHTTPRequestHandler):
         sent = 0
         with open(target, "rb") as fh:
             try:
-                sent = self.connection.sendfile(fh, offset=start, count=count) if count else 0
+                if fault and fault[0] == "trickle":  # a stalled server: one byte at a time
+                    fh.seek(start)
+                    for _ in range(count):
+                        time.sleep(float(fault[1]))
+                        self.wfile.write(fh.read(1))
+                        self.wfile.flush()
+                        sent += 1
+                else:
+                    sent = self.connection.sendfile(fh, offset=start, count=count) if count else 0
             except (BrokenPipeError, ConnectionResetError):
                 pass
         self._count(path, sent)

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from rerefine.common.errors import ArchiveError, InputError
 
-from . import ids
+from . import fields, ids
 from .http import HttpClient
 from .rcsb import ModelInfo
 
@@ -88,18 +88,19 @@ class Mirror:
 
     # -- reading ---------------------------------------------------------------------------
     def read_small(self, rel: str, client: HttpClient | None, *, what: str) -> bytes | None:
-        """Bytes of a small file (a header), or None when the mirror does not have it."""
+        """Bytes of a small file (a header, an index page), or None when the mirror does not have it.
+
+        Bounded like every small answer (``client.max_answer_bytes``; a local file too).
+        """
+        client = client or HttpClient()
         if self.url is None:
             p = self.root / rel
-            return p.read_bytes() if p.is_file() else None
-        client = client or HttpClient()
-        try:
-            r = client._retrying(what, lambda: _get_bytes(client, self.locate(rel), what))
-        except ArchiveError as exc:
-            if "not found" in str(exc):
+            if not p.is_file():
                 return None
-            raise
-        return r
+            if p.stat().st_size > client.max_answer_bytes:
+                raise ArchiveError(f"{what}: {p} is larger than {client.max_answer_bytes} bytes")
+            return p.read_bytes()
+        return client.get_bytes(self.locate(rel), what=what, missing_ok=True)
 
     def list_model_ids(self, client: HttpClient | None = None) -> list[str]:
         """Every model id in the mirror (sorted); files that are not ``{id}.cif.gz`` are skipped."""
@@ -141,16 +142,6 @@ class Mirror:
         return out
 
 
-def _get_bytes(client: HttpClient, url: str, what: str) -> bytes:
-    from .http import TRANSIENT_ERRORS, one_line, TransientFailure
-
-    r = client._send("GET", url, what)
-    try:
-        return r.content
-    except TRANSIENT_ERRORS as exc:
-        raise TransientFailure(f"connection dropped ({one_line(exc)})") from None
-
-
 def model_record(path: str | Path, pid: str) -> ModelInfo:
     """The records of a model mmCIF (``.cif`` or ``.cif.gz``) that discovery needs.
 
@@ -185,11 +176,12 @@ def model_record(path: str | Path, pid: str) -> ModelInfo:
         return [[(None if r[i] in ("?", ".") else gemmi.cif.as_string(r[i])) for i in range(len(tags))]
                 for r in t] if t else []
 
+    warnings: list[str] = []
     date = None
     revs = column_rows("_pdbx_audit_revision_history.", ["ordinal", "revision_date"])
     dated = sorted((int(o) if o and o.isdigit() else 10**9, d) for o, d in revs if d)
     if dated:
-        date = dated[0][1][:10]
+        date = fields.iso_date(dated[0][1], what="initial revision date", warnings=warnings)
     related = column_rows("_pdbx_database_related.", ["db_name", "db_id", "content_type"])
     emdb_rows = [r for r in related if (r[0] or "").upper() == "EMDB" and r[1]]
     emdb_rows.sort(key=lambda r: 0 if "associated" in (r[2] or "").lower() else 1)
@@ -205,10 +197,9 @@ def model_record(path: str | Path, pid: str) -> ModelInfo:
     entities = column_rows("_entity.", ["type"])
     polymer = sum(1 for (t,) in entities if (t or "").lower() == "polymer") if entities else None
     authors = [a for (a,) in column_rows("_audit_author.", ["name"]) if a]
-    try:
-        resolution = float(res) if res else None
-    except ValueError:
-        resolution = None
-    return ModelInfo(pdb_id=pid, method=value("_exptl.method"), title=value("_struct.title"),
-                     release_date=date, resolution=resolution, emdb_ids=emdb_list,
-                     polymer_count=polymer, authors=authors)
+    resolution = fields.number(res, what="_em_3d_reconstruction.resolution", lo=fields.RESOLUTION_RANGE[0],
+                               hi=fields.RESOLUTION_RANGE[1], warnings=warnings)
+    return ModelInfo(pdb_id=pid, method=fields.text(value("_exptl.method"), 100),
+                     title=fields.text(value("_struct.title")), release_date=date, resolution=resolution,
+                     emdb_ids=emdb_list, polymer_count=polymer, authors=[a[:200] for a in authors],
+                     warnings=[f"{pid}: {w}" for w in warnings])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from rerefine.common.errors import ArchiveError, InputError
 
-from . import ids
+from . import fields, ids
 from .http import HttpClient
 
 EM_METHOD = "ELECTRON MICROSCOPY"
@@ -71,7 +71,7 @@ def search_em_entries(client: HttpClient, search_url: str, since, until, *, limi
                 continue
             if pid not in out:
                 out.append(pid)
-        total = int(ans.get("total_count") or 0)
+        total = fields.count(ans.get("total_count"), what="RCSB search total_count") or 0
         start += len(page)
         if not page or start >= total or (limit is not None and len(out) >= limit):
             break
@@ -90,6 +90,7 @@ class ModelInfo:
     emdb_ids: list[str] = field(default_factory=list)  # associated map first
     polymer_count: int | None = None
     authors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # fields present but unusable (ignored)
 
 
 def parse_entry(pid: str, entry: dict) -> ModelInfo:
@@ -100,38 +101,50 @@ def parse_entry(pid: str, entry: dict) -> ModelInfo:
     """
     if not isinstance(entry, dict):
         raise ArchiveError(f"{pid}: RCSB entry answer is not an object")
-    methods = [e.get("method") for e in entry.get("exptl") or [] if isinstance(e, dict)]
-    acc = entry.get("rcsb_accession_info") or {}
-    info = entry.get("rcsb_entry_info") or {}
-    res = None
-    for rec in entry.get("em_3d_reconstruction") or []:
-        if isinstance(rec, dict) and rec.get("resolution") is not None:
-            res = float(rec["resolution"])
-            break
-    if res is None and info.get("resolution_combined"):
-        res = float(info["resolution_combined"][0])
+    warnings: list[str] = []
+
+    def rows(key) -> list[dict]:
+        v = entry.get(key)
+        return [r for r in v if isinstance(r, dict)] if isinstance(v, list) else []
+
+    def obj(key) -> dict:
+        v = entry.get(key)
+        return v if isinstance(v, dict) else {}
+
+    def resolution(value):
+        return fields.number(value, what="RCSB resolution", lo=fields.RESOLUTION_RANGE[0],
+                             hi=fields.RESOLUTION_RANGE[1], warnings=warnings)
+
+    methods = [fields.text(e.get("method"), 100) for e in rows("exptl")]
+    info = obj("rcsb_entry_info")
+    res = next((r for r in (resolution(rec.get("resolution")) for rec in rows("em_3d_reconstruction"))
+                if r is not None), None)
+    combined = info.get("resolution_combined")
+    if res is None and isinstance(combined, list) and combined:
+        res = resolution(combined[0])
     emdb: list[str] = []
-    related = [r for r in entry.get("pdbx_database_related") or [] if isinstance(r, dict)
-               and str(r.get("db_name", "")).upper() == "EMDB"]
+    related = [r for r in rows("pdbx_database_related") if str(r.get("db_name", "")).upper() == "EMDB"]
     related.sort(key=lambda r: 0 if "associated" in str(r.get("content_type", "")).lower() else 1)
-    cont = entry.get("rcsb_entry_container_identifiers") or {}
-    for raw in [r.get("db_id") for r in related] + list(cont.get("emdb_ids") or []):
+    cont_ids = obj("rcsb_entry_container_identifiers").get("emdb_ids")
+    for raw in [r.get("db_id") for r in related] + (cont_ids if isinstance(cont_ids, list) else []):
         try:
             e = ids.emdb_id(raw)
         except InputError:
             continue
         if e not in emdb:
             emdb.append(e)
-    date = acc.get("initial_release_date")
     return ModelInfo(
         pdb_id=pid,
         method=methods[0] if methods else None,
-        title=(entry.get("struct") or {}).get("title"),
-        release_date=str(date)[:10] if date else None,
+        title=fields.text(obj("struct").get("title")),
+        release_date=fields.iso_date(obj("rcsb_accession_info").get("initial_release_date"),
+                                     what="RCSB initial release date", warnings=warnings),
         resolution=res,
         emdb_ids=emdb,
-        polymer_count=info.get("polymer_entity_count"),
-        authors=[a["name"] for a in entry.get("audit_author") or [] if isinstance(a, dict) and a.get("name")],
+        polymer_count=fields.count(info.get("polymer_entity_count"), what="RCSB polymer entity count",
+                                   warnings=warnings),
+        authors=[a for a in (fields.text(r.get("name"), 200) for r in rows("audit_author")) if a],
+        warnings=[f"{pid}: {w}" for w in warnings],
     )
 
 

@@ -176,9 +176,15 @@ class DouseResult:
 
 # ---- the step --------------------------------------------------------------------------------
 
-def _water_residues(st: gemmi.Structure):
-    """(chain index, residue index) of every water residue of the first model."""
-    return [(ci, ri) for ci, ch in enumerate(st[0]) for ri, res in enumerate(ch) if res.is_water()]
+def without_waters(st: gemmi.Structure) -> gemmi.Structure:
+    """A copy of ``st`` without its water residues (first model; empty chains dropped)."""
+    dry = st.clone()
+    for ch in dry[0]:
+        for ri in range(len(ch) - 1, -1, -1):
+            if ch[ri].is_water():
+                del ch[ri]
+    dry.remove_empty_chains()
+    return dry
 
 
 def _atom_table(st: gemmi.Structure, *, waters: bool):
@@ -303,10 +309,7 @@ def douse(st: gemmi.Structure, dmap: DensityMap, resolution: float, params: Dous
 def _prepare(st: gemmi.Structure, dmap: DensityMap, resolution: float, result: DouseResult) -> _Context | None:
     """Water-free model, its difference map and neighbour trees; None (status set) when the
     map gives nothing to work with."""
-    dry = st.clone()
-    for ci, ri in reversed(_water_residues(dry)):
-        del dry[0][ci][ri]
-    dry.remove_empty_chains()
+    dry = without_waters(st)
     mxyz, mpolar, mlabel = _atom_table(dry, waters=False)
     if len(mxyz) == 0:
         raise InputError(f"{st.name or 'model'}: douse needs a model with non-water atoms")

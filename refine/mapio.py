@@ -249,9 +249,11 @@ def write_map(path: str | os.PathLike, dmap: DensityMap) -> Path:
             with open(tmp, "rb") as src, gzip.open(gz_tmp, "wb", compresslevel=6) as dst:
                 while chunk := src.read(1 << 22):
                     dst.write(chunk)
+            os.chmod(gz_tmp, 0o644)  # outputs are published (a web server reads them)
             os.replace(gz_tmp, path)
             os.unlink(tmp)
         else:
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are published
             os.replace(tmp, path)
     except BaseException:
         for t in (tmp, tmp + ".gz"):

@@ -95,6 +95,7 @@ def write_model(path: str | os.PathLike, st: gemmi.Structure, *, program: str | 
                 loop = block.init_loop("_software.", ["pdbx_ordinal", "name", "version", "classification"])
                 loop.add_row(["1", gemmi.cif.quote(program), gemmi.cif.quote(version or "?"), "refinement"])
             doc.write_file(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are published (a web server reads them)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

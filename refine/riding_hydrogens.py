@@ -43,6 +43,19 @@ def add_hydrogens(st: gemmi.Structure, monlib_dir: str | os.PathLike) -> gemmi.S
         if (c.chain.name, c.residue.seqid.num, c.residue.seqid.icode, c.atom.name, c.atom.altloc) not in originals:
             c.atom.serial = -1
             c.atom.occ = 0.0  # riding: no map term, no scattering in the model map
+    # gemmi decides links from the coordinates: a stretched C-N (a model with errors) becomes a chain
+    # break and the next residue gets N-terminal H2/H3, which the refinement's own peptide links
+    # (realspace.refinement_topology) leave without any restraint; drop them after a consecutive residue
+    from .chain_breaks import consecutive
+
+    for ch in work[0]:
+        for k in range(1, len(ch)):
+            if not consecutive(ch[k - 1], ch[k]) or ch[k - 1].find_atom("C", "*") is None:
+                continue
+            res = ch[k]
+            for m in range(len(res) - 1, -1, -1):
+                if res[m].serial == -1 and res[m].name in ("H2", "H3"):
+                    del res[m]
     return work
 
 

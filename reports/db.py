@@ -325,16 +325,50 @@ def upgrade(url_or_engine: str | Engine, revision: str = "head") -> str | None:
     ``rerefine.reports`` and are located relative to this module.
     """
     from alembic import command
+    from sqlalchemy.exc import DatabaseError
 
     engine = make_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
     try:
         with writer(engine) as conn:
+            if engine.dialect.name == "postgresql":
+                # Concurrent upgrades of one database take turns (the lock ends with the transaction);
+                # the second then finds the schema at head.
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_UPGRADE_LOCK_KEY})")
+            else:
+                check_integrity(conn, engine.url.render_as_string(hide_password=True))
             command.upgrade(_alembic_config(conn), revision)
             conn.commit()
         return current_revision(engine)
+    except DatabaseError as exc:
+        msg = str(getattr(exc, "orig", exc)).splitlines()[0]
+        raise InputError(f"database {engine.url.render_as_string(hide_password=True)}: cannot be upgraded "
+                         f"({msg})") from None
     finally:
         if isinstance(url_or_engine, str):
             engine.dispose()
+
+
+_UPGRADE_LOCK_KEY = 0x7265726566696E65 >> 1  # "rerefine" as a 63-bit pg advisory-lock key
+
+
+def check_integrity(conn, name: str) -> None:
+    """SQLite's ``PRAGMA quick_check`` (every page and index readable and consistent).
+
+    Raises
+    ------
+    InputError
+        The file is not a database or is corrupt: one line naming it and the first problem.
+    """
+    from sqlalchemy.exc import DatabaseError
+
+    try:
+        rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").all()]
+    except DatabaseError as exc:
+        rows = [str(getattr(exc, "orig", exc)).splitlines()[0]]
+    if rows != ["ok"]:
+        first = " ".join(str(rows[0]).replace("*** in database main ***", "").split())[:200]
+        raise InputError(f"database {name} is corrupt ({first}; {len(rows)} problem(s)): restore a "
+                         f"backup or move the file away to start a new one")
 
 
 def current_revision(engine: Engine) -> str | None:

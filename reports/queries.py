@@ -78,17 +78,23 @@ def _resolve_version(conn, spec: str) -> dict:
 
 
 def _latest_run_subquery(version_id: int | None = None, finished_only: bool = False):
-    """Subquery (entry_id, run_id) of the latest run per entry.
+    """Subquery (entry_id, run_id) of the run that states each entry's state.
 
-    Latest = the newest finished run (done/failed/skipped); an entry with no finished run
-    shows its newest queued/running one, unless ``finished_only``. (A GROUP BY over the
-    ``runs.entry_id`` index: much cheaper than a window function on SQLite.)
+    That is the newest *decisive* run: ``done``, ``skipped``, or ``failed`` on known inputs (a
+    failure before the inputs were judged - a fetch that failed, metadata that could not be had -
+    has an empty ``inputs_hash`` and never masks an earlier result). An entry without one shows
+    its newest finished run, and then (unless ``finished_only``) its newest queued/running one.
+    (A GROUP BY over the ``runs.entry_id`` index: much cheaper than a window function on SQLite.)
     """
+    decisive = R.c.status.in_(("done", "skipped")) | ((R.c.status == "failed") & (R.c.inputs_hash != ""))
+    newest_decisive = func.max(case((decisive, R.c.id)))
+    newest_finished = func.max(case((R.c.status.in_(FINISHED), R.c.id)))
     if finished_only:
-        stmt = select(R.c.entry_id, func.max(R.c.id).label("run_id")).where(R.c.status.in_(FINISHED))
+        stmt = select(R.c.entry_id, func.coalesce(newest_decisive, newest_finished).label("run_id")) \
+            .where(R.c.status.in_(FINISHED))
     else:
-        newest_finished = func.max(case((R.c.status.in_(FINISHED), R.c.id)))
-        stmt = select(R.c.entry_id, func.coalesce(newest_finished, func.max(R.c.id)).label("run_id"))
+        stmt = select(R.c.entry_id,
+                      func.coalesce(newest_decisive, newest_finished, func.max(R.c.id)).label("run_id"))
     if version_id is not None:
         stmt = stmt.where(R.c.pipeline_version_id == version_id)
     return stmt.group_by(R.c.entry_id).subquery()
@@ -179,7 +185,7 @@ def entry_detail(engine: Engine, pdb_id: str, *, version: str | None = None,
         metric dicts), ``artefacts`` and ``inputs`` (lists of dicts), ``per_residue``
         (rows as :func:`per_residue`));
         ``history`` (every run of the entry, newest first: ``run_id``, ``version``,
-        ``status``, ``verdict``, ``cc_mask_before``, ``cc_mask_after``, ``finished_at``).
+        ``status``, ``reason``, ``verdict``, ``cc_mask_before``, ``cc_mask_after``, ``finished_at``).
     """
     from rerefine.reports.store import normalise_pdb_id
 
@@ -191,10 +197,10 @@ def entry_detail(engine: Engine, pdb_id: str, *, version: str | None = None,
         entry = dict(entry)
         eid = entry.pop("id")
         history = [dict(r) for r in conn.execute(
-            select(R.c.id.label("run_id"), V.c.version, V.c.params_hash, R.c.status, R.c.verdict,
+            select(R.c.id.label("run_id"), V.c.version, V.c.params_hash, R.c.status, R.c.reason, R.c.verdict,
                    M.c.cc_mask_before, M.c.cc_mask_after, R.c.finished_at)
             .select_from(R.join(V, V.c.id == R.c.pipeline_version_id).outerjoin(M, M.c.run_id == R.c.id))
-            .where(R.c.entry_id == eid).order_by(R.c.id.desc())).mappings()]
+            .where(R.c.entry_id == eid).order_by(R.c.updated_at.desc(), R.c.id.desc())).mappings()]
         if run_id is None:
             vid = _resolve_version(conn, version)["id"] if version else None
             latest = _latest_run_subquery(vid)

@@ -640,6 +640,7 @@ def entry_from_detail(d: dict, version_label: str | None = None) -> dict:
         "metrics": {"before": before, "after": after}, "sharpening": sharp,
         "residues": residue_columns(run.get("per_residue")), "artefacts": run.get("artefacts") or [],
         "history": [{"version": h.get("version"), "status": h.get("status"), "verdict": h.get("verdict"),
+                     "reason": h.get("reason") if h.get("status") != "done" else None,
                      "cc_mask_before": h.get("cc_mask_before"), "cc_mask_after": h.get("cc_mask_after"),
                      "finished_at": _date(h.get("finished_at"))} for h in d.get("history") or []],
     })

@@ -36,6 +36,9 @@ from rerefine.reports import db
 from rerefine.reports.verdict import decide, finite_float
 
 FINISHED = ("done", "failed", "skipped")
+#: Ends the reason of a failure that may not happen again (a full disk, memory, an interrupted run):
+#: such runs are retried on the next night; any other failure of the same inputs and version is final.
+TRANSIENT_NOTE = " (transient: retried next night)"
 _ENTRY_KEYS = ("pdb_id", "emdb_id", "title", "release_date", "resolution", "method",
                "method_details", "deposited")
 # Per-residue values are rounded: CC, Q-score and inclusion to 1e-4 (well below their
@@ -364,7 +367,7 @@ def store_result(engine: Engine, *, entry: Mapping, pipeline_version: str, param
                  artefacts: Sequence[Mapping] = (), input_files: Sequence[Mapping] = (),
                  sharpening: Mapping | None = None, git_commit: str | None = None,
                  host: str | None = None, started_at: dt.datetime | None = None,
-                 finished_at: dt.datetime | None = None) -> int:
+                 finished_at: dt.datetime | None = None, transient: bool = False) -> int:
     """Store one entry's result in one transaction; returns the run id.
 
     Parameters
@@ -381,6 +384,9 @@ def store_result(engine: Engine, *, entry: Mapping, pipeline_version: str, param
     status : {"done", "failed", "skipped", "queued", "running"}
     reason : str, optional
         Why it failed or was skipped (one line).
+    transient : bool
+        A failure that may not recur (full disk, memory): its reason gets :data:`TRANSIENT_NOTE`
+        and the run is retried on the next night (see :func:`previous_outcome`).
     timings : mapping, optional
         Seconds per stage, e.g. ``{"fetch": 3.1, "sharpen": 9.0, "refine": 41.2}``.
     metrics_before, metrics_after : mapping, optional
@@ -418,6 +424,8 @@ def store_result(engine: Engine, *, entry: Mapping, pipeline_version: str, param
     if per_residue_after is None and metrics_after:
         per_residue_after = metrics_after.get("per_residue")
     now = _utcnow()
+    if status == "failed" and transient and not str(reason or "").endswith(TRANSIENT_NOTE):
+        reason = f"{reason or 'failed'}{TRANSIENT_NOTE}"
     judged = decide(metrics_before, metrics_after) if status == "done" else None
     verdict = judged.verdict if judged is not None else None
     run_values = {
@@ -478,7 +486,7 @@ def recover_interrupted(engine: Engine, *, older_than: dt.timedelta | None = Non
         ids = conn.execute(select(t.c.id).where(*cond)).scalars().all()
         if ids:
             conn.execute(update(t).where(t.c.id.in_(ids)).values(
-                status="failed", reason="interrupted: the process ended while the run was in progress",
+                status="failed", reason="interrupted: the process ended while the run was in progress" + TRANSIENT_NOTE,
                 finished_at=now, updated_at=now))
             for rid in ids:
                 _clear_children(conn, rid)
@@ -495,6 +503,28 @@ def is_done(engine: Engine, *, pdb_id: str, pipeline_version: str, params: Mappi
     with engine.connect() as conn:
         status = conn.execute(stmt).scalar()
     return status in ("done", "skipped")
+
+
+def previous_outcome(engine: Engine, *, pdb_id: str, pipeline_version: str, params: Mapping | None = None,
+                     input_files: Sequence[Mapping] = ()) -> tuple[str, str | None] | None:
+    """(status, reason) of this run key's decisive earlier result, or None when it must run.
+
+    Decisive: ``done`` and ``skipped``, and ``failed`` unless the failure was transient (its reason
+    ends with :data:`TRANSIENT_NOTE`): the same inputs and pipeline version would fail again, so the
+    flows do not recompute them every night (``--force`` does).
+    """
+    t, v, e = db.T_RUNS, db.T_VERSIONS, db.T_ENTRIES
+    stmt = (select(t.c.status, t.c.reason).join(e, e.c.id == t.c.entry_id)
+            .join(v, v.c.id == t.c.pipeline_version_id)
+            .where(e.c.pdb_id == normalise_pdb_id(pdb_id), v.c.version == str(pipeline_version),
+                   v.c.params_hash == params_hash(params), t.c.inputs_hash == inputs_hash(input_files)))
+    with engine.connect() as conn:
+        row = conn.execute(stmt).first()
+    if row is None or row.status not in FINISHED:
+        return None
+    if row.status == "failed" and (not inputs_hash(input_files) or str(row.reason or "").endswith(TRANSIENT_NOTE)):
+        return None
+    return row.status, row.reason
 
 
 def recompute_verdicts(engine: Engine) -> int:

@@ -117,26 +117,54 @@ def matched_level(deposited_box: DensityMap, contour: float, sharpened: DensityM
     return float(np.quantile(sharpened.data, 1.0 - frac))
 
 
-def residue_list(before: list | None, after: list | None, n: int = N_RESIDUES) -> list[dict]:
-    """Residues to visit: the ``n`` largest CC changes and the ``n`` poorest fits after
-    re-refinement (lowest real-space CC), each ``chain``, ``seq``, ``label``, ``why``."""
-    bmap = {(r.get("chain"), r.get("seq"), (r.get("icode") or "").strip()): r for r in before or []}
+#: Å: a Cβ deviation at least this large is an outlier (MolProbity; rerefine.refine.validation.cbeta).
+CBETA_OUTLIER = 0.25
+
+
+def validation_outliers(rows: list | None, n: int = N_RESIDUES) -> list[dict]:
+    """Residues of the re-refined model with validation outliers (Ramachandran, rotamer, Cβ
+    deviation) from the pipeline's ``validation_residues`` rows, at most ``n``."""
+    out = []
+    for r in rows or []:
+        why = []
+        if r.get("rama") == "outlier":
+            why.append("Ramachandran outlier")
+        if r.get("rotamer") == "outlier":
+            why.append("rotamer outlier")
+        if r.get("cbeta_dev") is not None and float(r["cbeta_dev"]) >= CBETA_OUTLIER:
+            why.append(f"Cβ deviation {float(r['cbeta_dev']):.2f} Å")
+        if why and r.get("chain") is not None and r.get("seq") is not None:
+            icode = (r.get("icode") or "").strip()
+            out.append({"chain": r["chain"], "seq": int(r["seq"]), "icode": icode,
+                        "label": f"{r['chain']}/{r.get('resname', '')} {r['seq']}{icode}", "why": ", ".join(why)})
+        if len(out) >= n:
+            break
+    return out
+
+
+def residue_list(before: list | None, after: list | None, n: int = N_RESIDUES,
+                 validation: list | None = None) -> list[dict]:
+    """Residues to visit: validation outliers of the re-refined model (``validation``: the
+    pipeline's ``validation_residues``), the ``n`` largest CC changes and the ``n`` poorest fits
+    after re-refinement (lowest real-space CC), each ``chain``, ``seq``, ``label``, ``why``."""
+    bmap = {(r.get("chain"), int(r.get("seq", 0)), (r.get("icode") or "").strip()): r for r in before or []}
     rows = []
     for r in after or []:
-        key = (r.get("chain"), r.get("seq"), (r.get("icode") or "").strip())
+        key = (r.get("chain"), int(r.get("seq", 0)), (r.get("icode") or "").strip())
         cc1 = r.get("cc")
         cc0 = (bmap.get(key) or {}).get("cc")
         if cc1 is None or not np.isfinite(cc1) or r.get("resname") == "HOH":
             continue
         rows.append((key, r.get("resname", ""), float(cc1), float(cc0) if cc0 is not None else np.nan))
-    out, seen = [], set()
+    out = validation_outliers(validation, n)
+    seen = {(r["chain"], r["seq"], r["icode"]) for r in out}
 
     def add(row, why):
         key, resname, _, _ = row
         if key in seen:
             return
         seen.add(key)
-        out.append({"chain": key[0], "seq": int(key[1]), "label": f"{key[0]}/{resname} {key[1]}{key[2]}", "why": why})
+        out.append({"chain": key[0], "seq": int(key[1]), "icode": key[2], "label": f"{key[0]}/{resname} {key[1]}{key[2]}", "why": why})
 
     changes = sorted((r for r in rows if np.isfinite(r[3])), key=lambda r: -abs(r[2] - r[3]))
     for r in changes[:n]:

@@ -28,11 +28,7 @@ TOL = 0.02
 
 
 def _without_waters(st):
-    dry = st.clone()
-    for ci, ri in reversed(douse._water_residues(dry)):
-        del dry[0][ci][ri]
-    dry.remove_empty_chains()
-    return dry
+    return douse.without_waters(st)
 
 
 def _waters(st):

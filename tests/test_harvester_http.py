@@ -218,7 +218,7 @@ def _multi_member_with_corrupt_middle(src: bytes) -> tuple[bytes, int]:
 
 
 def test_corrupt_middle_member_stops_the_transfer_early(served, tmp_path, test_data):
-    """The gzip check runs on a worker thread while the file arrives: a broken member in
+    """The gzip check runs while the file arrives: a broken member in
     the middle ends the download before the rest is transferred, with a one-line error
     naming the entry, and nothing is left in the cache."""
     src = (test_data / "maps_models" / "emd_3488_5me2" / "emd_3488.mrc").read_bytes()
@@ -234,18 +234,16 @@ def test_corrupt_middle_member_stops_the_transfer_early(served, tmp_path, test_d
     msg = str(ei.value)
     assert "\n" not in msg and msg.startswith("5me2: map EMD-3488: corrupt gzip (member 2,")
     # A flipped deflate byte may only show at the member's CRC-32 (end of member 2, 2/3 of
-    # the file); the transfer stops soon after (the pipeline holds at most 16 x 64 KiB), so
-    # most of member 3 is never fetched.
+    # the file); the check runs on every piece as it arrives, so most of member 3 is never fetched.
     end2 = 2 * len(data) // 3
     assert at < max(received) < end2 + (2 << 20) < len(data)
     assert _partial_files(cache) == [] and _objects(cache) == []
     assert not list((cache / "partial").glob("*.json"))
 
 
-def test_gzip_check_matches_zlib_without_isal(monkeypatch, test_data):
-    """The optional ISA-L inflate and plain zlib give the same verdicts (CRC-32 and ISIZE of
-    every member), so installing isal or not changes speed only."""
-    from rerefine.harvester import http
+def test_gzip_check_verdicts(test_data):
+    """Every member's CRC-32 and ISIZE trailer is checked, a cut stream and an empty file are named."""
+    from rerefine.harvester.http import GzipCheck
 
     src = (test_data / "maps_models" / "emd_3488_5me2" / "emd_3488.mrc").read_bytes()
     good = gzip.compress(src, 6, mtime=0) * 2
@@ -256,81 +254,57 @@ def test_gzip_check_matches_zlib_without_isal(monkeypatch, test_data):
     bad_isize[-2] ^= 1  # ISIZE of the last member
     cases = {"good": good, "mid": bad_mid, "crc": bytes(bad_crc), "isize": bytes(bad_isize),
              "cut": good[:-3], "empty": b""}
-
-    def verdicts():
-        out = {}
-        for name, data in cases.items():
-            g = http.GzipCheck()
-            for i in range(0, len(data), 100_000):
-                g.feed(data[i:i + 100_000])
-            out[name] = g.result()
-        return out
-
-    first = verdicts()
-    monkeypatch.setattr(http, "_inflate", __import__("zlib"))
-    monkeypatch.setattr(http, "_INFLATE_ERRORS", (__import__("zlib").error,))
-    second = verdicts()
-    for v in (first, second):
-        assert v["good"] is None
-        assert v["mid"].startswith("corrupt gzip (member 2,")
-        assert v["crc"].startswith("corrupt gzip (member 2,")
-        assert v["isize"].startswith("corrupt gzip (member 2,")
-        assert v["cut"] == "truncated gzip"
-        assert v["empty"] == "empty file, not gzip"
+    v = {}
+    for name, data in cases.items():
+        g = GzipCheck()
+        for i in range(0, len(data), 100_000):
+            g.feed(data[i:i + 100_000])
+        v[name] = g.result()
+    assert v["good"] is None
+    assert v["mid"].startswith("corrupt gzip (member 2,")
+    assert v["crc"].startswith("corrupt gzip (member 2,")
+    assert v["isize"].startswith("corrupt gzip (member 2,")
+    assert v["cut"] == "truncated gzip"
+    assert v["empty"] == "empty file, not gzip"
+    # the inflated size is bounded: two members of 4 MB stop a 5 MB cap
+    g = GzipCheck(max_inflated=5_000_000)
+    g.feed(good)
+    assert g.result().startswith("inflates to more than")
 
 
-@pytest.mark.parametrize("direct_io", [True, False])
-def test_resume_at_unaligned_offset_with_and_without_direct_io(served, tmp_path, direct_io):
-    """O_DIRECT writes need block-aligned offsets: a drop at an odd byte must still resume
-    into a byte-identical file (buffered writes take over where alignment is lost)."""
+def test_resume_at_unaligned_offset(served, tmp_path):
+    """Drops at odd bytes resume into a byte-identical file."""
     name = "/emd_3488.map.gz"
     size = (served / name[1:]).stat().st_size
     cache = tmp_path / "cache"
     with LoopbackArchive(served) as srv:
         srv.add_fault(name, "drop", 123_457)
         srv.add_fault(name, "drop", 700_001)
-        r = _client(direct_io=direct_io, chunk_size=65536).download(srv.url + name, cache, progress=False)
+        r = _client(chunk_size=65536).download(srv.url + name, cache, progress=False)
         assert srv.bytes_sent[name] == size
     assert r.path.read_bytes() == (served / name[1:]).read_bytes()
     assert r.sha256 == hashlib.sha256(r.path.read_bytes()).hexdigest()
 
 
-def test_write_error_on_worker_is_one_line_and_leaves_no_object(served, tmp_path, monkeypatch):
-    """A failing disk write happens on the store worker; it surfaces in the caller as one
-    line naming the entry, and no object enters the cache."""
-    import errno
+def test_write_error_is_one_line_and_leaves_no_object(served, tmp_path):
+    """A real write failure (the file-size limit of this process, EFBIG) ends the download with
+    one line naming the entry, and no object enters the cache."""
+    import resource
+    import signal
 
-    from rerefine.harvester import http
-
-    def full(self, view):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(http._PartFile, "write", full)
     cache = tmp_path / "cache"
+    cache.mkdir()
+    old_sig = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
     with LoopbackArchive(served) as srv:
-        with pytest.raises(ArchiveError) as ei:
-            _client().download(srv.url + "/emd_3488.map.gz", cache, what="5me2: map EMD-3488", progress=False)
+        try:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, old[1]))
+            with pytest.raises(ArchiveError) as ei:
+                _client().download(srv.url + "/emd_3488.map.gz", cache, what="5me2: map EMD-3488", progress=False)
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, old)
+            signal.signal(signal.SIGXFSZ, old_sig)
     msg = str(ei.value)
     assert "\n" not in msg and msg.startswith("5me2: map EMD-3488: cannot write cache")
-    assert "No space left" in msg
-    assert _objects(cache) == []
-
-
-def test_unexpected_worker_failure_is_one_line_and_does_not_hang(served, tmp_path, monkeypatch):
-    """Any exception on a worker thread (here: the hashing one) ends the download with one
-    line naming the entry instead of blocking the reader, and leaves nothing behind."""
-    from rerefine.harvester import http
-
-    def broken(self, view):
-        raise ValueError("hash state lost")
-
-    monkeypatch.setattr(http._Pipeline, "_hash", broken)
-    cache = tmp_path / "cache"
-    with LoopbackArchive(served) as srv:
-        with pytest.raises(ArchiveError) as ei:
-            _client(chunk_size=65536).download(srv.url + "/emd_3488.map.gz", cache, what="5me2: map EMD-3488",
-                                               progress=False)
-    msg = str(ei.value)
-    assert "\n" not in msg
-    assert msg.startswith("5me2: map EMD-3488: checking the download failed (ValueError: hash state lost)")
-    assert _partial_files(cache) == [] and _objects(cache) == []
+    assert "too large" in msg
+    assert _objects(cache) == [] and _partial_files(cache) == []

@@ -82,6 +82,14 @@ def test_residue_list_picks_largest_changes_and_poorest_fits():
     # changes: 30 (-0.5), 7 (+0.1); poorest fits: 30 (listed already), then the first at 0.80
     assert [r["label"] for r in rows] == ["A/ALA 30", "A/ALA 7", "A/ALA 1"]
     assert rows[0]["why"] == "CC 0.80 → 0.30" and rows[2]["why"] == "poorest fit: CC 0.80"
+    # validation outliers of the re-refined model come first, each residue once
+    val = [{"chain": "A", "seq": 7, "icode": "", "resname": "ALA", "rama": "outlier", "rotamer": None,
+            "cbeta_dev": 0.31},
+           {"chain": "A", "seq": 8, "icode": "", "resname": "ALA", "rama": "favored", "rotamer": "allowed",
+            "cbeta_dev": 0.05}]
+    rows = viewer.residue_list(before, after, n=2, validation=val)
+    assert [r["label"] for r in rows] == ["A/ALA 7", "A/ALA 30", "A/ALA 1"]
+    assert rows[0]["why"] == "Ramachandran outlier, Cβ deviation 0.31 Å"
     assert all("HOH" not in r["label"] for r in rows)
 
 

@@ -33,6 +33,22 @@ def _quiet_alembic(args) -> None:
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
+def _check(engine, url: str) -> None:
+    """A corrupt SQLite file (or one that is no database) is reported in one line before anything else."""
+    from sqlalchemy.exc import DatabaseError
+
+    from rerefine.common.errors import InputError
+    from rerefine.reports import db
+
+    if engine.dialect.name != "sqlite":
+        return
+    try:
+        with engine.connect() as conn:
+            db.check_integrity(conn, _redacted(url))
+    except DatabaseError as exc:
+        raise InputError(f"database {_redacted(url)}: {str(getattr(exc, 'orig', exc)).splitlines()[0]}") from None
+
+
 def run_upgrade(args, settings) -> int:
     _quiet_alembic(args)
     from rerefine.reports import db
@@ -40,6 +56,7 @@ def run_upgrade(args, settings) -> int:
     url = _url(args, settings)
     engine = db.make_engine(url)
     try:
+        _check(engine, url)
         before = db.current_revision(engine)
         after = db.upgrade(engine)
         db.analyze(engine)  # fresh planner statistics; cheap, and upgrade is run after big changes
@@ -61,6 +78,7 @@ def run_stats(args, settings) -> int:
     url = _url(args, settings)
     engine = db.make_engine(url)
     try:
+        _check(engine, url)
         rev = db.current_revision(engine)
         if rev is None:
             raise InputError(f"{_redacted(url)}: no rerefine schema (run `rerefine db upgrade` first)")

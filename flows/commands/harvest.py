@@ -40,7 +40,8 @@ def run(args, settings) -> int:
     since = args.since
     if use_search and not since:
         since = (dt.date.today() - dt.timedelta(days=7)).isoformat()
-    client = HttpClient(user_agent=settings.user_agent, timeout=settings.http_timeout)
+    client = HttpClient(user_agent=settings.user_agent, timeout=settings.http_timeout,
+                        total_timeout=settings.http_total_timeout)
     cache = settings.downloads / "harvest"
     cands = discover(
         since, args.until,
@@ -62,7 +63,8 @@ def run(args, settings) -> int:
             else:
                 try:
                     f = fetch_entry(c, cache, mirror=mirror, files_url=settings.rcsb_files_url,
-                                    emdb_files_url=settings.emdb_files_url, session=client)
+                                    emdb_files_url=settings.emdb_files_url, session=client,
+                                    max_map_mb=settings.max_map_mb)
                     row.update(status=f.status, model_path=str(f.model_path), map_path=str(f.map_path),
                                half_map_paths=[str(p) for p in f.half_map_paths],
                                reason="; ".join(f.metadata.get("warnings") or []))

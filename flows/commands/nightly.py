@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 
@@ -17,6 +18,9 @@ def register(sub) -> None:
     p.add_argument("--dask-address", metavar="ADDR", help="run entries on this Dask scheduler (e.g. tcp://host:8786)")
     p.add_argument("--force", action="store_true", help="redo entries already done by this pipeline version")
     p.add_argument("--no-site", action="store_true", help="do not rebuild the website")
+    p.add_argument("--wait", action="store_true",
+                   help="when another nightly run holds the data directory, wait for it to end "
+                        "(default: say who holds it and exit 0)")
     add_pipeline_options(p)
     p.add_argument("--json", metavar="OUT|-", help="write the run summary as JSON")
     p.set_defaults(func=run)
@@ -62,8 +66,6 @@ def print_summary(summary: dict) -> None:
 
 
 def run(args, settings) -> int:
-    from rerefine.flows.cli import emit_json
-    from rerefine.flows.prefect_home import configure_prefect
     from rerefine.common.errors import InputError
 
     workers = args.workers if args.workers is not None else settings.concurrency
@@ -71,6 +73,20 @@ def run(args, settings) -> int:
         raise InputError("--workers must be at least 1")
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1")
+    from rerefine.flows.runlock import AlreadyRunning, nightly_lock
+
+    try:
+        with nightly_lock(settings.data_dir, wait=args.wait):
+            return _run_locked(args, settings, workers)
+    except AlreadyRunning as exc:
+        print(f"{exc}; not starting a second one", file=sys.stderr)
+        return 0
+
+
+def _run_locked(args, settings, workers: int) -> int:
+    from rerefine.flows.cli import emit_json
+    from rerefine.flows.prefect_home import configure_prefect
+
     configure_prefect(settings.data_dir, quiet=args.json == "-")
     t = time.perf_counter()
     params = pipeline_params(args, settings)  # an invalid option stops the server again at exit

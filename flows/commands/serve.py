@@ -62,5 +62,8 @@ def run(args, settings) -> int:
         nxt = next_run(cron, now)
         print(f"next nightly run at {nxt:%Y-%m-%d %H:%M} UTC (cron '{cron}'); Ctrl-C stops", flush=True)
         time.sleep(max(0.0, (nxt - now).total_seconds()))
-        summary = run_nightly(settings=settings, mirror=mirror, workers=workers, dask_address=args.dask_address)
+        from rerefine.flows.runlock import nightly_lock
+
+        with nightly_lock(settings.data_dir, wait=True):  # a manual nightly still running: wait for it
+            summary = run_nightly(settings=settings, mirror=mirror, workers=workers, dask_address=args.dask_address)
         print_summary(summary)
