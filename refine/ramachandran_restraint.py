@@ -37,9 +37,8 @@ Data
 ----
 The Top8000 Ramachandran data of MolProbity (Richardson lab; Williams et al. 2018, "MolProbity:
 More and better reference data for improved all-atom structure validation", Protein Sci
-27:293-315), CC-BY 4.0 (licence in ``refine/data/LICENSE.top8000``), packed by
-``scripts/make_rama_landscapes.py`` into ``refine/data/top8000_rama.npz`` so the term works
-without the test data.
+27:293-315), CC-BY 4.0, read from the Top8000 folder the validation reads (``RR_TOP8000``:
+``ramachandran/*.rama.combined.data`` and ``rama8000-*.data``), once per process.
 
 Residues left out (no term): residues missing any of the five backbone atoms, residues whose
 backbone atoms carry alternative conformers, chain ends and residues next to a chain break
@@ -52,12 +51,15 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 
 import numpy as np
 from numba import njit
 
+from rerefine.common.errors import InputError
+
 from .geometry import dihedral_gradient
+from .validation.tables import default_top8000_dir, read_table
 
 #: MolProbity's Ramachandran categories, the order of the ``density`` grids.
 CATEGORIES = ("general", "gly", "transpro", "cispro", "prepro", "ileval")
@@ -74,22 +76,56 @@ D_AMINO = {"DAL", "DAR", "DSG", "DAS", "DCY", "DGN", "DGL", "DHI", "DIL", "DLE",
            "DSN", "DTH", "DTR", "DTY", "DVA"}
 
 
-@lru_cache(maxsize=1)
-def landscapes() -> tuple[np.ndarray, np.ndarray]:
-    """The packaged Top8000 grids: ``combined`` ``(4, 180, 180)`` (ala, gly, pro, prepro) and
+#: The combined landscapes (ala, gly, pro, prepro) and the validation densities (:data:`CATEGORIES`
+#: order), file stems under the Top8000 folder's ``ramachandran/``.
+COMBINED_FILES = ("ala", "gly", "pro", "prepro")
+DENSITY_FILES = ("rama8000-general-noGPIVpreP", "rama8000-gly-sym", "rama8000-transpro", "rama8000-cispro",
+                 "rama8000-prepro-noGP", "rama8000-ileval-nopreP")
+
+
+def _read_combined(path: Path) -> np.ndarray:
+    """(180, 180) grid ``[phi, psi]`` of one ``*.rama.combined.data`` file (lines ``value phi psi``,
+    phi and psi from -179 to 179 deg in 2-deg steps)."""
+    if not path.is_file():
+        raise InputError(f"{path}: Top8000 landscape not found (set RR_TOP8000 to the Top8000 folder)")
+    a = np.loadtxt(path, ndmin=2)
+    if a.shape != (180 * 180, 3):
+        raise InputError(f"{path}: expected 32400 lines of 'value phi psi', got {a.shape[0]}")
+    grid = np.full((180, 180), np.nan)
+    grid[np.rint((a[:, 1] + 179.0) / 2.0).astype(int), np.rint((a[:, 2] + 179.0) / 2.0).astype(int)] = a[:, 0]
+    if np.isnan(grid).any():
+        raise InputError(f"{path}: grid points missing")
+    return grid
+
+
+def landscapes(top8000_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The Top8000 grids: ``combined`` ``(4, 180, 180)`` (ala, gly, pro, prepro) and
     ``density`` ``(6, 180, 180)`` (:data:`CATEGORIES`), float64, indexed ``[k, phi, psi]``;
-    grid point ``[k, i, j]`` is at ``phi = -179 + 2 i``, ``psi = -179 + 2 j`` degrees."""
-    ref = resources.files("rerefine.refine").joinpath("data", "top8000_rama.npz")
-    with ref.open("rb") as fh:
-        with np.load(fh) as z:
-            return (np.ascontiguousarray(z["combined"], dtype=np.float64),
-                    np.ascontiguousarray(z["density"], dtype=np.float64))
+    grid point ``[k, i, j]`` is at ``phi = -179 + 2 i``, ``psi = -179 + 2 j`` degrees.
+
+    Read from ``top8000_dir`` (default :func:`rerefine.refine.validation.tables.default_top8000_dir`,
+    i.e. ``RR_TOP8000``), the same folder the validation reads, once per process."""
+    return _landscapes(str(top8000_dir or default_top8000_dir()))
+
+
+@lru_cache(maxsize=2)
+def _landscapes(top8000_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    root = Path(top8000_dir) / "ramachandran"
+    comb = np.stack([_read_combined(root / f"{f}.rama.combined.data") for f in COMBINED_FILES])
+    dens = np.stack([read_table(root / f"{f}.data").values.reshape(180, 180) for f in DENSITY_FILES])
+    comb.setflags(write=False)
+    dens.setflags(write=False)
+    return comb, dens
+
+
+def potential_table(density_scale: float = DENSITY_SCALE, top8000_dir: str | Path | None = None) -> np.ndarray:
+    """``U`` on the grid, ``(6, 180, 180)`` in :data:`CATEGORIES` order (see the module docstring)."""
+    return _potential_table(str(top8000_dir or default_top8000_dir()), float(density_scale))
 
 
 @lru_cache(maxsize=4)
-def potential_table(density_scale: float = DENSITY_SCALE) -> np.ndarray:
-    """``U`` on the grid, ``(6, 180, 180)`` in :data:`CATEGORIES` order (see the module docstring)."""
-    comb, dens = landscapes()
+def _potential_table(top8000_dir: str, density_scale: float) -> np.ndarray:
+    comb, dens = _landscapes(top8000_dir)
     u = comb[list(COMBINED_OF)] + density_scale * np.log(np.maximum(dens, DENSITY_FLOOR))
     u.setflags(write=False)
     return u

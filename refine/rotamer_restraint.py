@@ -31,11 +31,12 @@ The rotamer a side chain starts in is the one whose centre is nearest in esd uni
 
 from __future__ import annotations
 
-import csv
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 
 import numpy as np
+
+from .validation.tables import default_top8000_dir, rotamer_central_values
 
 #: Atoms of chi1..chi4 per residue (standard IUPAC definitions, as MolProbity's rotalyze).
 CHI_ATOMS = {
@@ -73,20 +74,19 @@ WATCH_FACTOR = 4.0
 WATCH_MAX = 16.0
 
 
-@lru_cache(maxsize=1)
-def central_values() -> dict:
+def central_values(top8000_dir: str | Path | None = None) -> dict:
     """``resname -> list of (rotamer name, frequency %, means (nchi,), esds (nchi,))`` from the
-    packaged Top8000 ``rotamer_central_values`` tables."""
-    out: dict = {}
-    root = resources.files("rerefine.refine").joinpath("data", "top8000_rotamer_central_values")
-    for res, chis in CHI_ATOMS.items():
-        with root.joinpath(f"{res}.csv").open("r") as fh:
-            rows = list(csv.DictReader(fh))
-        n = len(chis)
-        out[res] = [(row["rotamer"], float(row["frequency%"]),
-                     np.array([float(row[f"chi{k + 1}_mean"]) for k in range(n)]),
-                     np.array([float(row[f"chi{k + 1}_esd"]) for k in range(n)])) for row in rows]
-    return out
+    Top8000 ``rotamer_central_values`` tables of ``top8000_dir`` (default
+    :func:`rerefine.refine.validation.tables.default_top8000_dir`, i.e. ``RR_TOP8000``, the
+    folder the validation reads), read once per process."""
+    return _central_values(str(top8000_dir or default_top8000_dir()))
+
+
+@lru_cache(maxsize=2)
+def _central_values(top8000_dir: str) -> dict:
+    return {res: [(name, freq, means[: len(chis)], esds[: len(chis)])
+                  for name, freq, means, esds in rotamer_central_values(top8000_dir, res)]
+            for res, chis in CHI_ATOMS.items()}
 
 
 def _wrap(d: np.ndarray, period: np.ndarray) -> np.ndarray:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +13,6 @@ from rerefine.refine.ramachandran_restraint import (CATEGORIES, DENSITY_SCALE, l
 from rerefine.refine.realspace import refinement_topology
 from rerefine.refine.restraints import atom_xyz
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from make_rama_landscapes import DENSITY_FILES, FILES, read_combined, read_density  # noqa: E402
 
 #: molprobity_reference.json's Ramachandran types, in CATEGORIES order
 REF_TYPES = ("general", "glycine", "trans-proline", "cis-proline", "pre-proline", "isoleucine or valine")
@@ -25,16 +21,23 @@ M_3AJO = "maps_models/emd_20026_box_3ajo_refined/3ajo_fitted_refined.pdb"
 M_7CEC = "maps_models/emd_30342_zone_7cec_chainA/390_7cec_A.cif"
 
 
-def test_packaged_landscapes_are_the_top8000_files(test_data):
-    """The packaged grids are the source data (value for value, float32)."""
-    src = test_data / "validation" / "top8000" / "ramachandran"
-    comb, dens = landscapes()
+def test_landscapes_are_read_from_the_top8000_files(test_data):
+    """The grids are the Top8000 folder's (RR_TOP8000, the validation's): values of the files' own lines."""
+    comb, dens = landscapes(test_data / "validation" / "top8000")
     assert comb.shape == (4, 180, 180) and dens.shape == (6, 180, 180)
-    assert FILES == ("ala", "gly", "pro", "prepro") and len(DENSITY_FILES) == len(CATEGORIES)
-    for c, f in enumerate(FILES):
-        np.testing.assert_allclose(comb[c], read_combined(src / f"{f}.rama.combined.data"), atol=5e-6)
-    for c, f in enumerate(DENSITY_FILES):
-        np.testing.assert_allclose(dens[c], read_density(src / f"{f}.data"), rtol=1e-6)
+    # ala.rama.combined.data: "-0.311 -179 -179", "17.100 -63 -41" (phi -63 -> i 58, psi -41 -> j 69)
+    assert comb[0, 0, 0] == pytest.approx(-0.311) and comb[0, 58, 69] == pytest.approx(17.100)
+    # rama8000-general-noGPIVpreP.data: "-179.0 -179.0 0.005560270487425575", "-179.0 -177.0 0.0045712..."
+    assert dens[0, 0, 0] == pytest.approx(0.005560270487425575, rel=1e-12)
+    assert dens[0, 0, 1] == pytest.approx(0.0045712337244581255, rel=1e-12)
+    assert np.isfinite(comb).all() and (dens >= 0).all()
+
+
+def test_missing_top8000_folder_is_a_one_line_error(tmp_path):
+    from rerefine.common.errors import InputError
+
+    with pytest.raises(InputError, match="RR_TOP8000"):
+        landscapes(tmp_path)
 
 
 def test_interpolation_hits_grid_points_and_wraps(test_data):

@@ -17,14 +17,11 @@ chis (largest per-chi angular difference), ``OUTLIER`` for outliers.
 
 from __future__ import annotations
 
-import csv
-import functools
-from pathlib import Path
 
 import numpy as np
 
 from .residues import ProteinResidue, torsion
-from .tables import load_table
+from .tables import load_table, rotamer_central_values
 
 FAVORED = 0.02
 OUTLIER = 0.003
@@ -75,28 +72,10 @@ def classify(score: float) -> str:
     return "outlier"
 
 
-@functools.lru_cache(maxsize=32)
-def _central_values(top8000_dir: str, resname: str) -> tuple:
-    path = Path(top8000_dir) / "rotamer_central_values" / f"{resname}.csv"
-    if not path.is_file():
-        return ()
-    out = []
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            means = []
-            for k in range(1, 5):
-                v = row.get(f"chi{k}_mean")
-                if v in (None, ""):
-                    break
-                means.append(float(v))
-            out.append((row["rotamer"], tuple(means)))
-    return tuple(out)
-
-
 def rotamer_name(top8000_dir: str, resname: str, chi: list[float]) -> str | None:
     """Nearest named Top8000 rotamer (smallest largest-per-chi angular difference)."""
     best, best_d = None, 1e9
-    for name, means in _central_values(str(top8000_dir), resname):
+    for name, _, means, _ in rotamer_central_values(str(top8000_dir), resname):
         k = min(len(means), len(chi))
         if k == 0:
             continue

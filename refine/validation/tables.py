@@ -16,6 +16,7 @@ fallback ``RR_TOP8000``, else ``$RR_TEST_DATA/validation/top8000``, else
 
 from __future__ import annotations
 
+import csv
 import functools
 import math
 import os
@@ -179,3 +180,25 @@ def lookup_kernel(points, lo, hi, nbins, wrap, values):
                 acc += w * values[flat]
         out[p] = acc
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def rotamer_central_values(top8000_dir: str, resname: str) -> tuple:
+    """Named Top8000 rotamers of ``resname`` from ``rotamer_central_values/{RES}.csv``: a tuple of
+    ``(name, frequency %, chi means (nchi,), chi esds (nchi,))`` in degrees; empty when the residue
+    has no table."""
+    path = Path(top8000_dir) / "rotamer_central_values" / f"{resname}.csv"
+    if not path.is_file():
+        return ()
+    out = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            means, esds = [], []
+            for k in range(1, 5):
+                v = row.get(f"chi{k}_mean")
+                if v in (None, ""):
+                    break
+                means.append(float(v))
+                esds.append(float(row[f"chi{k}_esd"]))
+            out.append((row["rotamer"], float(row["frequency%"]), np.array(means), np.array(esds)))
+    return tuple(out)
