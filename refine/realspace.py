@@ -629,7 +629,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
             return _diverged(st, result, f"cycle {ncycle}: target became non-finite (weight {w:.3g})", t0)
         trial = xyz.copy()
         trial[free] = sol.x.reshape(-1, 3)
-        stats = geometry_stats(r_full, trial)
+        stats = _model_geometry(r_full, r_geo, h_added, trial)  # heavy atoms decide the weight
         mterm = float(np.dot(w_atom, target.values(trial)) / w_atom.sum())
         loose = stats["bond_rmsd"] > 1.5 * target_bond or stats["angle_rmsd"] > 1.5 * target_angle
         # a loose cycle is undone only when it left the geometry worse than it found it: a shaken
@@ -706,7 +706,8 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                                          w_atom, guard, stage, fit_cycles, fit_iter, fit_reference_sigma,
                                          target_bond, fit_target_angle or target_angle, pairs,
                                          adp_max_iter, auto_weight=auto, p_ref=p_ref, b_input=b_input,
-                                         adp_prior_sigma=adp_prior_sigma, adp_fixed=adp_fixed)
+                                         adp_prior_sigma=adp_prior_sigma, adp_fixed=adp_fixed,
+                                         geo=lambda x: _model_geometry(r_full, r_geo, h_added, x))
                     except (InputError, ValueError) as exc:  # e.g. voxels too coarse for the model map
                         result.warnings.append(f"density-fit stage skipped: {exc}")
                     set_xyz(work, xyz)
@@ -785,7 +786,7 @@ def _restrained(x, p, data_e, data_g, r, free, guard, ref_k, p_ref):
 
 def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, target, w_atom, guard, stage,
                cycles, max_iter, reference_sigma, target_bond, target_angle, pairs, adp_max_iter,
-               auto_weight=True, p_ref=None, b_input=None, adp_prior_sigma=None, adp_fixed=None):
+               auto_weight=True, p_ref=None, b_input=None, adp_prior_sigma=None, adp_fixed=None, geo=None):
     """Alternate coordinate refinement against the model-map fit (:mod:`.modelfit`) and B.
 
     The first weight carries over the geometry-calibrated map-value weight: it makes the
@@ -824,7 +825,7 @@ def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, targ
     p_ref = xyz[free].ravel().copy() if p_ref is None else p_ref
     ref_k = 1.0 / reference_sigma ** 2 if reference_sigma else 0.0
     stage["guard"] = True
-    stats0 = geometry_stats(r_full, xyz)
+    stats0 = geo(xyz) if geo is not None else geometry_stats(r_full, xyz)
     cur_excess = max(stats0["bond_rmsd"] / target_bond, stats0["angle_rmsd"] / target_angle)
 
     def fg(p, wd):
@@ -842,7 +843,7 @@ def _fit_stage(result, work, dmap, resolution, r, r_full, xyz, free, w_map, targ
             break
         trial = xyz.copy()
         trial[free] = sol.x.reshape(-1, 3)
-        stats = geometry_stats(r_full, trial)
+        stats = geo(trial) if geo is not None else geometry_stats(r_full, trial)
         excess = max(stats["bond_rmsd"] / target_bond, stats["angle_rmsd"] / target_angle)
         loose = excess > 1.5 and excess > cur_excess
         _, _, cc = density_fit(trial)
