@@ -4,11 +4,10 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from rerefine.flows.commands.metrics import model_map_arguments
+
     p = sub.add_parser("diffmap", help="map minus shell-scaled model map (MRC) with its strongest peaks")
-    p.add_argument("model", help="model file (mmCIF or PDB, optionally .gz)")
-    p.add_argument("map", help="map file (MRC/CCP4, optionally .gz)")
-    p.add_argument("--resolution", type=float, metavar="R",
-                   help="map resolution, Å (default: the resolution stated in the model file)")
+    model_map_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar="OUT.mrc", help="difference map to write")
     p.add_argument("--peaks", type=int, default=20, metavar="N", help="peaks of each sign to list (default 20)")
     p.add_argument("--min-sd", type=float, default=3.0, metavar="K", help="smallest peak height, SD (default 3)")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
+    from rerefine.flows.commands.metrics import model_map_arguments
+
     p = sub.add_parser("douse", help="place ordered waters at isolated spherical map peaks near polar atoms")
-    p.add_argument("model", help="model file (mmCIF or PDB, optionally .gz)")
-    p.add_argument("map", help="map file (MRC/CCP4, optionally .gz), ideally the sharpened one")
-    p.add_argument("--resolution", type=float, metavar="R",
-                   help="map resolution, Å (default: the resolution stated in the model file)")
+    model_map_arguments(p, "map file (MRC/CCP4, optionally .gz), ideally the sharpened one")
     p.add_argument("-o", "--output", required=True, metavar="OUT.cif",
                    help="model with kept and added waters (mmCIF; PDB when the name ends in .pdb)")
     p.add_argument("--max-resolution", type=float, metavar="R",

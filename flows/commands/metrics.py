@@ -7,16 +7,21 @@ import sys
 
 def register(sub) -> None:
     p = sub.add_parser("metrics", help="model-to-map fit: CCmask/box/peaks/volume, Q-score, atom inclusion")
-    p.add_argument("model", help="model file (mmCIF or PDB, optionally .gz)")
-    p.add_argument("map", help="map file (MRC/CCP4, optionally .gz)")
-    p.add_argument("--resolution", type=float, metavar="R",
-                   help="map resolution, Å (default: the resolution stated in the model file)")
+    model_map_arguments(p)
     p.add_argument("--contour", type=float, metavar="C",
                    help="contour level for atom inclusion (default: level enclosing 17 Å³ per non-H atom)")
     p.add_argument("--q-sigma", type=float, default=0.6, metavar="S",
                    help="Q-score reference Gaussian width, Å (0.6 MapQ default; 0.4 EMDB convention)")
     p.add_argument("--json", metavar="OUT|-", help="write all figures (per chain and residue too) as JSON")
     p.set_defaults(func=run)
+
+
+def model_map_arguments(p, map_help: str = "map file (MRC/CCP4, optionally .gz)") -> None:
+    """The positional MODEL and MAP and ``--resolution`` that the model-against-map commands share."""
+    p.add_argument("model", help="model file (mmCIF or PDB, optionally .gz)")
+    p.add_argument("map", help=map_help)
+    p.add_argument("--resolution", type=float, metavar="R",
+                   help="map resolution, Å (default: the resolution stated in the model file)")
 
 
 def resolve_resolution(given, st, model_path) -> float:
