@@ -7,7 +7,9 @@ Used by every stage that writes outputs (maps, models, site pages, caches, JSON 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 
@@ -27,3 +29,23 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, *, mode: int = 0o64
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def link_atomic(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Make ``dest`` name the content of ``src``: a hard link where the file system allows, else a
+    copy with ``src``'s mode and times, put in place by ``os.replace`` through a temporary name
+    unique to this process and thread, so readers never see a partial file; returns ``dest``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".tmp-{os.getpid()}-{threading.get_ident()}-{dest.name}"
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest

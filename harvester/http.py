@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 import zlib
@@ -44,7 +43,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from urllib3.util.retry import Retry
 
-from rerefine.common.atomicfile import write_atomic
+from rerefine.common.atomicfile import link_atomic, write_atomic
 from rerefine.common.errors import ArchiveError
 
 log = logging.getLogger(__name__)
@@ -435,11 +434,4 @@ def link_into(obj: Path, dest: Path) -> Path:
             return dest
     except OSError:
         pass
-    tmp = dest.parent / f".tmp-{os.getpid()}-{threading.get_ident()}-{dest.name}"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(obj, tmp)
-    except OSError:
-        shutil.copyfile(obj, tmp)
-    os.replace(tmp, dest)
-    return dest
+    return link_atomic(obj, dest)

@@ -36,7 +36,7 @@ import gemmi
 import mrcfile
 import numpy as np
 
-from rerefine.common.atomicfile import write_atomic
+from rerefine.common.atomicfile import link_atomic, write_atomic
 from rerefine.refine import mapio
 from rerefine.refine.mapio import DensityMap
 
@@ -252,8 +252,6 @@ def copy_viewer_assets(static_src: Path, static_out: Path) -> bool:
     """Put the vendored Mol* files into the site's ``static/molstar/`` (hard link, else copy;
     only when missing or changed). False when the viewer is not vendored (the 3D view then says
     so when opened)."""
-    import shutil
-
     src = Path(static_src) / "molstar"
     if not (src / "molstar.js").is_file():
         return False
@@ -265,12 +263,5 @@ def copy_viewer_assets(static_src: Path, static_out: Path) -> bool:
             continue
         if d.is_file() and d.stat().st_size == s.stat().st_size and d.stat().st_mtime >= s.stat().st_mtime:
             continue
-        tmp = d.with_name(".tmp-" + name)
-        if tmp.exists():
-            tmp.unlink()
-        try:
-            os.link(s, tmp)
-        except OSError:
-            shutil.copy2(s, tmp)
-        os.replace(tmp, d)
+        link_atomic(s, d)
     return True

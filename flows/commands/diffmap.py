@@ -17,13 +17,10 @@ def register(sub) -> None:
 
 def run(args, settings) -> int:
     from rerefine.flows.cli import emit_json
-    from rerefine.flows.commands.metrics import resolve_resolution
-    from rerefine.refine import diffmap, mapio, metrics, modelio
+    from rerefine.flows.commands.metrics import read_model_and_map
+    from rerefine.refine import diffmap, mapio
 
-    st = modelio.read_model(args.model)
-    resolution = resolve_resolution(args.resolution, st, args.model)
-    dmap = mapio.read_map(args.map)
-    metrics.check_inputs(st, dmap, resolution)
+    st, dmap, resolution = read_model_and_map(args)
     diff, info = diffmap.difference_map(st, dmap, resolution)
     mapio.write_map(args.output, diff)
     peaks = diffmap.difference_peaks(diff, st, n_peaks=args.peaks, min_sd=args.min_sd)

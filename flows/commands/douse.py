@@ -19,13 +19,10 @@ def register(sub) -> None:
 def run(args, settings) -> int:
     from rerefine.common.version import __version__
     from rerefine.flows.cli import emit_json
-    from rerefine.flows.commands.metrics import resolve_resolution
-    from rerefine.refine import douse, mapio, metrics, modelio
+    from rerefine.flows.commands.metrics import read_model_and_map
+    from rerefine.refine import douse, modelio
 
-    st = modelio.read_model(args.model)
-    resolution = resolve_resolution(args.resolution, st, args.model)
-    dmap = mapio.read_map(args.map)
-    metrics.check_inputs(st, dmap, resolution)
+    st, dmap, resolution = read_model_and_map(args)
     cutoff = args.max_resolution if args.max_resolution is not None else settings.douse_max_resolution
     res = douse.douse(st, dmap, resolution, max_resolution=cutoff)
     modelio.write_model(args.output, res.structure, program="rerefine douse", version=__version__)

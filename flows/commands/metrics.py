@@ -24,6 +24,18 @@ def model_map_arguments(p, map_help: str = "map file (MRC/CCP4, optionally .gz)"
                    help="map resolution, Å (default: the resolution stated in the model file)")
 
 
+def read_model_and_map(args):
+    """``(structure, map, resolution Å)`` of a command registered with :func:`model_map_arguments`,
+    checked to belong together (:func:`rerefine.refine.metrics.check_inputs`): one-line errors."""
+    from rerefine.refine import mapio, metrics, modelio
+
+    st = modelio.read_model(args.model)
+    resolution = resolve_resolution(args.resolution, st, args.model)
+    dmap = mapio.read_map(args.map)
+    metrics.check_inputs(st, dmap, resolution)
+    return st, dmap, resolution
+
+
 def resolve_resolution(given, st, model_path) -> float:
     """The resolution to use: ``given``, else the model's stated one, else a one-line error."""
     from rerefine.refine import modelio
