@@ -29,14 +29,13 @@ from rerefine.common.errors import ArchiveError, InputError
 from rerefine.harvester import emdb
 from rerefine.harvester.http import HttpClient, NotFound
 from rerefine.harvester.loopback import LoopbackArchive
+from fastclient import cache_objects, fast_client  # noqa: E402  (tests/ is on sys.path under pytest)
 
 MiB = 1 << 20
 
 
 def _client(**kw) -> HttpClient:
-    base = dict(backoff=0.01, max_backoff=0.05, min_interval=0.0, timeout=2.0, retries=2)
-    base.update(kw)
-    return HttpClient(**base)
+    return fast_client(**{"retries": 2, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +51,6 @@ def served(tmp_path_factory, test_data):
     return root
 
 
-def _objects(cache: Path) -> list[Path]:
-    return [p for p in (cache / "objects").rglob("*") if p.is_file()] if (cache / "objects").exists() else []
 
 
 def _peak_rss_mb() -> float:
@@ -84,7 +81,7 @@ def test_endless_gzip_map_stops_at_the_cap_of_actual_bytes(tmp_path):
             _client().download(srv.url + "/emd_1.map.gz", cache, what="1abc: map EMD-1",
                                max_bytes=16 * MiB, max_inflated=16 * MiB)
     assert str(ei.value).startswith("1abc: map EMD-1:") and not ei.value.transient
-    assert _objects(cache) == [] and not list((cache / "partial").glob("*.part"))
+    assert cache_objects(cache) == [] and not list((cache / "partial").glob("*.part"))
 
 
 def test_gzip_bomb_stops_at_the_inflate_cap_with_flat_memory(served, tmp_path):
@@ -96,7 +93,7 @@ def test_gzip_bomb_stops_at_the_inflate_cap_with_flat_memory(served, tmp_path):
         with pytest.raises(ArchiveError, match="inflates to more than 64 MiB"):
             _client().download(srv.url + "/bomb.map.gz", cache, max_bytes=2048 * MiB, max_inflated=64 * MiB)
         assert srv.bytes_sent["/bomb.map.gz"] < 4 * MiB  # stopped after the first members
-    assert _objects(cache) == []
+    assert cache_objects(cache) == []
     assert _peak_rss_mb() - before < 100
 
 

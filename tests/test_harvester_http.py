@@ -14,16 +14,12 @@ import shutil
 
 import pytest
 
-from rerefine.harvester.http import HttpClient, verify_gzip_file
+from rerefine.harvester.http import verify_gzip_file
 from rerefine.harvester.loopback import LoopbackArchive
 from rerefine.common.errors import ArchiveError
+from fastclient import cache_objects, fast_client  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
-def _client(**kw) -> HttpClient:
-    # Fast back-off so tests stay quick; the schedule itself is the same code.
-    base = dict(backoff=0.01, max_backoff=0.05, min_interval=0.0, timeout=2.0, retries=3)
-    base.update(kw)
-    return HttpClient(**base)
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +40,12 @@ def _partial_files(cache):
     return [p for p in (cache / "partial").glob("*.part")] if (cache / "partial").exists() else []
 
 
-def _objects(cache):
-    return [p for p in (cache / "objects").rglob("*") if p.is_file()] if (cache / "objects").exists() else []
 
 
 def test_plain_download_verified_and_never_twice(served, tmp_path):
     cache = tmp_path / "cache"
     with LoopbackArchive(served) as srv:
-        c = _client()
+        c = fast_client()
         r = c.download(srv.url + "/emd_3001.map.gz", cache, progress=False)
         assert not r.from_cache
         raw = (served / "emd_3001.map.gz").read_bytes()
@@ -73,7 +67,7 @@ def test_drop_mid_file_resumes_with_range(served, tmp_path):
     size = (served / name[1:]).stat().st_size
     with LoopbackArchive(served) as srv:
         srv.add_fault(name, "drop", 0.5)
-        r = _client().download(srv.url + name, cache, progress=False)
+        r = fast_client().download(srv.url + name, cache, progress=False)
         ranges = [rng for (_, p, rng) in srv.requests if p == name]
         assert ranges == [None, f"bytes={size // 2}-"]
         # The server sent the first half once and only the missing half afterwards.
@@ -92,12 +86,12 @@ def test_interrupted_call_resumes_in_a_later_call(served, tmp_path):
         srv.add_fault(name, "drop", 1_000_000)
         srv.add_fault(name, "drop", 1_000_000)
         with pytest.raises(ArchiveError, match="connection"):
-            _client(retries=1).download(srv.url + name, cache, progress=False)
+            fast_client(retries=1).download(srv.url + name, cache, progress=False)
         parts = _partial_files(cache)
         assert len(parts) == 1 and parts[0].stat().st_size == 2_000_000
-        assert _objects(cache) == []  # nothing unverified in the cache proper
+        assert cache_objects(cache) == []  # nothing unverified in the cache proper
         before = srv.bytes_sent[name]
-        r = _client().download(srv.url + name, cache, progress=False)
+        r = fast_client().download(srv.url + name, cache, progress=False)
         assert srv.bytes_sent[name] - before == size - 2_000_000
     assert r.path.read_bytes() == (served / name[1:]).read_bytes()
 
@@ -106,7 +100,7 @@ def test_503_then_success(served, tmp_path):
     with LoopbackArchive(served) as srv:
         srv.add_fault("/emd_3001.map.gz", "status", 503)
         srv.add_fault("/emd_3001.map.gz", "status", 502)
-        r = _client().download(srv.url + "/emd_3001.map.gz", tmp_path / "c", progress=False)
+        r = fast_client().download(srv.url + "/emd_3001.map.gz", tmp_path / "c", progress=False)
         assert sum(1 for (_, p, _) in srv.requests if p == "/emd_3001.map.gz") == 3
     assert r.size == 270080
 
@@ -114,7 +108,7 @@ def test_503_then_success(served, tmp_path):
 def test_404_is_not_retried(served, tmp_path):
     with LoopbackArchive(served) as srv:
         with pytest.raises(ArchiveError) as ei:
-            _client().download(srv.url + "/emd_9999.map.gz", tmp_path / "c", what="9xyz: map EMD-9999")
+            fast_client().download(srv.url + "/emd_9999.map.gz", tmp_path / "c", what="9xyz: map EMD-9999")
         assert len(srv.requests) == 1
     msg = str(ei.value)
     assert "\n" not in msg and msg.startswith("9xyz: map EMD-9999: not found")
@@ -126,7 +120,7 @@ def test_persistent_5xx_gives_up_with_clear_error(served, tmp_path):
         for _ in range(3):
             srv.add_fault("/emd_3001.map.gz", "status", 503)
         with pytest.raises(ArchiveError, match="HTTP 503.*gave up after 3 attempts") as ei:
-            _client(retries=2).download(srv.url + "/emd_3001.map.gz", tmp_path / "c", progress=False)
+            fast_client(retries=2).download(srv.url + "/emd_3001.map.gz", tmp_path / "c", progress=False)
     # worth another try later (the nightly flow retries the task), also after a trip through pickle
     # as from a Dask worker
     import pickle
@@ -141,8 +135,8 @@ def test_broken_gzip_is_rejected_and_removed(served, tmp_path, name, reason):
     cache = tmp_path / "cache"
     with LoopbackArchive(served) as srv:
         with pytest.raises(ArchiveError, match=reason) as ei:
-            _client().download(srv.url + "/" + name, cache, what="5me2: map", progress=False)
-    assert _partial_files(cache) == [] and _objects(cache) == []
+            fast_client().download(srv.url + "/" + name, cache, what="5me2: map", progress=False)
+    assert _partial_files(cache) == [] and cache_objects(cache) == []
     assert not ei.value.transient  # a broken file is not retried by the nightly flow (next night it is)
 
 
@@ -152,9 +146,9 @@ def test_truncated_by_server_with_matching_length_detected_by_gzip(served, tmp_p
     with LoopbackArchive(served) as srv:
         srv.add_fault("/emd_3488.map.gz", "truncate", 400_000)
         with pytest.raises(ArchiveError, match="truncated gzip"):
-            _client().download(srv.url + "/emd_3488.map.gz", cache, progress=False)
+            fast_client().download(srv.url + "/emd_3488.map.gz", cache, progress=False)
         # a later, healthy answer is fetched completely
-        r = _client().download(srv.url + "/emd_3488.map.gz", cache, progress=False)
+        r = fast_client().download(srv.url + "/emd_3488.map.gz", cache, progress=False)
     assert verify_gzip_file(r.path) is None
     assert _partial_files(cache) == []
 
@@ -162,27 +156,27 @@ def test_truncated_by_server_with_matching_length_detected_by_gzip(served, tmp_p
 def test_slow_response_times_out_then_recovers(served, tmp_path):
     with LoopbackArchive(served) as srv:
         srv.add_fault("/emd_3001.map.gz", "delay", 0.8)
-        r = _client(timeout=0.25).download(srv.url + "/emd_3001.map.gz", tmp_path / "c", progress=False)
+        r = fast_client(timeout=0.25).download(srv.url + "/emd_3001.map.gz", tmp_path / "c", progress=False)
         assert r.size == 270080
         srv.add_fault("/emd_3001.map.gz", "delay", 0.8)
         srv.add_fault("/emd_3001.map.gz", "delay", 0.8)
         with pytest.raises(ArchiveError, match="timed out"):
-            _client(timeout=0.25, retries=1).download(srv.url + "/emd_3001.map.gz", tmp_path / "c2",
+            fast_client(timeout=0.25, retries=1).download(srv.url + "/emd_3001.map.gz", tmp_path / "c2",
                                                       progress=False)
-    assert _objects(tmp_path / "c2") == []
+    assert cache_objects(tmp_path / "c2") == []
 
 
 def test_expected_size_mismatch(served, tmp_path):
     with LoopbackArchive(served) as srv:
         with pytest.raises(ArchiveError, match="differs from the expected"):
-            _client().download(srv.url + "/emd_3001.map.gz", tmp_path / "c", expected_size=12345, progress=False)
-    assert _objects(tmp_path / "c") == []
+            fast_client().download(srv.url + "/emd_3001.map.gz", tmp_path / "c", expected_size=12345, progress=False)
+    assert cache_objects(tmp_path / "c") == []
 
 
 def test_progress_callback_reports_bytes(served, tmp_path):
     seen = []
     with LoopbackArchive(served) as srv:
-        _client(chunk_size=65536).download(srv.url + "/emd_3001.map.gz", tmp_path / "c",
+        fast_client(chunk_size=65536).download(srv.url + "/emd_3001.map.gz", tmp_path / "c",
                                            progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (270080, 270080)
     assert len(seen) > 1
@@ -192,7 +186,7 @@ def test_json_faults(test_data):
     entry = (test_data / "api" / "emdb" / "EMD-25107.entry.json").read_bytes()
     with LoopbackArchive(routes={"/api/entry/EMD-25107": entry}) as srv:
         url = srv.url + "/api/entry/EMD-25107"
-        c = _client()
+        c = fast_client()
         # malformed JSON is a clear error (not retried: the same bytes would come back)
         srv.add_fault("/api/entry/EMD-25107", "body", entry[:500])
         with pytest.raises(ArchiveError, match="malformed JSON"):
@@ -229,7 +223,7 @@ def test_corrupt_middle_member_stops_the_transfer_early(served, tmp_path, test_d
     received = []
     with LoopbackArchive(tmp_path / "srv") as srv:
         with pytest.raises(ArchiveError) as ei:
-            _client(chunk_size=65536).download(srv.url + "/bad.map.gz", cache, what="5me2: map EMD-3488",
+            fast_client(chunk_size=65536).download(srv.url + "/bad.map.gz", cache, what="5me2: map EMD-3488",
                                                progress=lambda done, total: received.append(done))
     msg = str(ei.value)
     assert "\n" not in msg and msg.startswith("5me2: map EMD-3488: corrupt gzip (member 2,")
@@ -237,7 +231,7 @@ def test_corrupt_middle_member_stops_the_transfer_early(served, tmp_path, test_d
     # the file); the check runs on every piece as it arrives, so most of member 3 is never fetched.
     end2 = 2 * len(data) // 3
     assert at < max(received) < end2 + (2 << 20) < len(data)
-    assert _partial_files(cache) == [] and _objects(cache) == []
+    assert _partial_files(cache) == [] and cache_objects(cache) == []
     assert not list((cache / "partial").glob("*.json"))
 
 
@@ -280,7 +274,7 @@ def test_resume_at_unaligned_offset(served, tmp_path):
     with LoopbackArchive(served) as srv:
         srv.add_fault(name, "drop", 123_457)
         srv.add_fault(name, "drop", 700_001)
-        r = _client(chunk_size=65536).download(srv.url + name, cache, progress=False)
+        r = fast_client(chunk_size=65536).download(srv.url + name, cache, progress=False)
         assert srv.bytes_sent[name] == size
     assert r.path.read_bytes() == (served / name[1:]).read_bytes()
     assert r.sha256 == hashlib.sha256(r.path.read_bytes()).hexdigest()
@@ -300,11 +294,11 @@ def test_write_error_is_one_line_and_leaves_no_object(served, tmp_path):
         try:
             resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, old[1]))
             with pytest.raises(ArchiveError) as ei:
-                _client().download(srv.url + "/emd_3488.map.gz", cache, what="5me2: map EMD-3488", progress=False)
+                fast_client().download(srv.url + "/emd_3488.map.gz", cache, what="5me2: map EMD-3488", progress=False)
         finally:
             resource.setrlimit(resource.RLIMIT_FSIZE, old)
             signal.signal(signal.SIGXFSZ, old_sig)
     msg = str(ei.value)
     assert "\n" not in msg and msg.startswith("5me2: map EMD-3488: cannot write cache")
     assert "too large" in msg
-    assert _objects(cache) == [] and _partial_files(cache) == []
+    assert cache_objects(cache) == [] and _partial_files(cache) == []
