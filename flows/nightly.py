@@ -73,8 +73,8 @@ def metrics_task(st, box, resolution: float, job: EntryJob, params: PipelinePara
 
 
 @task(name="refine")
-def refine_task(st, sharpened, box, resolution: float, monlib, params: PipelineParams):
-    return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params)
+def refine_task(st, sharpened, box, resolution: float, monlib, params: PipelineParams, top8000=None):
+    return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params, top8000)
 
 
 @task(name="douse")
@@ -88,8 +88,9 @@ def placement_task(st, sharpened, resolution: float):
 
 
 @task(name="crossval")
-def crossval_task(job: EntryJob, st, box, resolution: float, monlib, params: PipelineParams, b_sharpen: float):
-    return pipeline.stage_entry_crossval(job, st, box, resolution, monlib, params, b_sharpen)
+def crossval_task(job: EntryJob, st, box, resolution: float, monlib, params: PipelineParams, b_sharpen: float,
+                  top8000=None):
+    return pipeline.stage_entry_crossval(job, st, box, resolution, monlib, params, b_sharpen, top8000)
 
 
 @task(name="input-b-fit")
@@ -219,7 +220,7 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
         with timed(timings, "placement"):
             placement = placement_task(st, sharp.map, res)
         with timed(timings, "refine"):
-            ref = refine_task(st, sharp.map, box, res, ctx.get("monlib"), params)
+            ref = refine_task(st, sharp.map, box, res, ctx.get("monlib"), params, ctx.get("top8000"))
         # the coordinates' own fit is measured on the refined model before douse changes its waters:
         # added waters carry refined B, which the CCmask-with-input-B figure must not reward
         refined_coordinates = ref.structure
@@ -240,7 +241,7 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
         with timed(timings, "sharpen"):
             after["sharpening"] = {"radial": pipeline.radial_profiles(box, sharp.map)}
         with timed(timings, "crossval"):
-            cv = crossval_task(job, st, box, res, ctx.get("monlib"), params, sharp.b_sharpen)
+            cv = crossval_task(job, st, box, res, ctx.get("monlib"), params, sharp.b_sharpen, ctx.get("top8000"))
         with timed(timings, "metrics_after"):
             cc_input_b = input_b_task(refined_coordinates, st, box, res)
         pipeline.add_fit_figures(before, after, cc_mask_input_b=cc_input_b, crossval=cv,

@@ -196,7 +196,7 @@ def stage_metrics(st, box: mapio.DensityMap, resolution: float, job: EntryJob, p
 
 
 def stage_refine(st, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolution: float,
-                 monlib: Path | None, params: PipelineParams):
+                 monlib: Path | None, params: PipelineParams, top8000: Path | None = None):
     """Real-space refinement: coordinates against the sharpened map; B factors, occupancies and the
     density-fit cycles against the deposited box, the map every fit figure is measured on."""
     from rerefine.refine.realspace import refine_model
@@ -204,7 +204,7 @@ def stage_refine(st, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolut
     if monlib is None:
         raise InputError("no monomer library configured (set RR_MONOMER_LIB or CLIBD_MON)")
     return refine_model(st, sharpened, resolution, monlib, adp=params.refine_adp, cycles=params.macro_cycles,
-                        fit_map=box)
+                        fit_map=box, top8000_dir=top8000)
 
 
 def stage_douse(refined, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolution: float,
@@ -258,7 +258,7 @@ def stage_input_b_fit(refined_st, st, box: mapio.DensityMap, resolution: float) 
 
 
 def stage_crossval(st, halves: list[mapio.DensityMap], resolution: float, monlib: Path | None,
-                   params: PipelineParams, b_sharpen: float = 0.0):
+                   params: PipelineParams, b_sharpen: float = 0.0, top8000: Path | None = None):
     """Half-map cross-validation (Brown et al. 2015): refine coordinates and B against half-map 1
     with the main refinement's parameters (the map sharpened by the same ``b_sharpen``, Å²), then
     measure the deposited and the half-1-refined model against half-map 1 (work) and half-map 2
@@ -275,7 +275,7 @@ def stage_crossval(st, halves: list[mapio.DensityMap], resolution: float, monlib
     h1, h2 = halves
     before = half_map_fit(st, h1, h2, resolution)
     ref = refine_model(st, h1, resolution, monlib, adp=params.refine_adp, cycles=params.macro_cycles,
-                       b_sharpen=float(b_sharpen or 0.0), fit_map=h1)
+                       b_sharpen=float(b_sharpen or 0.0), fit_map=h1, top8000_dir=top8000)
     after = half_map_fit(ref.structure, h1, h2, resolution)
     info = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles, "rmsd_moved": ref.rmsd_moved,
             "b_sharpen": float(b_sharpen or 0.0), "seconds": ref.seconds}
@@ -283,7 +283,7 @@ def stage_crossval(st, halves: list[mapio.DensityMap], resolution: float, monlib
 
 
 def stage_entry_crossval(job: EntryJob, st, box: mapio.DensityMap, resolution: float, monlib: Path | None,
-                         params: PipelineParams, b_sharpen: float = 0.0):
+                         params: PipelineParams, b_sharpen: float = 0.0, top8000: Path | None = None):
     """:func:`stage_crossval` on the entry's half-maps cut to the primary box; None (with a warning
     in ``job.metadata``) when the entry has no usable pair of half-maps."""
     from rerefine.common.errors import RerefineError
@@ -295,7 +295,7 @@ def stage_entry_crossval(job: EntryJob, st, box: mapio.DensityMap, resolution: f
     except RerefineError as exc:
         job.metadata.setdefault("warnings", []).append(f"{exc}; no half-map cross-validation")
         return None
-    return stage_crossval(st, halves, resolution, monlib, params, b_sharpen)
+    return stage_crossval(st, halves, resolution, monlib, params, b_sharpen, top8000)
 
 
 #: Per-residue validation fields kept with the metrics (for the Ramachandran plots and the residues

@@ -242,12 +242,13 @@ class RamachandranRestraint:
     """
 
     def __init__(self, idx: np.ndarray, category: np.ndarray, residue: np.ndarray, weight: float = RAMA_WEIGHT,
-                 density_scale: float = DENSITY_SCALE):
+                 density_scale: float = DENSITY_SCALE, top8000_dir: str | Path | None = None):
         self.idx = np.ascontiguousarray(idx, dtype=np.int64).reshape(-1, 5)
         self.category = np.ascontiguousarray(category, dtype=np.int64)
         self.residue = np.ascontiguousarray(residue, dtype=np.int64)
         self.weight = float(weight)
-        self.table = potential_table(float(density_scale))
+        self.top8000_dir = top8000_dir
+        self.table = potential_table(float(density_scale), top8000_dir)
         self.row_weight = np.ones(len(self.idx))
         self.class_ref = None
 
@@ -264,7 +265,7 @@ class RamachandranRestraint:
     def classes(self, xyz: np.ndarray) -> np.ndarray:
         """MolProbity class of each restrained residue: 0 favoured, 1 allowed, 2 outlier
         (:data:`FAVORED_P`, :data:`OUTLIER_P` on the Top8000 density, bilinear)."""
-        dens = landscapes()[1]
+        dens = landscapes(self.top8000_dir)[1]
         pp = self.phi_psi(xyz)
         out = np.zeros(len(self.idx), dtype=np.int64)
         for k in range(len(self.idx)):
@@ -300,8 +301,8 @@ class RamachandranRestraint:
         return np.degrees(out)
 
 
-def ramachandran_restraint(st, r, weight: float = RAMA_WEIGHT,
-                           density_scale: float = DENSITY_SCALE) -> RamachandranRestraint:
+def ramachandran_restraint(st, r, weight: float = RAMA_WEIGHT, density_scale: float = DENSITY_SCALE,
+                           top8000_dir: str | Path | None = None) -> RamachandranRestraint:
     """The Ramachandran term for the first model of ``st`` with restraints ``r``.
 
     A residue is restrained when both its peptide bonds (C(i-1)-N(i) and C(i)-N(i+1)) are bond
@@ -349,4 +350,4 @@ def ramachandran_restraint(st, r, weight: float = RAMA_WEIGHT,
         cats.append(cat)
         rids.append(rid)
     return RamachandranRestraint(np.array(rows, dtype=np.int64).reshape(-1, 5), np.array(cats, dtype=np.int64),
-                                 np.array(rids, dtype=np.int64), weight, density_scale)
+                                 np.array(rids, dtype=np.int64), weight, density_scale, top8000_dir)

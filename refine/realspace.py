@@ -331,7 +331,7 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                  rigid_body: str | None = None, rama_weight: float | None = None,
                  rotamer_sigma_scale: float | None = None, cbeta: bool = True,
                  hydrogens: bool = True, adp_prior_sigma: float | None = None,
-                 metals: bool = True) -> RefinementResult:
+                 metals: bool = True, top8000_dir=None) -> RefinementResult:
     """Refine coordinates (and B factors) of the first model of ``st`` against ``dmap``.
 
     Parameters
@@ -418,6 +418,10 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
     metals : bool
         Distance restraints for the model's metal connection records
         (:mod:`rerefine.refine.metal_restraint`).
+    top8000_dir : path or None
+        Top8000 reference data folder of the Ramachandran and rotamer terms, the one the
+        validation reads (default
+        :func:`rerefine.refine.validation.tables.default_top8000_dir`, i.e. ``RR_TOP8000``).
 
     Raises
     ------
@@ -435,7 +439,7 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                              fit_target_angle=fit_target_angle, occupancy=occupancy, fit_map=fit_map,
                              rigid_body=rigid_body, rama_weight=rama_weight,
                              rotamer_sigma_scale=rotamer_sigma_scale, cbeta=cbeta, hydrogens=hydrogens,
-                             adp_prior_sigma=adp_prior_sigma, metals=metals)
+                             adp_prior_sigma=adp_prior_sigma, metals=metals, top8000_dir=top8000_dir)
 
 
 def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, free: np.ndarray,
@@ -469,7 +473,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                   nonbonded_weight, clash_guard, reference_sigma, soft_start, rebuild, fit_cycles, fit_iter,
                   fit_reference_sigma, fit_target_angle, occupancy, fit_map, rigid_body,
                   rama_weight, rotamer_sigma_scale, cbeta, hydrogens, adp_prior_sigma,
-                  metals) -> RefinementResult:
+                  metals, top8000_dir) -> RefinementResult:
     from .geometry import geometry_stats, restraint_energy_gradient
     from .restraints import atom_xyz, set_xyz
     from .riding_hydrogens import add_hydrogens, has_hydrogens, strip_added
@@ -513,7 +517,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     if rotamer_sigma_scale > 0:
         from .rotamer_restraint import rotamer_watch
 
-        r, _ = with_rotamer_restraints(work, r, xyz0, rotamer_sigma_scale)
+        r, _ = with_rotamer_restraints(work, r, xyz0, rotamer_sigma_scale, top8000_dir=top8000_dir)
         r.watches = (rotamer_watch(r),)
     if metals:
         from .metal_restraint import with_metal_restraints
@@ -530,7 +534,8 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     r.watches = tuple(r.watches) + (torsion_watch(r, "omega", ("omega",), WATCH_OMEGA),
                                     torsion_watch(r, "cbeta", ("cbeta_n", "cbeta_c"), WATCH_CBETA))
     rama_weight = RAMA_WEIGHT if rama_weight is None else float(rama_weight)
-    r.ramachandran = ramachandran_restraint(work, r, rama_weight) if rama_weight > 0 else None
+    r.ramachandran = (ramachandran_restraint(work, r, rama_weight, top8000_dir=top8000_dir)
+                      if rama_weight > 0 else None)
     from .chain_breaks import GapKeeper, gap_pairs
 
     gaps = gap_pairs(work, r, xyz0)

@@ -94,10 +94,11 @@ def _wrap(d: np.ndarray, period: np.ndarray) -> np.ndarray:
     return d - per * np.floor(d / per + 0.5)
 
 
-def nearest_rotamer(resname: str, chis: np.ndarray) -> tuple[str, float, np.ndarray, np.ndarray] | None:
+def nearest_rotamer(resname: str, chis: np.ndarray, top8000_dir: str | Path | None = None
+                    ) -> tuple[str, float, np.ndarray, np.ndarray] | None:
     """Nearest Top8000 rotamer of ``resname`` to ``chis`` (deg): (name, distance in esd units,
-    means, esds), or None when the residue has no table."""
-    table = central_values().get(resname)
+    means, esds), or None when the residue has no table. ``top8000_dir``: see :func:`central_values`."""
+    table = central_values(top8000_dir).get(resname)
     if not table:
         return None
     period = np.array([2 if (resname, k + 1) in SYMMETRIC else 1 for k in range(len(chis))])
@@ -109,7 +110,8 @@ def nearest_rotamer(resname: str, chis: np.ndarray) -> tuple[str, float, np.ndar
     return best
 
 
-def rotamer_rows(st, r, xyz: np.ndarray, sigma_scale: float = SIGMA_SCALE, match_limit: float = MATCH_LIMIT):
+def rotamer_rows(st, r, xyz: np.ndarray, sigma_scale: float = SIGMA_SCALE, match_limit: float = MATCH_LIMIT,
+                 top8000_dir: str | Path | None = None):
     """Torsion rows for :class:`rerefine.refine.restraints.TorsionSet`: ``(idx (n, 4), ideal (n,),
     sigma (n,), period (n,), labels, residues)`` for every side chain of ``st[0]`` in a rotamer at
     ``xyz`` (see the module docstring); ``residues`` lists ``(residue serial, rotamer)`` restrained.
@@ -136,7 +138,7 @@ def rotamer_rows(st, r, xyz: np.ndarray, sigma_scale: float = SIGMA_SCALE, match
             continue
         quads = [tuple(at[a] for a in quad) for quad in spec]
         chis = np.degrees([dihedral_gradient(xyz, *q, d)[0] for q in quads])
-        best = nearest_rotamer(rn, chis)
+        best = nearest_rotamer(rn, chis, top8000_dir)
         if best is None or best[1] > match_limit:
             continue
         name, _, mean, esd = best
@@ -151,12 +153,13 @@ def rotamer_rows(st, r, xyz: np.ndarray, sigma_scale: float = SIGMA_SCALE, match
             np.array(sig, dtype=np.float64), np.array(per, dtype=np.int32), lab, done)
 
 
-def with_rotamer_restraints(st, r, xyz: np.ndarray, sigma_scale: float = SIGMA_SCALE):
+def with_rotamer_restraints(st, r, xyz: np.ndarray, sigma_scale: float = SIGMA_SCALE,
+                            top8000_dir: str | Path | None = None):
     """A shallow copy of restraints ``r`` whose torsions include the rotamer rows of
     :func:`rotamer_rows`; returns ``(restraints, residues restrained)``."""
     from .restraints import with_torsions
 
-    idx, ideal, sig, per, lab, done = rotamer_rows(st, r, xyz, sigma_scale)
+    idx, ideal, sig, per, lab, done = rotamer_rows(st, r, xyz, sigma_scale, top8000_dir=top8000_dir)
     return with_torsions(r, idx, ideal, sig, per, lab), done
 
 

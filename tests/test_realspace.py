@@ -611,3 +611,15 @@ def test_metal_sites_keep_their_recorded_distances(p5me2, monlib):
     x = atom_xyz(out.structure)
     d = np.linalg.norm(x[idx[:, 0]] - x[idx[:, 1]], axis=1)
     assert np.all(np.abs(d - ideal) <= 0.08), d
+
+
+def test_refinement_reads_the_top8000_folder_it_is_given(p3ajo, monlib, tmp_path):
+    """The Ramachandran and rotamer terms read the Top8000 folder passed in (the pipeline passes
+    the one its settings name, as to the validation), not only ``RR_TOP8000``: an empty folder is a
+    one-line error that names the setting."""
+    from rerefine.common.errors import InputError
+    from rerefine.refine.realspace import refine_model
+
+    st, dmap, res = p3ajo
+    with pytest.raises(InputError, match="RR_TOP8000"):
+        refine_model(st, dmap, res, monlib, adp=False, cycles=1, top8000_dir=tmp_path)

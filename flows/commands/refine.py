@@ -100,7 +100,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         # the same diagnosis as on the nightly site: would the map move the chains as a whole?
         placement = placement_check(st, dmap, resolution, by="chain")
     res = refine_model(st, dmap, resolution, monlib, adp=adp, cycles=cycles, weight=weight,
-                       b_sharpen=sharpen_b, rigid_body=rigid_body,
+                       b_sharpen=sharpen_b, rigid_body=rigid_body, top8000_dir=top8000,
                        **({"reference_sigma": None, "fit_reference_sigma": None} if free else {}))
     refine_seconds = res.seconds
     after = _metrics(res.structure, dmap, resolution)
