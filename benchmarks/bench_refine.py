@@ -117,11 +117,11 @@ def _matched(st, other):
 
 def _omega_outliers(st, xyz, limit=30.0):
     """Peptides whose omega is more than ``limit`` deg from both 180 and 0 where the deposited model is trans/cis."""
-    from rerefine.refine.realspace import _omega, peptide_units, refinement_restraints, refinement_topology
+    from rerefine.refine.realspace import omega_angles, peptide_units, refinement_restraints, refinement_topology
 
     r = refinement_restraints(refinement_topology(st, MONLIB))
     units = peptide_units(st, r)
-    om = _omega(xyz, units[:, [1, 2, 4, 6]])
+    om = omega_angles(xyz, units[:, [1, 2, 4, 6]])
     target = np.where(units[:, 7] == 1, 0.0, 180.0)
     return int(np.sum(np.abs((om - target + 180.0) % 360.0 - 180.0) > limit))
 
@@ -232,7 +232,8 @@ def run_pair(name, model, mp, res):
 def speed(repeats: int):
     from rerefine.refine import mapio, modelio
     from rerefine.refine.maptarget import MapTarget, scattering_weights
-    from rerefine.refine.realspace import refine_model, thread_limits
+    from rerefine.refine.realspace import refine_model
+    from rerefine.refine.threads import thread_limits
 
     model, mp, res = PAIRS["emd_3488_5me2"]
     st = modelio.read_model(DATA / "maps_models" / model)

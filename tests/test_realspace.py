@@ -229,7 +229,7 @@ def test_density_fit_position_gradient(p3ajo):
     cheaper cut-offs of the density-fit stage): analytic position gradient = finite differences;
     the deposited model fits better (higher CC) than a 0.5 Å shaken copy."""
     from rerefine.refine.modelfit import ModelMapFit
-    from rerefine.refine.realspace import FIT_ALIAS_LOG, FIT_CUTOFF_LOG
+    from rerefine.refine.fit_stage import FIT_ALIAS_LOG, FIT_CUTOFF_LOG
 
     st, dmap, res = p3ajo
     cras = list(st[0].all())
