@@ -200,8 +200,9 @@ def _run_child(cmd, env, cwd, timeout=1800):
     return p, time.perf_counter() - w0, _child_cpu() - c0
 
 
-def run_servalcat(runs: int) -> dict:
-    """servalcat refine_spa_norefmac with defaults; the refined model of the last run."""
+def run_servalcat(runs: int, model=MODEL, map_path=MAP, resolution=RESOLUTION) -> dict:
+    """servalcat refine_spa_norefmac with defaults on ``model`` / ``map_path`` at ``resolution`` Å;
+    the refined model of the last run (also used by ``bench_refine_validation``)."""
     from rerefine.refine import modelio
 
     if not SERVALCAT.exists():
@@ -211,8 +212,8 @@ def run_servalcat(runs: int) -> dict:
     version = subprocess.run([str(SERVALCAT.parent / "python"), "-c",
                               "import servalcat; print(servalcat.__version__)"],
                              capture_output=True, text=True).stdout.strip()
-    cmd = [str(SERVALCAT), "refine_spa_norefmac", "--map", str(MAP), "--model", str(MODEL),
-           "-d", str(RESOLUTION)]
+    cmd = [str(SERVALCAT), "refine_spa_norefmac", "--map", str(map_path), "--model", str(model),
+           "-d", str(resolution)]
     walls, cpus, model, own = [], [], None, {}
     for _ in range(runs):
         with tempfile.TemporaryDirectory(prefix="rr-servalcat-") as tmp:

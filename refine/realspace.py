@@ -176,6 +176,10 @@ def _with_refinement_terms(work, r_full, xyz0, params: RefineParameters):
                       if rama_weight > 0 else None)
     gaps = gap_pairs(work, r, xyz0)
     r.extra_terms = (GapKeeper(*gaps, r.fixed),) if len(gaps[0]) else ()
+    if params.secondary_structure:
+        from .secondary_structure import secondary_structure_terms
+
+        r.extra_terms = tuple(r.extra_terms) + secondary_structure_terms(work, r, xyz0)
     return r
 
 

@@ -85,6 +85,9 @@ class RefineParameters:
     top8000_dir : path or None
         Top8000 reference data folder of the Ramachandran and rotamer terms, the one the
         validation reads (default :func:`.validation.tables.default_top8000_dir`, i.e. ``RR_TOP8000``).
+    secondary_structure : bool
+        Backbone hydrogen-bond restraints of helices and sheets, from the model's annotation
+        or a DSSP-like assignment (:mod:`.secondary_structure`).
     """
 
     adp: bool = True
@@ -114,6 +117,7 @@ class RefineParameters:
     adp_prior_sigma: float | None = None
     metals: bool = True
     top8000_dir: str | Path | None = None
+    secondary_structure: bool = False
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
