@@ -331,7 +331,8 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                  rigid_body: str | None = None, rama_weight: float | None = None,
                  rotamer_sigma_scale: float | None = None, cbeta: bool = True,
                  hydrogens: bool = True, adp_prior_sigma: float | None = None,
-                 metals: bool = True, top8000_dir=None) -> RefinementResult:
+                 metals: bool = True, top8000_dir=None,
+                 fixed_atoms: np.ndarray | None = None) -> RefinementResult:
     """Refine coordinates (and B factors) of the first model of ``st`` against ``dmap``.
 
     Parameters
@@ -422,6 +423,12 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
         Top8000 reference data folder of the Ramachandran and rotamer terms, the one the
         validation reads (default
         :func:`rerefine.refine.validation.tables.default_top8000_dir`, i.e. ``RR_TOP8000``).
+    fixed_atoms : ndarray of bool, optional
+        Atoms of the first model of ``st`` (``st[0].all()`` order) held fixed: not parameters of
+        any stage (coordinates, B, fit stage), like the atoms of residues without a dictionary;
+        restraints between a fixed and a refined atom keep the fixed atom where it is. Riding
+        hydrogens added for refinement follow their residue (fixed when all its atoms are).
+        Used by :mod:`rerefine.refine.boxed` for the margin of a region.
 
     Raises
     ------
@@ -439,7 +446,8 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                              fit_target_angle=fit_target_angle, occupancy=occupancy, fit_map=fit_map,
                              rigid_body=rigid_body, rama_weight=rama_weight,
                              rotamer_sigma_scale=rotamer_sigma_scale, cbeta=cbeta, hydrogens=hydrogens,
-                             adp_prior_sigma=adp_prior_sigma, metals=metals, top8000_dir=top8000_dir)
+                             adp_prior_sigma=adp_prior_sigma, metals=metals, top8000_dir=top8000_dir,
+                             fixed_atoms=fixed_atoms)
 
 
 def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, free: np.ndarray,
@@ -473,7 +481,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                   nonbonded_weight, clash_guard, reference_sigma, soft_start, rebuild, fit_cycles, fit_iter,
                   fit_reference_sigma, fit_target_angle, occupancy, fit_map, rigid_body,
                   rama_weight, rotamer_sigma_scale, cbeta, hydrogens, adp_prior_sigma,
-                  metals, top8000_dir) -> RefinementResult:
+                  metals, top8000_dir, fixed_atoms=None) -> RefinementResult:
     from .geometry import geometry_stats, restraint_energy_gradient
     from .restraints import atom_xyz, set_xyz
     from .riding_hydrogens import add_hydrogens, has_hydrogens, strip_added
@@ -507,6 +515,10 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                          f"{dmap.name} (box too small or wrong frame)")
     r_full = restraints if restraints is not None else refinement_topology(work, monlib_dir)
     r = refinement_restraints(r_full)
+    if fixed_atoms is not None:
+        from dataclasses import replace
+
+        r = replace(r, fixed=np.asarray(r.fixed, bool) | _work_mask(st, work, fixed_atoms))
     adp_fixed = np.asarray(r.fixed, bool) | h_added
     r.weights = dict(r_full.weights)
     r.weights["nonbonded"] = r_full.weights.get("nonbonded", 1.0) * nonbonded_weight
@@ -747,6 +759,29 @@ FIT_MAX_VOXELS = 8.0e6
 #: coordinate target the gradient direction is what matters.
 FIT_ALIAS_LOG = 5.0
 FIT_CUTOFF_LOG = 4.6
+
+
+def _work_mask(st: gemmi.Structure, work: gemmi.Structure, mask) -> np.ndarray:
+    """``mask`` over the atoms of ``st[0]`` carried over to ``work`` (the same chains and residues,
+    possibly with added hydrogens): atoms matched by chain, residue and atom name and altloc;
+    added atoms take True when every atom of their residue in ``st`` is True."""
+    mask = np.asarray(mask, bool)
+    if len(mask) != st[0].count_atom_sites():
+        raise ValueError(f"fixed_atoms has {len(mask)} entries for {st[0].count_atom_sites()} atoms")
+    by_atom, by_res = {}, {}
+    k = 0
+    for ci, ch in enumerate(st[0]):
+        for ri, res in enumerate(ch):
+            for at in res:
+                by_atom[(ci, ri, at.name, at.altloc)] = mask[k]
+                by_res[(ci, ri)] = by_res.get((ci, ri), True) and bool(mask[k])
+                k += 1
+    out = []
+    for ci, ch in enumerate(work[0]):
+        for ri, res in enumerate(ch):
+            for at in res:
+                out.append(by_atom.get((ci, ri, at.name, at.altloc), by_res.get((ci, ri), False)))
+    return np.array(out, bool)
 
 
 def _model_geometry(r_full, r_geo, h_added, xyz) -> dict:
