@@ -60,10 +60,7 @@ def use_boxes(st: gemmi.Structure, dmap: DensityMap) -> bool:
         return True
     if n == 0:
         return False
-    xyz = np.array([c.atom.pos.tolist() for c in st[0].all()])
-    g = dmap.grid_coordinates(xyz)
-    voxels = float(np.prod(np.minimum(np.ptp(g, axis=0) + 2 * 8.0 / dmap.voxel_size, dmap.shape)))
-    return voxels > FIT_MAX_VOXELS
+    return _box_voxels(dmap, _xyz(st)) > FIT_MAX_VOXELS
 
 
 @dataclass
@@ -173,6 +170,12 @@ def _merge(st: gemmi.Structure, pairs, result: RefinementResult) -> None:
                                "weight": out.weight, "cycles": out.cycles, "seconds": out.seconds})
 
 
+def _box_voxels(dmap: DensityMap, xyz: np.ndarray) -> float:
+    """Voxels of the density-fit stage's model box around ``xyz`` (its 8 Å padding)."""
+    g = dmap.grid_coordinates(xyz)
+    return float(np.prod(np.minimum(np.ptp(g, axis=0) + 2 * 8.0 / dmap.voxel_size, dmap.shape)))
+
+
 def _xyz(st: gemmi.Structure) -> np.ndarray:
     return np.array([c.atom.pos.tolist() for c in st[0].all()], dtype=np.float64).reshape(-1, 3)
 
@@ -239,6 +242,11 @@ def refine_boxed(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
     result = RefinementResult(structure=work, warnings=list(topo.warnings))
     result.geometry_before = geometry_stats(topo, xyz0)
     regions = split_regions(work, region_atoms, margin, xyz=xyz0)
+    # no stage is skipped for size: halve the regions until every box is under the fit stage's limit
+    fmap = fit_map if fit_map is not None else dmap
+    while region_atoms > 500 and max(_box_voxels(fmap, xyz0[r.atoms]) for r in regions) > FIT_MAX_VOXELS:
+        region_atoms //= 2
+        regions = split_regions(work, region_atoms, margin, xyz=xyz0)
     log.info("boxed refinement: %d atoms in %d regions of at most %d core atoms (margin %.1f Å)",
              len(xyz0), len(regions), region_atoms, margin)
     own = None

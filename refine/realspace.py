@@ -514,11 +514,14 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
         raise InputError(f"{st.name or 'model'}: only {100 * inside:.0f}% of the atoms lie inside map "
                          f"{dmap.name} (box too small or wrong frame)")
     r_full = restraints if restraints is not None else refinement_topology(work, monlib_dir)
-    r = refinement_restraints(r_full)
     if fixed_atoms is not None:
-        from dataclasses import replace
+        from .restraints import without_fixed_terms
 
-        r = replace(r, fixed=np.asarray(r.fixed, bool) | _work_mask(st, work, fixed_atoms))
+        # terms among held atoms only are constant and stay out of the RMSDs the weight follows
+        r_full = without_fixed_terms(r_full, _work_mask(st, work, fixed_atoms))
+        if r_geo is not None:
+            r_geo = without_fixed_terms(r_geo, fixed_atoms)
+    r = refinement_restraints(r_full)
     adp_fixed = np.asarray(r.fixed, bool) | h_added
     r.weights = dict(r_full.weights)
     r.weights["nonbonded"] = r_full.weights.get("nonbonded", 1.0) * nonbonded_weight
