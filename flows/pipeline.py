@@ -196,13 +196,27 @@ def stage_metrics(st, box: mapio.DensityMap, resolution: float, job: EntryJob, p
 
 
 def stage_refine(st, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolution: float,
-                 monlib: Path | None, params: PipelineParams, top8000: Path | None = None):
+                 monlib: Path | None, params: PipelineParams, top8000: Path | None = None, *,
+                 workers: int | None = None, executor=None):
     """Real-space refinement: coordinates against the sharpened map; B factors, occupancies and the
-    density-fit cycles against the deposited box, the map every fit figure is measured on."""
+    density-fit cycles against the deposited box, the map every fit figure is measured on.
+
+    Large models (:func:`rerefine.refine.boxed.use_boxes`: from
+    :data:`rerefine.refine.boxed.BOXED_MIN_ATOMS` atoms) are refined in boxes, region by region, on
+    ``executor`` or a process pool of ``workers`` processes (default: the cores this process may
+    run on); smaller ones in one piece as before."""
+    import os
+
+    from rerefine.refine.boxed import refine_boxed, use_boxes
     from rerefine.refine.realspace import refine_model
 
     if monlib is None:
         raise InputError("no monomer library configured (set RR_MONOMER_LIB or CLIBD_MON)")
+    if use_boxes(st, box):
+        if workers is None:
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return refine_boxed(st, sharpened, resolution, monlib, fit_map=box, workers=workers, executor=executor,
+                            adp=params.refine_adp, cycles=params.macro_cycles, top8000_dir=top8000)
     return refine_model(st, sharpened, resolution, monlib, adp=params.refine_adp, cycles=params.macro_cycles,
                         fit_map=box, top8000_dir=top8000)
 

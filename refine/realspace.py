@@ -105,7 +105,7 @@ class RefinementResult:
 
 def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monlib_dir,
                  params: RefineParameters | None = None, *, restraints=None, fit_map: DensityMap | None = None,
-                 **settings) -> RefinementResult:
+                 fixed_atoms: np.ndarray | None = None, **settings) -> RefinementResult:
     """Refine coordinates (and B factors) of the first model of ``st`` against ``dmap``.
 
     Parameters
@@ -127,6 +127,12 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
         the density-fit stage; default ``dmap``. Give the deposited map when ``dmap`` is a
         sharpened copy: B factors then describe the data as deposited (the map every fit
         figure is measured on), and sharpening only steers the map-value coordinate cycles.
+    fixed_atoms : ndarray of bool, optional
+        Atoms of the first model of ``st`` (``st[0].all()`` order) held fixed: not parameters of
+        any stage (coordinates, B, fit stage), like the atoms of residues without a dictionary;
+        restraints between a fixed and a refined atom keep the fixed atom where it is. Riding
+        hydrogens added for refinement follow their residue (fixed when all its atoms are).
+        Used by :mod:`rerefine.refine.boxed` for the margin of a region.
     **settings
         Any field of :class:`.refine_params.RefineParameters` (e.g. ``cycles=5``), replacing
         that of ``params``.
@@ -140,7 +146,7 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
     """
     params = replace(params or RefineParameters(), **settings)
     with thread_limits(st[0].count_atom_sites() if len(st) else 0):
-        return _refine_model(st, dmap, resolution, monlib_dir, params, restraints, fit_map)
+        return _refine_model(st, dmap, resolution, monlib_dir, params, restraints, fit_map, fixed_atoms)
 
 
 def _with_refinement_terms(work, r_full, xyz0, params: RefineParameters):
@@ -183,8 +189,8 @@ def _with_refinement_terms(work, r_full, xyz0, params: RefineParameters):
     return r
 
 
-def _refine_model(st, dmap, resolution, monlib_dir, params: RefineParameters, restraints, fit_map
-                  ) -> RefinementResult:
+def _refine_model(st, dmap, resolution, monlib_dir, params: RefineParameters, restraints, fit_map,
+                  fixed_atoms=None) -> RefinementResult:
     """:func:`refine_model` inside its thread limits."""
     from .geometry import restraint_energy_gradient
     from .occupancy import has_altlocs
@@ -221,6 +227,13 @@ def _refine_model(st, dmap, resolution, monlib_dir, params: RefineParameters, re
         raise InputError(f"{st.name or 'model'}: only {100 * inside:.0f}% of the atoms lie inside map "
                          f"{dmap.name} (box too small or wrong frame)")
     r_full = restraints if restraints is not None else refinement_topology(work, monlib_dir)
+    if fixed_atoms is not None:
+        from .restraints import without_fixed_terms
+
+        # terms among held atoms only are constant and stay out of the RMSDs the weight follows
+        r_full = without_fixed_terms(r_full, _work_mask(st, work, fixed_atoms))
+        if r_geo is not None:
+            r_geo = without_fixed_terms(r_geo, fixed_atoms)
     r = _with_refinement_terms(work, r_full, xyz0, params)
     adp_fixed = np.asarray(r.fixed, bool) | h_added
     result = RefinementResult(structure=work, warnings=list(r.warnings))
@@ -400,6 +413,29 @@ def _refine_model(st, dmap, resolution, monlib_dir, params: RefineParameters, re
         strip_added(work)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _work_mask(st: gemmi.Structure, work: gemmi.Structure, mask) -> np.ndarray:
+    """``mask`` over the atoms of ``st[0]`` carried over to ``work`` (the same chains and residues,
+    possibly with added hydrogens): atoms matched by chain, residue and atom name and altloc;
+    added atoms take True when every atom of their residue in ``st`` is True."""
+    mask = np.asarray(mask, bool)
+    if len(mask) != st[0].count_atom_sites():
+        raise ValueError(f"fixed_atoms has {len(mask)} entries for {st[0].count_atom_sites()} atoms")
+    by_atom, by_res = {}, {}
+    k = 0
+    for ci, ch in enumerate(st[0]):
+        for ri, res in enumerate(ch):
+            for at in res:
+                by_atom[(ci, ri, at.name, at.altloc)] = mask[k]
+                by_res[(ci, ri)] = by_res.get((ci, ri), True) and bool(mask[k])
+                k += 1
+    out = []
+    for ci, ch in enumerate(work[0]):
+        for ri, res in enumerate(ch):
+            for at in res:
+                out.append(by_atom.get((ci, ri, at.name, at.altloc), by_res.get((ci, ri), False)))
+    return np.array(out, bool)
 
 
 def _diverged(st: gemmi.Structure, result: RefinementResult, reason: str, t0: float) -> RefinementResult:

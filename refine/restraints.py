@@ -324,6 +324,18 @@ def _drop_all_fixed(fixed, bonds, angles, torsions, chirals, planes):
     return bonds, angles, torsions, chirals, planes
 
 
+def without_fixed_terms(r: Restraints, fixed: np.ndarray) -> Restraints:
+    """``r`` with the atoms ``fixed`` (bool, per atom) held fixed as well and the bond, angle,
+    torsion, chirality and plane restraints among fixed atoms only dropped (constant terms: they
+    would weigh in the geometry statistics of what is refined). A shallow copy; ``r`` is unchanged."""
+    from dataclasses import replace
+
+    fixed = np.asarray(r.fixed, bool) | np.asarray(fixed, bool)
+    bonds, angles, torsions, chirals, planes = _drop_all_fixed(fixed, r.bonds, r.angles, r.torsions, r.chirals,
+                                                               r.planes)
+    return replace(r, bonds=bonds, angles=angles, torsions=torsions, chirals=chirals, planes=planes, fixed=fixed)
+
+
 def _choose_puckers(t: TorsionSet, residue: np.ndarray, xyz: np.ndarray) -> int:
     """Keep one sugar-pucker family of nucleotide torsions per residue.
 

@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--rigid-body", choices=("model", "chain"), default=None,
                    help="first fit the whole model or each chain into the map as a rigid body "
                         "(for a model misplaced as a whole)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes refining the regions of a large model in parallel (models above "
+                        "rerefine.refine.boxed.BOXED_MIN_ATOMS atoms are refined in boxes; default 1)")
     p.set_defaults(func=run)
 
 
@@ -66,11 +69,15 @@ def _validation(st, monlib, top8000) -> dict:
 
 
 def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, adp=True,
-                 cycles=None, weight=None, sharpen_b=0.0, free=False, rigid_body=None, top8000=None) -> dict:
+                 cycles=None, weight=None, sharpen_b=0.0, free=False, rigid_body=None, top8000=None,
+                 workers=1, executor=None) -> dict:
     """Refine ``model_path`` against ``map_path``, write ``output``; the report as a dict.
 
     ``cycles``: coordinate macro-cycles, by default the nightly pipeline's
-    (:attr:`rerefine.flows.pipeline.PipelineParams.macro_cycles`), so both refine alike."""
+    (:attr:`rerefine.flows.pipeline.PipelineParams.macro_cycles`), so both refine alike. Models
+    that :func:`rerefine.refine.boxed.use_boxes` selects (large ones) are refined in boxes, on
+    ``workers`` processes or the given ``executor``, unless ``rigid_body`` is asked for (a
+    rigid-body fit moves whole chains, so it runs on the whole model)."""
     from rerefine.flows import __version__
     from rerefine.flows.pipeline import PipelineParams
     from rerefine.refine import mapio, modelio
@@ -99,9 +106,17 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
 
         # the same diagnosis as on the nightly site: would the map move the chains as a whole?
         placement = placement_check(st, dmap, resolution, by="chain")
-    res = refine_model(st, dmap, resolution, monlib, adp=adp, cycles=cycles, weight=weight,
-                       b_sharpen=sharpen_b, rigid_body=rigid_body, top8000_dir=top8000,
-                       **({"reference_sigma": None, "fit_reference_sigma": None} if free else {}))
+    if workers < 1:
+        raise InputError("--workers must be at least 1")
+    from rerefine.refine.boxed import refine_boxed, use_boxes
+
+    options = dict(adp=adp, cycles=cycles, weight=weight, b_sharpen=sharpen_b, top8000_dir=top8000,
+                   **({"reference_sigma": None, "fit_reference_sigma": None} if free else {}))
+    boxed = not rigid_body and use_boxes(st, dmap)
+    if boxed:
+        res = refine_boxed(st, dmap, resolution, monlib, workers=workers, executor=executor, **options)
+    else:
+        res = refine_model(st, dmap, resolution, monlib, rigid_body=rigid_body, **options)
     refine_seconds = res.seconds
     after = _metrics(res.structure, dmap, resolution)
     modelio.write_model(output, res.structure, program="rerefine", version=__version__)
@@ -120,6 +135,8 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         "occupancies_refined": res.occupancy is not None,
         "reference_restraint": not free,
         "rigid_body": res.rigid_body.summary() if res.rigid_body is not None else None,
+        "boxed": boxed,
+        "regions": len(res.history) if boxed else None,
         "placement": placement,
         "refine_seconds": refine_seconds,
         "seconds": time.perf_counter() - t0,
@@ -135,7 +152,7 @@ def run(args, settings) -> int:
     rep = refine_files(args.model, args.map, args.output, resolution=args.resolution, monlib=monlib,
                        adp=not args.no_adp, cycles=args.cycles, weight=args.weight,
                        sharpen_b=args.sharpen_b, free=args.free,
-                       rigid_body=args.rigid_body, top8000=settings.top8000_dir)
+                       rigid_body=args.rigid_body, top8000=settings.top8000_dir, workers=args.workers)
     if args.json != "-":
         b, a = rep["before"], rep["after"]
 
