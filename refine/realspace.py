@@ -331,7 +331,7 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                  rigid_body: str | None = None, rama_weight: float | None = None,
                  rotamer_sigma_scale: float | None = None, cbeta: bool = True,
                  hydrogens: bool = True, adp_prior_sigma: float | None = None,
-                 metals: bool = True, top8000_dir=None) -> RefinementResult:
+                 metals: bool = True, top8000_dir=None, ncs: bool = False) -> RefinementResult:
     """Refine coordinates (and B factors) of the first model of ``st`` against ``dmap``.
 
     Parameters
@@ -422,6 +422,8 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
         Top8000 reference data folder of the Ramachandran and rotamer terms, the one the
         validation reads (default
         :func:`rerefine.refine.validation.tables.default_top8000_dir`, i.e. ``RR_TOP8000``).
+    ncs : bool
+        Torsion NCS restraints between copies of a chain (:mod:`rerefine.refine.ncs`); off by default.
 
     Raises
     ------
@@ -439,7 +441,8 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
                              fit_target_angle=fit_target_angle, occupancy=occupancy, fit_map=fit_map,
                              rigid_body=rigid_body, rama_weight=rama_weight,
                              rotamer_sigma_scale=rotamer_sigma_scale, cbeta=cbeta, hydrogens=hydrogens,
-                             adp_prior_sigma=adp_prior_sigma, metals=metals, top8000_dir=top8000_dir)
+                             adp_prior_sigma=adp_prior_sigma, metals=metals, top8000_dir=top8000_dir,
+                             ncs=ncs)
 
 
 def initial_weight(r, target: MapTarget, xyz: np.ndarray, w_atom: np.ndarray, free: np.ndarray,
@@ -473,7 +476,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
                   nonbonded_weight, clash_guard, reference_sigma, soft_start, rebuild, fit_cycles, fit_iter,
                   fit_reference_sigma, fit_target_angle, occupancy, fit_map, rigid_body,
                   rama_weight, rotamer_sigma_scale, cbeta, hydrogens, adp_prior_sigma,
-                  metals, top8000_dir) -> RefinementResult:
+                  metals, top8000_dir, ncs=False) -> RefinementResult:
     from .geometry import geometry_stats, restraint_energy_gradient
     from .restraints import atom_xyz, set_xyz
     from .riding_hydrogens import add_hydrogens, has_hydrogens, strip_added
@@ -541,6 +544,14 @@ def _refine_model(st, dmap, resolution, monlib_dir, *, adp, cycles, weight, b_sh
     gaps = gap_pairs(work, r, xyz0)
     r.extra_terms = (GapKeeper(*gaps, r.fixed),) if len(gaps[0]) else ()
     result = RefinementResult(structure=work, warnings=list(r.warnings))
+    if ncs:
+        from .ncs import ncs_torsion_restraint
+
+        term = ncs_torsion_restraint(work, r)
+        if term is None:
+            result.warnings.append("NCS restraints requested, but the model has no copies of a chain")
+        else:
+            r.extra_terms = r.extra_terms + (term,)
     if inside < 1.0:
         result.warnings.append(f"{100 * (1 - inside):.1f}% of the atoms lie outside the map box")
 

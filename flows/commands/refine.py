@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--rigid-body", choices=("model", "chain"), default=None,
                    help="first fit the whole model or each chain into the map as a rigid body "
                         "(for a model misplaced as a whole)")
+    p.add_argument("--ncs", action="store_true",
+                   help="torsion NCS restraints between copies of a chain (identical chains found "
+                        "automatically; Headd et al. 2014); off by default")
     p.set_defaults(func=run)
 
 
@@ -66,15 +69,19 @@ def _validation(st, monlib, top8000) -> dict:
 
 
 def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, adp=True,
-                 cycles=None, weight=None, sharpen_b=0.0, free=False, rigid_body=None, top8000=None) -> dict:
+                 cycles=None, weight=None, sharpen_b=0.0, free=False, rigid_body=None, top8000=None,
+                 ncs=False) -> dict:
     """Refine ``model_path`` against ``map_path``, write ``output``; the report as a dict.
 
     ``cycles``: coordinate macro-cycles, by default the nightly pipeline's
-    (:attr:`rerefine.flows.pipeline.PipelineParams.macro_cycles`), so both refine alike."""
+    (:attr:`rerefine.flows.pipeline.PipelineParams.macro_cycles`), so both refine alike.
+    ``ncs``: torsion NCS restraints (:mod:`rerefine.refine.ncs`); the NCS groups of the input
+    and the copies' all-atom RMSD before and after are reported either way (key ``ncs``)."""
     from rerefine.flows import __version__
     from rerefine.flows.pipeline import PipelineParams
     from rerefine.refine import mapio, modelio
     from rerefine.common.errors import InputError
+    from rerefine.refine.ncs import copy_rmsd, find_ncs_groups
     from rerefine.refine.realspace import refine_model
 
     t0 = time.perf_counter()
@@ -100,9 +107,13 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         # the same diagnosis as on the nightly site: would the map move the chains as a whole?
         placement = placement_check(st, dmap, resolution, by="chain")
     res = refine_model(st, dmap, resolution, monlib, adp=adp, cycles=cycles, weight=weight,
-                       b_sharpen=sharpen_b, rigid_body=rigid_body, top8000_dir=top8000,
+                       b_sharpen=sharpen_b, rigid_body=rigid_body, top8000_dir=top8000, ncs=ncs,
                        **({"reference_sigma": None, "fit_reference_sigma": None} if free else {}))
     refine_seconds = res.seconds
+    groups = find_ncs_groups(st)
+    ncs_report = {"restrained": bool(ncs and groups),
+                  "groups": [{**g.summary(), "copy_rmsd_before": copy_rmsd(st, g),
+                              "copy_rmsd_after": copy_rmsd(res.structure, g)} for g in groups]}
     after = _metrics(res.structure, dmap, resolution)
     modelio.write_model(output, res.structure, program="rerefine", version=__version__)
     report = {
@@ -121,6 +132,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         "reference_restraint": not free,
         "rigid_body": res.rigid_body.summary() if res.rigid_body is not None else None,
         "placement": placement,
+        "ncs": ncs_report,
         "refine_seconds": refine_seconds,
         "seconds": time.perf_counter() - t0,
         "warnings": res.warnings,
@@ -135,7 +147,7 @@ def run(args, settings) -> int:
     rep = refine_files(args.model, args.map, args.output, resolution=args.resolution, monlib=monlib,
                        adp=not args.no_adp, cycles=args.cycles, weight=args.weight,
                        sharpen_b=args.sharpen_b, free=args.free,
-                       rigid_body=args.rigid_body, top8000=settings.top8000_dir)
+                       rigid_body=args.rigid_body, top8000=settings.top8000_dir, ncs=args.ncs)
     if args.json != "-":
         b, a = rep["before"], rep["after"]
 
@@ -152,6 +164,15 @@ def run(args, settings) -> int:
             print(f"  {key:<20} {f(b.get(key), fmt):>8} -> {f(a.get(key), fmt)}")
         for g in rep["rigid_body"] or ():
             print(f"  rigid body {g['group']}: rotated {g['rotation_deg']:.2f} deg, shifted {g['shift']:.2f} Å")
+        from rerefine.flows.commands.info import ncs_lines
+
+        for line in ncs_lines(rep["ncs"]["groups"]):
+            print(f"  {line}")
+        for g in rep["ncs"]["groups"]:
+            rms = ", ".join(f"{c} {g['copy_rmsd_before'][c]:.3f} -> {g['copy_rmsd_after'][c]:.3f} Å"
+                            for c in g["copy_rmsd_before"])
+            kind = "restrained" if rep["ncs"]["restrained"] else "not restrained (--ncs)"
+            print(f"  NCS copies {kind}: all-atom RMSD to {g['reference']}: {rms}")
         if rep["placement"] and rep["placement"]["misplaced"]:
             moves = ", ".join(f"{g['group']} {g['rotation_deg']:.1f} deg / {g['shift']:.1f} Å"
                               for g in rep["placement"]["groups"])
