@@ -205,3 +205,29 @@ def test_info_reports_the_groups(pairs, tmp_path):
     groups = json.loads(out.read_text())["ncs_groups"]
     assert [g["chains"] for g in groups] == [["A", "C"], ["B", "D"]]
     assert [g["copies"][0]["n_aligned"] for g in groups] == [140, 143]  # polymer residues of C and D
+
+
+@pytest.mark.slow
+def test_cli_refine_with_ncs(pairs, hb, hb_restraints, test_data, tmp_path, capsys):
+    from rerefine.flows.cli import main
+
+    model, mp, res = pairs["emd_3488_5me2"]
+    out = tmp_path / "refined.cif"
+    rc = main(["refine", str(model), str(mp), "--resolution", str(res), "-o", str(out), "--monlib",
+               str(test_data / "monomers"), "--json", "-", "--cycles", "2", "--no-adp", "--ncs"])
+    assert rc == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["ncs"]["restrained"] is True
+    assert [g["chains"] for g in rep["ncs"]["groups"]] == [["A", "C"], ["B", "D"]]
+    assert set(rep["ncs"]["groups"][0]["copy_rmsd_after"]) == {"C"}
+    # the term's purpose: paired torsions agree better than in the input. Deposited 5ME2: RMS
+    # difference 1.04 deg below the 15-deg limit; after this run 0.50 deg with --ncs and 1.03 without
+    # (measured): the limit 0.75 x the input's lies midway
+    term = ncs.ncs_torsion_restraint(hb, hb_restraints)
+
+    def rms_below(xyz):
+        d = np.abs(term.differences(xyz))
+        d = d[np.isfinite(d) & (d <= ncs.LIMIT)]
+        return float(np.sqrt(np.mean(d ** 2)))
+
+    assert rms_below(atom_xyz(read_model(out))) < 0.75 * rms_below(atom_xyz(hb))
