@@ -231,3 +231,55 @@ def test_cli_refine_with_ncs(pairs, hb, hb_restraints, test_data, tmp_path, caps
         return float(np.sqrt(np.mean(d ** 2)))
 
     assert rms_below(atom_xyz(read_model(out))) < 0.75 * rms_below(atom_xyz(hb))
+
+
+def copies_of_a_peptide(pdb_path, k: int, renumber_last: bool = False) -> gemmi.Structure:
+    """``k`` copies (chains A, B, ...) of the first 30 residues of a chain, each 60 Å further along x;
+    the last copy's residues renumbered +100 when asked."""
+    src = read_model(pdb_path)
+    st = gemmi.Structure()
+    st.cell = src.cell
+    st.add_model(gemmi.Model(1))
+    piece = [r for r in src[0][0].get_polymer()][:30]
+    for c in range(k):
+        ch = gemmi.Chain("ABCDEFGH"[c])
+        for res in piece:
+            nr = res.clone()
+            if renumber_last and c == k - 1:
+                nr.seqid = gemmi.SeqId(res.seqid.num + 100, res.seqid.icode)
+            for a in nr:
+                a.pos = gemmi.Position(a.pos.x + 60.0 * c, a.pos.y, a.pos.z)
+            ch.add_residue(nr)
+        st[0].add_chain(ch)
+    st.setup_entities()
+    return st
+
+
+@pytest.mark.parametrize("k", [3, 6])
+def test_many_copies_pair_through_the_reference(pairs, test_data, k):
+    st = copies_of_a_peptide(pairs["emd_20026_box_3ajo_refined"][0], k, renumber_last=True)
+    groups = ncs.find_ncs_groups(st)
+    assert [g.chains for g in groups] == [list("ABCDEFGH"[:k])]
+    for i, cp in enumerate(groups[0].copies):
+        # the construction: pure translations by 60 Å x i
+        assert cp.angle == pytest.approx(0.0, abs=1e-3) and cp.shift == pytest.approx(60.0 * i, abs=1e-3)
+        assert cp.rmsd < 1e-3 and cp.n_aligned == 30
+    r = build_restraints(st, test_data / "monomers")
+    ia, ib, per, wt = ncs.ncs_torsion_rows(st, r, groups)
+    n_pairs = len(ncs.copy_pairs(k))
+    assert n_pairs == (k * (k - 1) // 2 if k <= ncs.MAX_ALL_PAIRS else k)
+    assert len(ia) % n_pairs == 0 and len(ia) // n_pairs > 60  # the same torsions for every pair of copies
+    assert set(wt.tolist()) == {1.0 / k if k <= ncs.MAX_ALL_PAIRS else 0.5}
+    cras = list(st[0].all())
+    pos_in_chain = {}
+    for ch in st[0]:
+        for n, res in enumerate(ch):
+            pos_in_chain[(ch.name, str(res.seqid))] = n
+    for qa, qb in zip(ia, ib):
+        # the same residue (by place in the chain, the last copy numbered differently) and atom
+        la = [(pos_in_chain[(cras[i].chain.name, str(cras[i].residue.seqid))], cras[i].atom.name) for i in qa]
+        lb = [(pos_in_chain[(cras[i].chain.name, str(cras[i].residue.seqid))], cras[i].atom.name) for i in qb]
+        assert la == lb
+    # exact copies: every difference is zero, and so is the energy
+    term = ncs.NcsTorsionRestraint(groups, ia, ib, per, wt)
+    assert np.nanmax(np.abs(term.differences(atom_xyz(st)))) < 1e-6
