@@ -256,6 +256,26 @@ def _atom_table(st: gemmi.Structure) -> dict:
     return table
 
 
+def _chain_atoms(st: gemmi.Structure, names) -> dict:
+    """chain -> {(seqid string, atom name): atom index in ``st[0].all()`` order} for the chains
+    ``names``: non-hydrogen atoms without altloc (only those chains are walked atom by atom)."""
+    out = {}
+    start = 0
+    for ch in st[0]:
+        if ch.name in names:
+            tab = {}
+            i = start
+            for res in ch:
+                sid = str(res.seqid)
+                for a in res:
+                    if a.altloc == "\0" and not a.is_hydrogen():
+                        tab[(sid, a.name)] = i
+                    i += 1
+            out[ch.name] = tab
+        start += ch.count_atom_sites()
+    return out
+
+
 def copy_rmsd(st: gemmi.Structure, group: NcsGroup, *, xyz: np.ndarray | None = None) -> dict:
     """All-atom RMSD (Å) of each copy to the reference after superposing their paired atoms.
 
@@ -264,23 +284,36 @@ def copy_rmsd(st: gemmi.Structure, group: NcsGroup, *, xyz: np.ndarray | None = 
     RMSD, keyed by the copy's chain name. ``xyz`` (N, 3): coordinates to use instead of the
     structure's (``st[0].all()`` order).
     """
-    table = _atom_table(st)
-    cras = list(st[0].all())
-    pos = xyz if xyz is not None else np.array([c.atom.pos.tolist() for c in cras])
-    heavy = {i for i, c in enumerate(cras) if not c.atom.is_hydrogen()}
-    ref = group.copies[0].chain
-    names_by_res: dict = {}
-    for (ch, sid, an), i in table.items():
-        names_by_res.setdefault((ch, sid), []).append((an, i))
+    tabs = _chain_atoms(st, set(group.chains))
+    if xyz is None:
+        pos = {}
+        start = 0
+        for ch in st[0]:
+            if ch.name in tabs:
+                for res in ch:
+                    for a in res:
+                        pos[start] = a.pos
+                        start += 1
+            else:
+                start += ch.count_atom_sites()
+        at = pos.__getitem__
+    else:
+        def at(i):
+            return gemmi.Position(*xyz[i])
+    ref = tabs[group.copies[0].chain]
+    by_res: dict = {}
+    for (sid, an), i in ref.items():
+        by_res.setdefault(sid, []).append((an, i))
     out = {}
     for cp in group.copies[1:]:
+        tab = tabs[cp.chain]
         p1, p2 = [], []
         for s_ref, s_cp in cp.residue_pairs:
-            for an, i in names_by_res.get((ref, s_ref), ()):
-                j = table.get((cp.chain, s_cp, an))
-                if j is not None and i in heavy and j in heavy:
-                    p1.append(gemmi.Position(*pos[i]))
-                    p2.append(gemmi.Position(*pos[j]))
+            for an, i in by_res.get(s_ref, ()):
+                j = tab.get((s_cp, an))
+                if j is not None:
+                    p1.append(at(i))
+                    p2.append(at(j))
         out[cp.chain] = float(gemmi.superpose_positions(p1, p2).rmsd) if len(p1) >= 3 else float("nan")
     return out
 

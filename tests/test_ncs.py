@@ -83,6 +83,20 @@ def test_operator_and_rmsd_agree_with_gemmi(hb):
             assert np.linalg.norm(cp.rotation @ b + cp.translation - a) < 0.1
 
 
+def test_copy_rmsd_is_gemmis_all_atom_superposition(hb):
+    xyz = atom_xyz(hb)
+    for g in ncs.find_ncs_groups(hb):
+        ref, cp = g.chains
+        sup = gemmi.calculate_superposition(hb[0][ref].get_polymer(), hb[0][cp].get_polymer(),
+                                            gemmi.PolymerType.PeptideL, gemmi.SupSelect.All)
+        # same atoms (no H, no altloc in 5ME2), same least-squares fit: rounding only
+        assert ncs.copy_rmsd(hb, g)[cp] == pytest.approx(sup.rmsd, abs=1e-6)
+        assert ncs.copy_rmsd(hb, g, xyz=xyz)[cp] == pytest.approx(sup.rmsd, abs=1e-6)
+        moved = xyz.copy()
+        moved[[c.chain.name == cp for c in hb[0].all()]] += 1.0  # a translation changes no RMSD
+        assert ncs.copy_rmsd(hb, g, xyz=moved)[cp] == pytest.approx(sup.rmsd, abs=1e-6)
+
+
 @pytest.mark.parametrize("name", ["emd_30342_zone_7cec_chainA", "emd_20026_box_3ajo_refined"])
 def test_single_chain_models_have_no_groups(pairs, name):
     assert ncs.find_ncs_groups(read_model(pairs[name][0])) == []
