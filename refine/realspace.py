@@ -186,6 +186,14 @@ def _with_refinement_terms(work, r_full, xyz0, params: RefineParameters):
         from .secondary_structure import secondary_structure_terms
 
         r.extra_terms = tuple(r.extra_terms) + secondary_structure_terms(work, r, xyz0)
+    if params.ncs:
+        from .ncs import ncs_torsion_restraint
+
+        term = ncs_torsion_restraint(work, r)
+        if term is None:
+            r.warnings.append("NCS restraints requested, but the model has no copies of a chain")
+        else:
+            r.extra_terms = tuple(r.extra_terms) + (term,)
     return r
 
 

@@ -88,6 +88,8 @@ class RefineParameters:
     secondary_structure : bool
         Backbone hydrogen-bond restraints of helices and sheets, from the model's annotation
         or a DSSP-like assignment (:mod:`.secondary_structure`).
+    ncs : bool
+        Torsion NCS restraints between copies of a chain (:mod:`.ncs`); off by default.
     """
 
     adp: bool = True
@@ -118,6 +120,7 @@ class RefineParameters:
     metals: bool = True
     top8000_dir: str | Path | None = None
     secondary_structure: bool = False
+    ncs: bool = False
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ def describe(model_path, map_path) -> dict:
     """The facts ``rerefine info`` reports, as a dict."""
     # imported here: every CLI start registers this command, few run it (numba, gemmi: ~0.2 s)
     from rerefine.refine import mapio, modelio
+    from rerefine.refine.ncs import find_ncs_groups
 
     st = modelio.read_model(model_path)
     dmap = mapio.read_map(map_path)
@@ -35,8 +36,19 @@ def describe(model_path, map_path) -> dict:
         "map_min": stats["min"],
         "map_max": stats["max"],
         "fraction_inside": frac,
+        "ncs_groups": [g.summary() for g in find_ncs_groups(st)],
     }
     return out
+
+
+def ncs_lines(groups: list) -> list:
+    """One text line per NCS group summary (:meth:`rerefine.refine.ncs.NcsGroup.summary`)."""
+    lines = []
+    for g in groups:
+        ops = "; ".join(f"{c['chain']} onto {g['reference']}: {c['rotation_deg']:.1f} deg, {c['shift']:.1f} Å, "
+                        f"RMSD {c['rmsd']:.2f} Å over {c['n_aligned']} residues" for c in g["copies"])
+        lines.append(f"NCS     chains {' '.join(g['chains'])} are copies ({ops})")
+    return lines
 
 
 def run(args, settings) -> int:
@@ -56,5 +68,7 @@ def run(args, settings) -> int:
         print(f"values  mean {info['map_mean']:.4g}, sd {info['map_sd']:.4g}, "
               f"min {info['map_min']:.4g}, max {info['map_max']:.4g}")
         print(f"resolution {res}; atoms inside the map: {100 * info['fraction_inside']:.1f}%")
+        for line in ncs_lines(info["ncs_groups"]):
+            print(line)
     emit_json(info, args.json)
     return 0

@@ -44,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="processes refining the regions of a large model in parallel (models above "
                         "rerefine.refine.boxed.BOXED_MIN_ATOMS atoms are refined in boxes; default 1)")
+    p.add_argument("--ncs", action="store_true",
+                   help="torsion NCS restraints between copies of a chain (identical chains found "
+                        "automatically; Headd et al. 2014); off by default")
     p.set_defaults(func=run)
 
 
@@ -70,18 +73,22 @@ def _validation(st, monlib, top8000) -> dict:
 
 def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, adp=True,
                  cycles=None, weight=None, sharpen_b=0.0, free=False, rigid_body=None, top8000=None,
-                 workers=1, executor=None) -> dict:
+                 workers=1, executor=None, ncs=False) -> dict:
     """Refine ``model_path`` against ``map_path``, write ``output``; the report as a dict.
 
     ``cycles``: coordinate macro-cycles, by default the nightly pipeline's
     (:attr:`rerefine.flows.pipeline.PipelineParams.macro_cycles`), so both refine alike. Models
     that :func:`rerefine.refine.boxed.use_boxes` selects (large ones) are refined in boxes, on
     ``workers`` processes or the given ``executor``, unless ``rigid_body`` is asked for (a
-    rigid-body fit moves whole chains, so it runs on the whole model)."""
+    rigid-body fit moves whole chains, so it runs on the whole model).
+    ``ncs``: torsion NCS restraints (:mod:`rerefine.refine.ncs`; in boxes, between the copies
+    inside one region); the NCS groups of the input and the copies' all-atom RMSD before and
+    after are reported either way (key ``ncs``)."""
     from rerefine.flows import __version__
     from rerefine.flows.pipeline import PipelineParams
     from rerefine.refine import mapio, modelio
     from rerefine.common.errors import InputError
+    from rerefine.refine.ncs import copy_rmsd, find_ncs_groups
     from rerefine.refine.realspace import refine_model
 
     t0 = time.perf_counter()
@@ -110,7 +117,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         raise InputError("--workers must be at least 1")
     from rerefine.refine.boxed import refine_boxed, use_boxes
 
-    options = dict(adp=adp, cycles=cycles, weight=weight, b_sharpen=sharpen_b, top8000_dir=top8000,
+    options = dict(adp=adp, cycles=cycles, weight=weight, b_sharpen=sharpen_b, top8000_dir=top8000, ncs=ncs,
                    **({"reference_sigma": None, "fit_reference_sigma": None} if free else {}))
     boxed = not rigid_body and use_boxes(st, dmap)
     if boxed:
@@ -118,6 +125,10 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
     else:
         res = refine_model(st, dmap, resolution, monlib, rigid_body=rigid_body, **options)
     refine_seconds = res.seconds
+    groups = find_ncs_groups(st)
+    ncs_report = {"restrained": bool(ncs and groups),
+                  "groups": [{**g.summary(), "copy_rmsd_before": copy_rmsd(st, g),
+                              "copy_rmsd_after": copy_rmsd(res.structure, g)} for g in groups]}
     after = _metrics(res.structure, dmap, resolution)
     modelio.write_model(output, res.structure, program="rerefine", version=__version__)
     report = {
@@ -138,6 +149,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         "boxed": boxed,
         "regions": len(res.history) if boxed else None,
         "placement": placement,
+        "ncs": ncs_report,
         "refine_seconds": refine_seconds,
         "seconds": time.perf_counter() - t0,
         "warnings": res.warnings,
@@ -152,7 +164,8 @@ def run(args, settings) -> int:
     rep = refine_files(args.model, args.map, args.output, resolution=args.resolution, monlib=monlib,
                        adp=not args.no_adp, cycles=args.cycles, weight=args.weight,
                        sharpen_b=args.sharpen_b, free=args.free,
-                       rigid_body=args.rigid_body, top8000=settings.top8000_dir, workers=args.workers)
+                       rigid_body=args.rigid_body, top8000=settings.top8000_dir, workers=args.workers,
+                       ncs=args.ncs)
     if args.json != "-":
         b, a = rep["before"], rep["after"]
 
@@ -169,6 +182,15 @@ def run(args, settings) -> int:
             print(f"  {key:<20} {f(b.get(key), fmt):>8} -> {f(a.get(key), fmt)}")
         for g in rep["rigid_body"] or ():
             print(f"  rigid body {g['group']}: rotated {g['rotation_deg']:.2f} deg, shifted {g['shift']:.2f} Å")
+        from rerefine.flows.commands.info import ncs_lines
+
+        for line in ncs_lines(rep["ncs"]["groups"]):
+            print(f"  {line}")
+        for g in rep["ncs"]["groups"]:
+            rms = ", ".join(f"{c} {g['copy_rmsd_before'][c]:.3f} -> {g['copy_rmsd_after'][c]:.3f} Å"
+                            for c in g["copy_rmsd_before"])
+            kind = "restrained" if rep["ncs"]["restrained"] else "not restrained (--ncs)"
+            print(f"  NCS copies {kind}: all-atom RMSD to {g['reference']}: {rms}")
         if rep["placement"] and rep["placement"]["misplaced"]:
             moves = ", ".join(f"{g['group']} {g['rotation_deg']:.1f} deg / {g['shift']:.1f} Å"
                               for g in rep["placement"]["groups"])
