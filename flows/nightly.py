@@ -475,11 +475,11 @@ def harvest_task(s: dict, since, until, mirror, limit, accept_unknown_resolution
 
 @task(name="build-site")
 def site_task(database: str, out: str) -> str:
-    from rerefine.reports import db, site
+    from rerefine.reports import db, site, site_sources
 
     engine = db.make_engine(database)
     try:
-        site.build_site(site.DatabaseSource(engine), Path(out))
+        site.build_site(site_sources.DatabaseSource(engine), Path(out))
     finally:
         engine.dispose()
     return str(Path(out) / "index.html")
