@@ -5,9 +5,9 @@ map until it matches the map's own blur), so a verdict on the full CCmask reward
 even when the coordinates got no better and the model's validation got worse (7CEC did:
 CCmask up, Ramachandran and rotamer outliers up). In the manner of PDB-REDO (Joosten et al.
 2014, IUCrJ 1:213: the re-refined model replaces the deposited one only when it fits better
-*and* is not worse in validation) the verdict now asks four questions, each a *gate*:
+*and* is not worse in validation) the verdict asks four questions, each a *gate*:
 
-1. **geometry** — heavy-atom restraint RMSDs within today's limits (see below);
+1. **geometry** — heavy-atom restraint RMSDs within the limits below;
 2. **validation** — no MolProbity-class figure got worse beyond its tolerance:
 
    * Ramachandran outliers: no net new ones (count after ≤ before);
