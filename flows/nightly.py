@@ -8,6 +8,10 @@ scheduler), isolating failures, then rebuilds the site incrementally.
 Call :func:`rerefine.flows.prefect_home.configure_prefect` before importing this module: Prefect
 reads its settings when it is imported. Without ``PREFECT_API_URL`` Prefect starts its own
 temporary API server at the first flow call.
+
+Length (~600 lines): one job, the Prefect layer: a thin task around each of the pipeline's stages
+(:mod:`rerefine.flows.pipeline`, plain functions) and the flows that call them in order; the stage
+order of one entry (``entry_flow``) is its longest part.
 """
 
 from __future__ import annotations
