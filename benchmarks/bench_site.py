@@ -35,7 +35,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from rerefine.reports import db, queries, site, store  # noqa: E402
+from rerefine.reports import db, queries, site, site_sources, store  # noqa: E402
 
 
 def populate(engine, n: int, n_res: int) -> float:
@@ -87,7 +87,7 @@ def main() -> None:
         print(f"storing {args.n} synthetic entries ...", flush=True)
         populate_s = populate(engine, args.n, args.residues)
         print(f"  stored in {populate_s:.1f} s", flush=True)
-    src = site.DatabaseSource(engine)
+    src = site_sources.DatabaseSource(engine)
     out = tmp / "site"
 
     listing = src.listing()

@@ -50,7 +50,7 @@ def site_build_cost(n: int, repeats: int) -> dict:
 
     import jinja2
 
-    from rerefine.reports import site
+    from rerefine.reports import site, site_sources
     from test_site import make_entries
 
     entries = make_entries(n, seed=3, n_res=300)
@@ -76,7 +76,7 @@ def site_build_cost(n: int, repeats: int) -> dict:
                     site.copy_viewer_assets = (lambda *a: False) if mode == "without" else orig_copy
                     out = Path(tmp) / f"{mode}-{rep}"
                     t0 = time.perf_counter()
-                    site.build_site(site.DictSource(entries), out, full=True)
+                    site.build_site(site_sources.DictSource(entries), out, full=True)
                     times[mode].append(time.perf_counter() - t0)
                     shutil.rmtree(out)
         finally:

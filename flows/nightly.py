@@ -8,6 +8,10 @@ scheduler), isolating failures, then rebuilds the site incrementally.
 Call :func:`rerefine.flows.prefect_home.configure_prefect` before importing this module: Prefect
 reads its settings when it is imported. Without ``PREFECT_API_URL`` Prefect starts its own
 temporary API server at the first flow call.
+
+Length (~600 lines): one job, the Prefect layer: a thin task around each of the pipeline's stages
+(:mod:`rerefine.flows.pipeline`, plain functions) and the flows that call them in order; the stage
+order of one entry (``entry_flow``) is its longest part.
 """
 
 from __future__ import annotations
@@ -475,11 +479,11 @@ def harvest_task(s: dict, since, until, mirror, limit, accept_unknown_resolution
 
 @task(name="build-site")
 def site_task(database: str, out: str) -> str:
-    from rerefine.reports import db, site
+    from rerefine.reports import db, site, site_sources
 
     engine = db.make_engine(database)
     try:
-        site.build_site(site.DatabaseSource(engine), Path(out))
+        site.build_site(site_sources.DatabaseSource(engine), Path(out))
     finally:
         engine.dispose()
     return str(Path(out) / "index.html")

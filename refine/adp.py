@@ -13,15 +13,11 @@ isotropic ADP similarity restraint of phenix.refine (Afonine et al. 2012, Acta C
 D68:352) with its ``average_power`` 1 and without its distance factor. Ordered parts (low B)
 are held tighter than mobile ones: one unit of restraint energy is a difference of
 ``sigma sqrt(<B>)`` Å² (25 Å² between atoms near 25 Å², 50 Å² near 100 Å²); the data term is
-weighted so that halving the starting misfit is worth one unit per atom. Measured on the
-deposited coordinates of the three test pairs (25 L-BFGS iterations per stage), against the
-earlier flat ``(ΔB/10 Å²)^2`` restraint: CC_mask 5ME2/EMD-3488 0.812 -> 0.832 and
-3AJO/EMD-20026 0.851 -> 0.858 at about the same RMS relative bonded difference |ΔB|/<B>
-(0.29/0.26 -> 0.32/0.30; servalcat's refinement of 5ME2 leaves 0.46), 7CEC/EMD-30342 zone
-0.826 -> 0.870 (0.03 -> 0.16, the zone's B are high). Without restraint the B fit reaches
-0.871 / 0.902 / 0.859 with B running to both bounds; on servalcat's coordinates of 5ME2 our
-B (flat restraint) give 0.887 against servalcat's own 0.894, so the remaining gap to it is in
-the coordinates. B stays in [:data:`B_MIN`, :data:`B_MAX`] Å².
+weighted so that halving the starting misfit is worth one unit per atom. Why relative rather
+than a flat ``(ΔB/10 Å²)^2`` (``restraint="flat"``): a flat width holds mobile parts (high B) as
+tightly as ordered ones and keeps their B from following the map; without any restraint B runs
+to both bounds. The comparison on the three test pairs is ``benchmarks/bench_adp.py``.
+B stays in [:data:`B_MIN`, :data:`B_MAX`] Å².
 The result is never worse than the input: if the fitted CC_mask ends below the starting one,
 the input B are kept.
 """
@@ -45,8 +41,8 @@ B_MIN = 1.0
 B_MAX = 500.0
 #: Width (in ln B) of the weak prior of every B to the input model's (:func:`log_prior`): keeps B
 #: where the map says little (weak or no density) near what the depositors refined, and keeps atoms
-#: off the bounds (today's fit parked 296 atoms of 5ME2 at 1 Å² and 182 of 7CEC at 500 Å²).
-#: Measured in benchmarks/bench_refine_validation.py (see the commit message).
+#: off the bounds (without it the fit parks hundreds of atoms of 5ME2 and 7CEC at B_MIN or B_MAX).
+#: The width comes from benchmarks/bench_refine_validation.py.
 PRIOR_SIGMA = 3.0
 #: Å²: the prior's reference is the input B clipped to this range (:func:`prior_reference`)...
 PRIOR_B_MIN = 5.0

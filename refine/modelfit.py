@@ -286,7 +286,7 @@ def _alias_free_blur(dmap: DensityMap, resolution: float, alias_log: float = 7.0
 
 
 #: Fit targets of :class:`ModelMapFit`: ``"ccmask"`` is CC_mask itself (raw map, molecular mask,
-#: model map cut sharply at d, as :mod:`.metrics` measures it); ``"sphere"`` the earlier target
+#: model map cut sharply at d, as :mod:`.metrics` measures it); ``"sphere"`` a smoother target
 #: (map low-pass filtered with a cosine edge, spheres of ``mask_radius`` around the atoms).
 TARGETS = ("ccmask", "sphere")
 

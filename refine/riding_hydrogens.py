@@ -1,8 +1,8 @@
 """Hydrogens for refinement of models deposited without them.
 
 What the all-atom clashscore counts (Word et al. 1999, MolProbity) are overlaps of atoms *with
-hydrogens present*: on 7CEC 109 of the 125 clashes today's refinement added involve hydrogens,
-which the heavy-atom repulsion cannot see. So a model without hydrogens is refined with them:
+hydrogens present*: most clashes a heavy-atom-only refinement adds (on 7CEC, nearly all)
+involve hydrogens, which the heavy-atom repulsion cannot see. So a model without hydrogens is refined with them:
 :func:`add_hydrogens` places riding hydrogens from the CCP4 monomer library the way the
 validation does for its clashscore; they are then ordinary atoms of the refinement, held by the library's bond, angle and torsion restraints to their heavy atoms
 (riding in effect: sigma 0.02 Å on X-H), and take part in the repulsion and the clash guard

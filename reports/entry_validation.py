@@ -2,7 +2,7 @@
 cross-validation and the validation: table labels, the residues whose class changed, the
 Ramachandran plots before and after (:mod:`rerefine.reports.ramaplot`).
 
-Kept apart from :mod:`rerefine.reports.site` (already ~1,000 lines of builder and views).
+The entry page's other view models are in :mod:`rerefine.reports.site_views`.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ from html import escape
 
 import numpy as np
 
+from rerefine.reports.numbers import finite_float
+
 __all__ = [
     "nice_ticks",
     "line_panels",
@@ -71,7 +73,8 @@ def _fmt(v: float, step: float | None = None) -> str:
     return f"{v:.{dec}f}"
 
 
-def _num(v: float) -> str:
+def _px(v: float) -> str:
+    """A coordinate in the SVG (pixels) as text: one decimal, none when it is zero."""
     # One decimal of a pixel is plenty and keeps big charts small.
     s = f"{v:.1f}"
     return s[:-2] if s.endswith(".0") else s
@@ -84,14 +87,8 @@ def as_floats(values) -> np.ndarray:
     try:
         return np.asarray(values, dtype=float)
     except (TypeError, ValueError):
-        return np.asarray([_f1(v) for v in values], dtype=float)
-
-
-def _f1(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
+        return np.asarray([math.nan if (x := finite_float(v, keep_infinite=True)) is None else x
+                           for v in values], dtype=float)
 
 
 def _extent(arrays, pad: float = 0.04, lo=None, hi=None) -> tuple[float, float]:
@@ -154,17 +151,17 @@ class _Axes:
 
     def frame(self, out, x_label, y_label, xticks=True, n_y=4, n_x=6, x_tick_labels=None):
         x0, y0, w, h = self.x0, self.y0, self.w, self.h
-        out.append(f'<rect class="frame" x="{_num(x0)}" y="{_num(y0)}" width="{_num(w)}" height="{_num(h)}"/>')
+        out.append(f'<rect class="frame" x="{_px(x0)}" y="{_px(y0)}" width="{_px(w)}" height="{_px(h)}"/>')
         yt = nice_ticks(self.ylo, self.yhi, n_y)
         ystep = yt[1] - yt[0] if len(yt) > 1 else None
         for t in yt:
             if self.ylo <= t <= self.yhi:
-                y = _num(self.py(t))
-                out.append(f'<line class="grid" x1="{_num(x0)}" x2="{_num(x0 + w)}" y1="{y}" y2="{y}"/>')
-                out.append(f'<text class="tick" x="{_num(x0 - 4)}" y="{y}" text-anchor="end" dy="0.32em">{_fmt(t, ystep)}</text>')
+                y = _px(self.py(t))
+                out.append(f'<line class="grid" x1="{_px(x0)}" x2="{_px(x0 + w)}" y1="{y}" y2="{y}"/>')
+                out.append(f'<text class="tick" x="{_px(x0 - 4)}" y="{y}" text-anchor="end" dy="0.32em">{_fmt(t, ystep)}</text>')
         if y_label:
-            cy = _num(y0 + h / 2)
-            out.append(f'<text class="label" transform="translate({_num(x0 - 38)},{cy}) rotate(-90)" text-anchor="middle">{escape(y_label)}</text>')
+            cy = _px(y0 + h / 2)
+            out.append(f'<text class="label" transform="translate({_px(x0 - 38)},{cy}) rotate(-90)" text-anchor="middle">{escape(y_label)}</text>')
         if xticks:
             if x_tick_labels is not None:
                 ticks = [(x, lab) for x, lab in x_tick_labels]
@@ -174,11 +171,11 @@ class _Axes:
                 ticks = [(t, _fmt(t, xstep)) for t in xt]
             for t, lab in ticks:
                 if self.xlo <= t <= self.xhi:
-                    x = _num(self.px(t))
-                    out.append(f'<line class="tickmark" x1="{x}" x2="{x}" y1="{_num(y0 + h)}" y2="{_num(y0 + h + 4)}"/>')
-                    out.append(f'<text class="tick" x="{x}" y="{_num(y0 + h + 15)}" text-anchor="middle">{escape(str(lab))}</text>')
+                    x = _px(self.px(t))
+                    out.append(f'<line class="tickmark" x1="{x}" x2="{x}" y1="{_px(y0 + h)}" y2="{_px(y0 + h + 4)}"/>')
+                    out.append(f'<text class="tick" x="{x}" y="{_px(y0 + h + 15)}" text-anchor="middle">{escape(str(lab))}</text>')
             if x_label:
-                out.append(f'<text class="label" x="{_num(x0 + w / 2)}" y="{_num(y0 + h + 32)}" text-anchor="middle">{escape(x_label)}</text>')
+                out.append(f'<text class="label" x="{_px(x0 + w / 2)}" y="{_px(y0 + h + 32)}" text-anchor="middle">{escape(x_label)}</text>')
 
     def _tenths(self, x, y):
         """Pixel coordinates in tenths (ints) of the points where both values are finite, and that mask."""
@@ -229,10 +226,10 @@ def _legend(out, items, x, y):
     """Legend row: items are (label, cls, kind) with kind 'line' or 'dot'."""
     for label, cls, kind in items:
         if kind == "dot":
-            out.append(f'<path class="dots s-{cls}" d="M{_num(x + 8)} {_num(y)}h0"/>')
+            out.append(f'<path class="dots s-{cls}" d="M{_px(x + 8)} {_px(y)}h0"/>')
         else:
-            out.append(f'<line class="s-{cls}" x1="{_num(x)}" x2="{_num(x + 16)}" y1="{_num(y)}" y2="{_num(y)}"/>')
-        out.append(f'<text class="legend" x="{_num(x + 20)}" y="{_num(y)}" dy="0.32em">{escape(label)}</text>')
+            out.append(f'<line class="s-{cls}" x1="{_px(x)}" x2="{_px(x + 16)}" y1="{_px(y)}" y2="{_px(y)}"/>')
+        out.append(f'<text class="legend" x="{_px(x + 20)}" y="{_px(y)}" dy="0.32em">{escape(label)}</text>')
         x += 28 + 6.2 * len(label)
 
 
@@ -265,8 +262,8 @@ def line_panels(uid: str, title: str, desc: str, x_label: str, panels: list[Pane
         ax.frame(out, x_label if i == len(panels) - 1 else "", p.y_label, xticks=(i == len(panels) - 1))
         for value, label, cls in p.hlines:
             if _finite(value):
-                y = _num(ax.py(value))
-                out.append(f'<line class="s-{cls}" x1="{_num(ax.x0)}" x2="{_num(ax.x0 + ax.w)}" y1="{y}" y2="{y}"/>')
+                y = _px(ax.py(value))
+                out.append(f'<line class="s-{cls}" x1="{_px(ax.x0)}" x2="{_px(ax.x0 + ax.w)}" y1="{y}" y2="{y}"/>')
                 if (label, cls) not in seen:
                     seen.add((label, cls))
                     legend.append((label, cls, "line"))
@@ -298,7 +295,7 @@ def scatter(uid: str, title: str, desc: str, x_label: str, y_label: str, series:
     if diagonal:
         a, b = max(xlo, ylo), min(xhi, yhi)
         if a < b:
-            out.append(f'<line class="s-diagonal" x1="{_num(ax.px(a))}" y1="{_num(ax.py(a))}" x2="{_num(ax.px(b))}" y2="{_num(ax.py(b))}"/>')
+            out.append(f'<line class="s-diagonal" x1="{_px(ax.px(a))}" y1="{_px(ax.py(a))}" x2="{_px(ax.px(b))}" y2="{_px(ax.py(b))}"/>')
     out.append('<g class="data" transform="scale(0.1)">')
     for s in series:
         d = ax.dots(s.x, s.y)
@@ -339,22 +336,22 @@ def box_by_group(uid: str, title: str, desc: str, x_label: str, y_label: str, gr
     ax = _Axes(left, top, width - left - right, height - top - bottom, 0, n, ylo, yhi)
     ax.frame(out, "", y_label, xticks=False)
     if zero_line and ylo < 0 < yhi:
-        y = _num(ax.py(0))
-        out.append(f'<line class="zero" x1="{_num(ax.x0)}" x2="{_num(ax.x0 + ax.w)}" y1="{y}" y2="{y}"/>')
+        y = _px(ax.py(0))
+        out.append(f'<line class="zero" x1="{_px(ax.x0)}" x2="{_px(ax.x0 + ax.w)}" y1="{y}" y2="{y}"/>')
     bw = ax.w / n * 0.5
     for i, (lab, vals) in enumerate(clean):
         cx = ax.px(i + 0.5)
-        out.append(f'<text class="tick" x="{_num(cx)}" y="{_num(ax.y0 + ax.h + 15)}" text-anchor="middle">{escape(lab)}</text>')
-        out.append(f'<text class="tick small" x="{_num(cx)}" y="{_num(ax.y0 + ax.h + 28)}" text-anchor="middle">n={len(vals)}</text>')
+        out.append(f'<text class="tick" x="{_px(cx)}" y="{_px(ax.y0 + ax.h + 15)}" text-anchor="middle">{escape(lab)}</text>')
+        out.append(f'<text class="tick small" x="{_px(cx)}" y="{_px(ax.y0 + ax.h + 28)}" text-anchor="middle">n={len(vals)}</text>')
         if not vals:
             continue
         mn, q1, med, q3, mx = _quantiles(vals)
-        out.append(f'<line class="whisker" x1="{_num(cx)}" x2="{_num(cx)}" y1="{_num(ax.py(mn))}" y2="{_num(ax.py(mx))}"/>')
+        out.append(f'<line class="whisker" x1="{_px(cx)}" x2="{_px(cx)}" y1="{_px(ax.py(mn))}" y2="{_px(ax.py(mx))}"/>')
         top_y = ax.py(q3)
-        out.append(f'<rect class="box" x="{_num(cx - bw / 2)}" y="{_num(top_y)}" width="{_num(bw)}" height="{_num(max(ax.py(q1) - top_y, 0.5))}">'
+        out.append(f'<rect class="box" x="{_px(cx - bw / 2)}" y="{_px(top_y)}" width="{_px(bw)}" height="{_px(max(ax.py(q1) - top_y, 0.5))}">'
                    f'<title>{escape(lab)}: median {med:.3g}, quartiles {q1:.3g} to {q3:.3g}, n={len(vals)}</title></rect>')
-        y = _num(ax.py(med))
-        out.append(f'<line class="median" x1="{_num(cx - bw / 2)}" x2="{_num(cx + bw / 2)}" y1="{y}" y2="{y}"/>')
-    out.append(f'<text class="label" x="{_num(ax.x0 + ax.w / 2)}" y="{_num(height - 6)}" text-anchor="middle">{escape(x_label)}</text>')
+        y = _px(ax.py(med))
+        out.append(f'<line class="median" x1="{_px(cx - bw / 2)}" x2="{_px(cx + bw / 2)}" y1="{y}" y2="{y}"/>')
+    out.append(f'<text class="label" x="{_px(ax.x0 + ax.w / 2)}" y="{_px(height - 6)}" text-anchor="middle">{escape(x_label)}</text>')
     out.append("</svg>")
     return "".join(out)

@@ -302,7 +302,8 @@ def _summary(values: Sequence[float]) -> dict:
             "q75": float(q75), "min": float(v.min()), "max": float(v.max())}
 
 
-def _bin_label(lo: float, hi: float) -> str:
+def bin_label(lo: float, hi: float) -> str:
+    """Label of the resolution bin [``lo``, ``hi``) in Å: ``< 2 Å``, ``2–2.5 Å``, ``≥ 5 Å``."""
     if math.isinf(hi):
         return f"≥ {lo:g} Å"
     if lo <= 0:
@@ -348,7 +349,7 @@ def distributions(engine: Engine, version: str | None = None, *,
         sel = [r for r in rows if r["resolution"] is not None and lo <= r["resolution"] < hi]
         verd = Counter(r["verdict"] for r in sel)
         s = _summary([r["d_cc_mask"] for r in sel])
-        bins.append({"label": _bin_label(lo, hi), "lo": lo, "hi": hi, "n": len(sel),
+        bins.append({"label": bin_label(lo, hi), "lo": lo, "hi": hi, "n": len(sel),
                      "improved": verd.get("improved", 0), "unchanged": verd.get("unchanged", 0),
                      "worse": verd.get("worse", 0), "median_d_cc_mask": s["median"],
                      "mean_d_cc_mask": s["mean"]})

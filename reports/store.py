@@ -33,7 +33,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from rerefine.common.errors import InputError
 from rerefine.reports import db
-from rerefine.reports.verdict import decide, finite_float
+from rerefine.reports.numbers import finite_float
+from rerefine.reports.verdict import decide
 
 FINISHED = ("done", "failed", "skipped")
 #: Ends the reason of a failure that may not happen again (a full disk, memory, an interrupted run):

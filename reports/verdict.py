@@ -5,9 +5,9 @@ map until it matches the map's own blur), so a verdict on the full CCmask reward
 even when the coordinates got no better and the model's validation got worse (7CEC did:
 CCmask up, Ramachandran and rotamer outliers up). In the manner of PDB-REDO (Joosten et al.
 2014, IUCrJ 1:213: the re-refined model replaces the deposited one only when it fits better
-*and* is not worse in validation) the verdict now asks four questions, each a *gate*:
+*and* is not worse in validation) the verdict asks four questions, each a *gate*:
 
-1. **geometry** — heavy-atom restraint RMSDs within today's limits (see below);
+1. **geometry** — heavy-atom restraint RMSDs within the limits below;
 2. **validation** — no MolProbity-class figure got worse beyond its tolerance:
 
    * Ramachandran outliers: no net new ones (count after ≤ before);
@@ -60,9 +60,10 @@ neither a CCmask-with-input-B nor a Q-score before and after has no verdict (``N
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Mapping
+
+from rerefine.reports.numbers import finite_float
 
 #: Margin of :func:`got_worse` (a later pipeline version's CCmask after refinement lower by it).
 CC_MARGIN = 0.01
@@ -115,29 +116,11 @@ class Verdict:
         return "; ".join(self.reasons)
 
 
-def finite_float(v) -> float | None:
-    """``v`` as a finite float, or None (missing, not a number, NaN or infinite)."""
-    if v is None:
-        return None
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def _num(d: Mapping | None, key: str) -> float | None:
-    """``d[key]`` as a float for the verdict rules: missing or NaN is unknown (None), but unlike
-    :func:`finite_float` an infinite value is kept, so that an infinite RMSD after refinement
-    counts as worse instead of being skipped."""
-    v = (d or {}).get(key)
-    if v is None:
-        return None
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
+    """``d[key]`` as a float for the verdict rules: missing or NaN is unknown (None), but an
+    infinite value is kept, so that an infinite RMSD after refinement counts as worse instead of
+    being skipped."""
+    return finite_float((d or {}).get(key), keep_infinite=True)
 
 
 def _pair(before, after, key, key_after=None):

@@ -3,18 +3,10 @@ added and what was removed, from the summary the pipeline stores under ``metrics
 
 from __future__ import annotations
 
-import math
+from rerefine.reports.numbers import finite_float
 
 #: Rows listed per table on the page; the counts always cover every water.
 MAX_ROWS = 200
-
-
-def _num(x):
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def waters_view(d) -> dict | None:
@@ -38,8 +30,8 @@ def waters_view(d) -> dict | None:
         "n_added": int(d.get("n_added", len(added)) or 0),
         "n_kept": int(d.get("n_kept", len(kept) if isinstance(kept, list) else 0) or 0),
         "n_removed": int(d.get("n_removed", len(removed)) or 0),
-        "added": [{"label": label(w), "height_sd": _num(w.get("height_sd")), "partner": str(w.get("partner", "")),
-                   "distance": _num(w.get("distance")), "b_iso": _num(w.get("b_iso"))} for w in added[:MAX_ROWS]],
+        "added": [{"label": label(w), "height_sd": finite_float(w.get("height_sd")), "partner": str(w.get("partner", "")),
+                   "distance": finite_float(w.get("distance")), "b_iso": finite_float(w.get("b_iso"))} for w in added[:MAX_ROWS]],
         "removed": [{"label": label(w), "reason": str(w.get("reason", ""))} for w in removed[:MAX_ROWS]],
         "max_rows": MAX_ROWS,
     }

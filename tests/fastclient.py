@@ -1,9 +1,10 @@
 """The download client the HTTP and fault tests use against the loopback archive: the production
 :class:`rerefine.harvester.http.HttpClient` with a fast back-off (the schedule itself is the same
-code), and a look into its cache."""
+code), a look into its cache, and the real map the served folders hold."""
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 from rerefine.harvester.http import HttpClient
@@ -21,3 +22,13 @@ def cache_objects(cache: Path) -> list[Path]:
     """The sealed objects of a download cache folder."""
     objects = Path(cache) / "objects"
     return [p for p in objects.rglob("*") if p.is_file()] if objects.exists() else []
+
+
+def serve_real_map(root: Path, test_data: Path) -> bytes:
+    """Write EMD-3488's real map (shared data), gzipped (level 1, no time stamp), to
+    ``root/emd_3488.map.gz``, the file the served folders of the HTTP and fault tests hold; returns
+    the gzipped bytes."""
+    src = Path(test_data) / "maps_models" / "emd_3488_5me2" / "emd_3488.mrc"
+    data = gzip.compress(src.read_bytes(), compresslevel=1, mtime=0)
+    (Path(root) / "emd_3488.map.gz").write_bytes(data)
+    return data

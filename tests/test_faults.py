@@ -29,7 +29,7 @@ from rerefine.common.errors import ArchiveError, InputError
 from rerefine.harvester import emdb
 from rerefine.harvester.http import HttpClient, NotFound
 from rerefine.harvester.loopback import LoopbackArchive
-from fastclient import cache_objects, fast_client  # noqa: E402  (tests/ is on sys.path under pytest)
+from fastclient import cache_objects, fast_client, serve_real_map  # noqa: E402  (tests/ is on sys.path under pytest)
 
 MiB = 1 << 20
 
@@ -41,8 +41,7 @@ def _client(**kw) -> HttpClient:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, test_data):
     root = tmp_path_factory.mktemp("served")
-    src = test_data / "maps_models" / "emd_3488_5me2" / "emd_3488.mrc"
-    (root / "emd_3488.map.gz").write_bytes(gzip.compress(src.read_bytes(), compresslevel=1, mtime=0))
+    serve_real_map(root, test_data)
     # A 20 MB gzip bomb: 200 members of 100 MB of zeros each (inflates to 20 GB).
     member = gzip.compress(bytes(100 * 10**6), compresslevel=9, mtime=0)
     with open(root / "bomb.map.gz", "wb") as fh:

@@ -17,7 +17,7 @@ import pytest
 from rerefine.harvester.http import verify_gzip_file
 from rerefine.harvester.loopback import LoopbackArchive
 from rerefine.common.errors import ArchiveError
-from fastclient import cache_objects, fast_client  # noqa: E402  (tests/ is on sys.path under pytest)
+from fastclient import cache_objects, fast_client, serve_real_map  # noqa: E402  (tests/ is on sys.path under pytest)
 
 
 
@@ -27,8 +27,7 @@ def served(tmp_path_factory, test_data):
     """A directory of real files: a gzipped real map, a truncated copy, the real .map.gz of EMD-3001."""
     root = tmp_path_factory.mktemp("served")
     src = test_data / "maps_models" / "emd_3488_5me2" / "emd_3488.mrc"
-    data = gzip.compress(src.read_bytes(), compresslevel=1, mtime=0)
-    (root / "emd_3488.map.gz").write_bytes(data)
+    data = serve_real_map(root, test_data)
     (root / "truncated.map.gz").write_bytes(data[: len(data) // 2])
     (root / "not_gzip.map.gz").write_bytes(src.read_bytes()[:50_000])
     shutil.copy(test_data / "maps_models" / "maps_only_mrcfile" / "emd_3001.map.gz", root / "emd_3001.map.gz")

@@ -167,4 +167,6 @@ def test_own_fourier_map_afonine_table(pairs):
     assert all(c > 0.999 for c in ccs)
     assert all(q < 1.0 for q in qs)
     assert qs[0] > qs[1] > qs[2]
-    assert qs[0] > 0.85 and qs[2] > 0.6
+    # Afonine's table: 0.97 / 0.93 / 0.84; ours measured 0.985 / 0.928 / 0.788 (isotropic B, a
+    # 41-residue fragment; the 3 Å figure differs most), so within 0.06 of his at each resolution
+    assert qs == pytest.approx([0.97, 0.93, 0.84], abs=0.06)

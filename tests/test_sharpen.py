@@ -139,6 +139,9 @@ def test_model_mode_keeps_cc_mask_on_high_b_model(pairs, maps):
     r = sharpen.auto_sharpen(m, res, model=st)
     before, after, _ = _cc_mask(pairs, name, m, r.map)
     assert r.method == "model_scaling"
+    # a guard, not an outcome check (a do-nothing sharpener passes it): the model mode must not
+    # cost fit on the high-B 7CEC zone; 0.01 is the CCmask drop the site counts as worse between
+    # pipeline versions (reports.verdict.CC_MARGIN)
     assert after >= before - 0.01, (before, after)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rerefine.reports import plots, site
+from rerefine.reports import plots, site, site_charts, site_manifest, site_sources, site_views
 
 XSS_TITLE = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"> & "quotes"'
 
@@ -39,7 +39,7 @@ def residue_rows(rng: random.Random, n: int, chains: str, cc0: float, q0: float,
 
 
 def make_entry(i: int, rng: random.Random, n_res: int = 120, chains: str = "AB", status: str | None = None) -> dict:
-    """One synthetic entry dict as :func:`rerefine.reports.site.entry_view` takes it."""
+    """One synthetic entry dict as :func:`rerefine.reports.site_views.entry_view` takes it."""
     res = 1.8 + 3.0 * rng.random()
     cc0 = 0.55 + 0.3 * rng.random()
     dcc = rng.gauss(0.015, 0.02)
@@ -56,7 +56,7 @@ def make_entry(i: int, rng: random.Random, n_res: int = 120, chains: str = "AB",
          "version": "1.0", "parameters": {"weight": "auto", "cycles": 5}}
     if st == "done":
         rb, ra = residue_rows(rng, n_res, chains, cc0, q0, dcc)
-        cols = site.residue_columns([{**{k: b[k] for k in ("chain", "seq", "icode", "resname")},
+        cols = site_views.residue_columns([{**{k: b[k] for k in ("chain", "seq", "icode", "resname")},
                                       "cc_before": b["cc"], "cc_after": a["cc"],
                                       "q_score_before": b["q_score"], "q_score_after": a["q_score"],
                                       "b_iso_before": b["b_iso"], "b_iso_after": a["b_iso"]} for b, a in zip(rb, ra)])
@@ -149,7 +149,7 @@ def built(tmp_path_factory):
     hist_a = make_entries(30, seed=5)
     engine = history_engine(tmp_path_factory.mktemp("db"), {"1.0": (hist_a, {"cycles": 3}),
                                                             "1.1": (entries, {"cycles": 5})})
-    report = site.build_site(site.DictSource(entries, engine=engine), out)
+    report = site.build_site(site_sources.DictSource(entries, engine=engine), out)
     engine.dispose()
     return out, entries, report
 
@@ -191,21 +191,21 @@ def test_box_plot_reports_counts_and_medians():
 # ----------------------------------------------------------------------------- ids and science
 
 def test_ids_are_validated_before_becoming_links():
-    assert site.rcsb_url("7abc") == "https://www.rcsb.org/structure/7ABC"
-    assert site.rcsb_url("pdb_00007abc") == "https://www.rcsb.org/structure/PDB_00007ABC"
-    assert site.rcsb_url("javascript:alert(1)") is None
-    assert site.rcsb_url("0abc") is None
-    assert site.emdb_url("emd_1234") == "https://www.ebi.ac.uk/emdb/EMD-1234"
-    assert site.emdb_url("EMD-12345") == "https://www.ebi.ac.uk/emdb/EMD-12345"
-    assert site.emdb_url('EMD-1"><script>') is None
-    assert site.page_slug("../../etc/passwd") == "etc_passwd"
+    assert site_views.rcsb_url("7abc") == "https://www.rcsb.org/structure/7ABC"
+    assert site_views.rcsb_url("pdb_00007abc") == "https://www.rcsb.org/structure/PDB_00007ABC"
+    assert site_views.rcsb_url("javascript:alert(1)") is None
+    assert site_views.rcsb_url("0abc") is None
+    assert site_views.emdb_url("emd_1234") == "https://www.ebi.ac.uk/emdb/EMD-1234"
+    assert site_views.emdb_url("EMD-12345") == "https://www.ebi.ac.uk/emdb/EMD-12345"
+    assert site_views.emdb_url('EMD-1"><script>') is None
+    assert site_views.page_slug("../../etc/passwd") == "etc_passwd"
 
 
 def test_expected_q_follows_pintilie_2020():
     # Q_exp = -0.1775 d + 1.1192 (Pintilie et al. 2020): 0.764 at 2 Å, 0.587 at 3 Å.
-    assert site.expected_q(2.0) == pytest.approx(0.7642, abs=1e-4)
-    assert site.expected_q(3.0) == pytest.approx(0.5867, abs=1e-4)
-    assert site.expected_q(None) is None and site.expected_q(-1) is None
+    assert site_views.expected_q(2.0) == pytest.approx(0.7642, abs=1e-4)
+    assert site_views.expected_q(3.0) == pytest.approx(0.5867, abs=1e-4)
+    assert site_views.expected_q(None) is None and site_views.expected_q(-1) is None
 
 
 # ----------------------------------------------------------------------------- rendered pages
@@ -228,7 +228,7 @@ def test_archive_text_is_escaped_everywhere(built):
             text = f.read_text(encoding="utf-8")
             assert "<script>window.__xss" not in text, f
             assert "onerror=\"window" not in text, f
-    page = out / "entry" / f"{site.page_slug(bad['pdb_id'])}.html"
+    page = out / "entry" / f"{site_views.page_slug(bad['pdb_id'])}.html"
     html = page.read_text()
     assert "&lt;script&gt;window.__xss = 1&lt;/script&gt;" in html
     doc = parse(page)
@@ -242,7 +242,7 @@ def test_archive_text_is_escaped_everywhere(built):
 def test_entry_page_content_and_accessibility(built):
     out, entries, _ = built
     e = entries[0]
-    doc = parse(out / "entry" / f"{site.page_slug(e['pdb_id'])}.html")
+    doc = parse(out / "entry" / f"{site_views.page_slug(e['pdb_id'])}.html")
     text = " ".join(doc.text)
     tags = doc.tags
     hrefs = [a["href"] for t, a in tags if t == "a" and "href" in a]
@@ -263,8 +263,8 @@ def test_entry_page_content_and_accessibility(built):
     assert "expected Q at" in text and "Chain A" in text and "Chain B" in text
     assert f"{e['sharpening']['b_iso_before']:.1f} Å²" in text and "−60.0 Å²" in text
     # downloads: the kept file is linked relatively, the missing one listed as not kept
-    assert "../files/" + site.page_slug(e["pdb_id"]) + "/1000_refined.cif" in hrefs
-    assert (out / "files" / site.page_slug(e["pdb_id"]) / "1000_refined.cif").read_text() == "data_1000\n"
+    assert "../files/" + site_views.page_slug(e["pdb_id"]) + "/1000_refined.cif" in hrefs
+    assert (out / "files" / site_views.page_slug(e["pdb_id"]) / "1000_refined.cif").read_text() == "data_1000\n"
     assert "not kept on this site" in text
     assert "../version/1.0.html" in hrefs
     assert "weight" in text and "cycles" in text
@@ -273,7 +273,7 @@ def test_entry_page_content_and_accessibility(built):
 def test_failed_entry_shows_its_reason(built):
     out, entries, _ = built
     e = next(x for x in entries if x["status"] == "failed")
-    doc = parse(out / "entry" / f"{site.page_slug(e['pdb_id'])}.html")
+    doc = parse(out / "entry" / f"{site_views.page_slug(e['pdb_id'])}.html")
     text = " ".join(doc.text)
     assert "Failed:" in text and "not a valid MRC file" in text
     assert not [a for t, a in doc.tags if t == "svg"]
@@ -325,7 +325,7 @@ def test_method_impact_counts_follow_the_got_worse_rule(tmp_path):
         if e["metrics"]["after"]:
             e["metrics"]["after"]["cc_mask"] -= 0.05
     engine = history_engine(tmp_path, {"a": (a, {"v": "a"}), "b": (b, {"v": "b"})})
-    s = site.DictSource(b, engine=engine).version_summaries()
+    s = site_sources.DictSource(b, engine=engine).version_summaries()
     engine.dispose()
     comp = s[1]["comp"]
     done_first5 = sum(1 for e in a[:5] if e["status"] == "done")
@@ -339,8 +339,8 @@ def test_residue_lines_break_at_gaps_in_the_numbering(tmp_path):
     the ligand is a dot of its own, not the end of a segment from residue 10."""
     rows = [{"chain": "A", "seq": k, "icode": "", "resname": "ALA", "cc_before": 0.7, "cc_after": 0.8,
              "q_score_before": 0.5, "q_score_after": 0.6} for k in list(range(1, 11)) + [201]]
-    v = site.entry_view({"pdb_id": "1abc", "resolution": 3.0, "residues": site.residue_columns(rows)})
-    (chart,) = site._residue_charts(v)
+    v = site_views.entry_view({"pdb_id": "1abc", "resolution": 3.0, "residues": site_views.residue_columns(rows)})
+    (chart,) = site_charts.residue_charts(v)
     paths = re.findall(r'class="line s-after" d="([^"]+)"', chart["svg"])
     assert paths and all(d.count("M") == 2 and d.endswith("h0") for d in paths)
 
@@ -354,8 +354,8 @@ def test_entry_page_shows_the_placement_check(tmp_path):
         "groups": [{"group": "A", "rotation_deg": 1.39, "shift": 0.38}, {"group": "<b>B", "rotation_deg": 1.42, "shift": 0.34}]}
     entries[1]["metrics"]["before"]["placement"] = {
         "by": "model", "misplaced": False, "groups": [{"group": "model", "rotation_deg": 0.03, "shift": 0.01}]}
-    site.build_site(site.DictSource(entries), tmp_path)
-    page = [tmp_path / "entry" / f"{site.page_slug(e['pdb_id'])}.html" for e in entries]
+    site.build_site(site_sources.DictSource(entries), tmp_path)
+    page = [tmp_path / "entry" / f"{site_views.page_slug(e['pdb_id'])}.html" for e in entries]
     t0, t1, t2 = (text_of(p) for p in page[:3])
     assert "Placement in the map" in t0 and "1.39" in t0 and "0.34" in t0
     assert "rerefine refine --rigid-body chain" in t0
@@ -366,39 +366,39 @@ def test_entry_page_shows_the_placement_check(tmp_path):
 
 def test_parallel_build_writes_the_same_pages(tmp_path):
     entries = make_entries(70, seed=9, n_res=20)
-    a = site.build_site(site.DictSource(entries), tmp_path / "a", jobs=1)
-    b = site.build_site(site.DictSource(entries), tmp_path / "b", jobs=2)
+    a = site.build_site(site_sources.DictSource(entries), tmp_path / "a", jobs=1)
+    b = site.build_site(site_sources.DictSource(entries), tmp_path / "b", jobs=2)
     assert a.pages_written == b.pages_written == a.pages_total == b.pages_total
     for f in (tmp_path / "a").rglob("*.html"):
         assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes(), f
     import json
 
-    ma, mb = (json.loads((tmp_path / d / site.MANIFEST).read_text()) for d in ("a", "b"))
+    ma, mb = (json.loads((tmp_path / d / site_manifest.MANIFEST).read_text()) for d in ("a", "b"))
     assert ma["pages"] == mb["pages"] and ma["markers"] == mb["markers"]
-    assert site.build_site(site.DictSource(entries), tmp_path / "b", jobs=2).pages_written == 0
+    assert site.build_site(site_sources.DictSource(entries), tmp_path / "b", jobs=2).pages_written == 0
 
 
 def test_incremental_build_rewrites_only_changed_pages(tmp_path):
     entries = make_entries(12, seed=7)
     out = tmp_path / "site"
-    r1 = site.build_site(site.DictSource(entries), out)
+    r1 = site.build_site(site_sources.DictSource(entries), out)
     assert r1.pages_written == r1.pages_total
-    keep = out / "entry" / f"{site.page_slug(entries[0]['pdb_id'])}.html"
+    keep = out / "entry" / f"{site_views.page_slug(entries[0]['pdb_id'])}.html"
     mtime = keep.stat().st_mtime_ns
-    r2 = site.build_site(site.DictSource(entries), out)
+    r2 = site.build_site(site_sources.DictSource(entries), out)
     assert r2.pages_written == 0 and r2.pages_total == r1.pages_total
     # one entry changes, one disappears
     changed = dict(entries[2], title="A new title")
     gone = entries[5]
     new = [changed if e is entries[2] else e for e in entries if e is not gone]
-    r3 = site.build_site(site.DictSource(new), out)
-    assert f"entry/{site.page_slug(changed['pdb_id'])}.html" in r3.written
-    assert not [w for w in r3.written if w.startswith("entry/") and w != f"entry/{site.page_slug(changed['pdb_id'])}.html"]
+    r3 = site.build_site(site_sources.DictSource(new), out)
+    assert f"entry/{site_views.page_slug(changed['pdb_id'])}.html" in r3.written
+    assert not [w for w in r3.written if w.startswith("entry/") and w != f"entry/{site_views.page_slug(changed['pdb_id'])}.html"]
     assert "index.html" in r3.written and "data/index.js" in r3.written
-    assert r3.pages_removed == 1 and not (out / "entry" / f"{site.page_slug(gone['pdb_id'])}.html").exists()
+    assert r3.pages_removed == 1 and not (out / "entry" / f"{site_views.page_slug(gone['pdb_id'])}.html").exists()
     assert keep.stat().st_mtime_ns == mtime
-    assert "A new title" in (out / "entry" / f"{site.page_slug(changed['pdb_id'])}.html").read_text()
-    r4 = site.build_site(site.DictSource(new), out, full=True)
+    assert "A new title" in (out / "entry" / f"{site_views.page_slug(changed['pdb_id'])}.html").read_text()
+    r4 = site.build_site(site_sources.DictSource(new), out, full=True)
     assert r4.pages_written == r4.pages_total
 
 
@@ -440,15 +440,15 @@ def test_site_build_from_the_database_through_the_cli(tmp_path, capsys):
     assert main(["site", "build", "--out", str(out), "--url", url]) == 0
     assert "8 entries" in capsys.readouterr().out
     pages = {p.name for p in (out / "entry").glob("*.html")}
-    assert pages == {site.page_slug(e["pdb_id"]) + ".html" for e in entries}
-    e0 = out / "entry" / f"{site.page_slug(entries[0]['pdb_id'])}.html"
+    assert pages == {site_views.page_slug(e["pdb_id"]) + ".html" for e in entries}
+    e0 = out / "entry" / f"{site_views.page_slug(entries[0]['pdb_id'])}.html"
     html = e0.read_text()
     assert "All runs of this entry" in html and "Chain A" in html
     assert "../version/1.1.html" in html
     ver = text_of(out / "version" / "1.1.html")
     assert "Worsened (1)" in ver and entries[0]["pdb_id"] in ver  # CCmask 0.03 below 1.0's
     assert "Compared with 1.0" in ver
-    assert "&lt;script&gt;" in (out / "entry" / f"{site.page_slug(entries[3]['pdb_id'])}.html").read_text()
+    assert "&lt;script&gt;" in (out / "entry" / f"{site_views.page_slug(entries[3]['pdb_id'])}.html").read_text()
 
     # Nothing changed: nothing rewritten, and no entry detail even read.
     mtime = e0.stat().st_mtime_ns
@@ -456,9 +456,9 @@ def test_site_build_from_the_database_through_the_cli(tmp_path, capsys):
     assert '"pages_written": 0' in capsys.readouterr().out
     # A new result for one entry: only that entry's page (plus the summaries) is rewritten.
     _store(engine, entries[7], "1.1", {"cycles": 5}, rng, dcc=0.04)
-    r = site.build_site(site.DatabaseSource(engine), out)
+    r = site.build_site(site_sources.DatabaseSource(engine), out)
     entry_pages = [w for w in r.written if w.startswith("entry/")]
-    assert entry_pages == [f"entry/{site.page_slug(entries[7]['pdb_id'])}.html"]
+    assert entry_pages == [f"entry/{site_views.page_slug(entries[7]['pdb_id'])}.html"]
     assert e0.stat().st_mtime_ns == mtime
     # An entry-metadata-only change (not visible in the listing) is still picked up.
     from rerefine.reports import store
@@ -466,8 +466,8 @@ def test_site_build_from_the_database_through_the_cli(tmp_path, capsys):
     store.store_result(engine, entry={"pdb_id": entries[1]["pdb_id"], "method": "single particle (updated)"},
                        pipeline_version="1.1", params={"cycles": 5}, status="done",
                        metrics_before=entries[1]["metrics"]["before"], metrics_after=entries[1]["metrics"]["after"])
-    r = site.build_site(site.DatabaseSource(engine), out)
-    assert f"entry/{site.page_slug(entries[1]['pdb_id'])}.html" in r.written
+    r = site.build_site(site_sources.DatabaseSource(engine), out)
+    assert f"entry/{site_views.page_slug(entries[1]['pdb_id'])}.html" in r.written
     engine.dispose()
 
 
@@ -496,8 +496,8 @@ def test_entry_page_gates_validation_and_ramachandran(tmp_path):
     e.update(verdict=v.verdict, verdict_gate=v.gate, verdict_reasons=v.reasons,
              verdict_gates=[{"name": g.name, "status": g.status, "detail": g.detail} for g in v.gates])
     out = tmp_path / "site"
-    site.build_site(site.DictSource([e]), out, copy_artefacts=False)
-    page = out / "entry" / f"{site.page_slug(e['pdb_id'])}.html"
+    site.build_site(site_sources.DictSource([e]), out, copy_artefacts=False)
+    page = out / "entry" / f"{site_views.page_slug(e['pdb_id'])}.html"
     html = page.read_text(encoding="utf-8")
     text = text_of(page)
     assert "decided by the validation gate" in text and "Ramachandran outliers 1 -> 2" in text
@@ -513,7 +513,7 @@ def test_entry_page_gates_validation_and_ramachandran(tmp_path):
     # the index carries the deciding gate
     assert "validation" in (out / "data" / "index.js").read_text()
     # labels nothing computes are gone: no Ramachandran/rotamer rows in the geometry table
-    assert not {"clashscore", "rama_favored", "rama_outliers", "rotamer_outliers"} & set(site.GEOMETRY)
+    assert not {"clashscore", "rama_favored", "rama_outliers", "rotamer_outliers"} & set(site_views.GEOMETRY)
 
 
 def test_ramachandran_regions_from_top8000():

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from rerefine.reports import site
+from rerefine.reports import site, site_sources, site_views
 
 from ci import missing  # noqa: E402
 from test_site import XSS_TITLE, history_engine, make_entries  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -60,18 +60,18 @@ def served(tmp_path_factory):
     entries = make_entries(60, seed=21)
     small = root / "small"
     engine = history_engine(tmp_path_factory.mktemp("db"), {"1.0": (entries, {"cycles": 5})})
-    site.build_site(site.DictSource(entries, engine=engine), small)
+    site.build_site(site_sources.DictSource(entries, engine=engine), small)
     engine.dispose()
     big = root / "big"
     shutil.copytree(small, big)
     rng = random.Random(4)
     rows = []
     for i in range(20000):
-        r = site.index_row(site.entry_view({
+        r = site_views.index_row(site_views.entry_view({
             "pdb_id": f"pdb_{i:08d}", "emdb_id": f"EMD-{20000 + i}", "title": f"Big archive entry {i}",
             "resolution": round(1.5 + 3.5 * rng.random(), 2), "status": "failed" if i % 10 == 0 else "done",
             "metrics": {"before": {"cc_mask": rng.random()}, "after": {"cc_mask": rng.random()}}}))
-        r["slug"] = site.page_slug(r["pdb_id"])
+        r["slug"] = site_views.page_slug(r["pdb_id"])
         rows.append(r)
     (big / "data" / "index.js").write_text(site.index_script(site.index_table(rows)))
     handler = functools.partial(_Quiet, directory=str(root))
@@ -198,7 +198,7 @@ def test_script_in_archive_text_is_inert(served, driver):
     assert driver.execute_script("return window.__xss") is None
     assert not driver.find_elements(By.CSS_SELECTOR, "#entries tbody img, #entries tbody script")
     bad = served["entries"][3]
-    driver.get(served["base"] + f"/small/entry/{site.page_slug(bad['pdb_id'])}.html")
+    driver.get(served["base"] + f"/small/entry/{site_views.page_slug(bad['pdb_id'])}.html")
     assert XSS_TITLE in driver.find_element(By.TAG_NAME, "h1").text
     assert driver.execute_script("return window.__xss") is None
 
@@ -210,7 +210,7 @@ def test_entry_page_draws_its_charts(served, driver, tmp_path):
     e = served["entries"][0]
     driver.get(served["base"] + "/small/index.html")
     driver.find_element(By.LINK_TEXT, e["pdb_id"]).click()
-    assert driver.current_url.endswith(f"/small/entry/{site.page_slug(e['pdb_id'])}.html")
+    assert driver.current_url.endswith(f"/small/entry/{site_views.page_slug(e['pdb_id'])}.html")
     assert e["title"] in driver.find_element(By.TAG_NAME, "h1").text
     charts = driver.execute_script("""
         return Array.prototype.map.call(document.querySelectorAll('svg.chart'), function (svg) {
@@ -236,7 +236,7 @@ def test_entry_page_draws_its_charts(served, driver, tmp_path):
         assert overflow <= 0
         driver.get(served["base"] + "/small/index.html")
         assert driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth") <= 0
-        driver.get(served["base"] + f"/small/entry/{site.page_slug(e['pdb_id'])}.html")
+        driver.get(served["base"] + f"/small/entry/{site_views.page_slug(e['pdb_id'])}.html")
         driver.save_screenshot(str(tmp_path / "entry-phone.png"))
     finally:
         driver.set_window_size(1280, 900)

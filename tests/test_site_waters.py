@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from test_site import make_entries, text_of
 
-from rerefine.reports import site
+from rerefine.reports import site, site_sources, site_views
 
 
 def test_entry_page_lists_added_and_removed_waters(tmp_path):
@@ -17,8 +17,8 @@ def test_entry_page_lists_added_and_removed_waters(tmp_path):
         "removed": [{"chain": "A", "seq": 301, "icode": "", "reason": "weak density (0.9 SD < 1.5)"}]}
     entries[1]["metrics"]["after"]["douse"] = {
         "status": "skipped: resolution 3.20 Å is worse than the 3.00 Å cut-off for ordered waters"}
-    site.build_site(site.DictSource(entries), tmp_path)
-    pages = [tmp_path / "entry" / f"{site.page_slug(e['pdb_id'])}.html" for e in entries]
+    site.build_site(site_sources.DictSource(entries), tmp_path)
+    pages = [tmp_path / "entry" / f"{site_views.page_slug(e['pdb_id'])}.html" for e in entries]
     t0, t1, t2 = (text_of(p) for p in pages[:3])
     assert "Ordered waters" in t0 and "2 added, 7 deposited waters kept, 1 removed" in t0
     assert "W/HOH 1" in t0 and "A/SER 12/OG" in t0 and "2.71" in t0

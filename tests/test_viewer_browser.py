@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from rerefine.refine import diffmap, douse, mapio, modelio
-from rerefine.reports import site, viewer
+from rerefine.reports import site, site_sources, viewer
 
 from test_site_browser import _assert_local, _requests, driver  # noqa: F401  (shared fixture)
 
@@ -61,7 +61,7 @@ def viewer_site(tmp_path_factory, pairs):
     other = {"pdb_id": "LOC0001", "status": "done", "resolution": 3.0,
              "metrics": {"before": {"cc_mask": 0.8}, "after": {"cc_mask": 0.8}}, "artefacts": []}
     out = root / "site"
-    site.build_site(site.DictSource([entry, other]), out)
+    site.build_site(site_sources.DictSource([entry, other]), out)
     bare = root / "bare"
     shutil.copytree(out, bare)
     shutil.rmtree(bare / "static" / "molstar")

@@ -27,7 +27,7 @@ def run_build(args, settings) -> int:
 
     from rerefine.flows.cli import emit_json
     from rerefine.common.errors import InputError
-    from rerefine.reports import db, site
+    from rerefine.reports import db, site, site_sources
 
     url = args.url or settings.database
     out = Path(args.out) if args.out else settings.site_dir
@@ -39,7 +39,7 @@ def run_build(args, settings) -> int:
         if current != head:
             raise InputError(f"{url}: the results database schema is at revision {current}, this rerefine "
                              f"needs {head} (run `rerefine db upgrade`)")
-        report = site.build_site(site.DatabaseSource(engine), out, full=args.full,
+        report = site.build_site(site_sources.DatabaseSource(engine), out, full=args.full,
                                  copy_artefacts=not args.no_files, jobs=args.jobs)
     finally:
         engine.dispose()
