@@ -72,8 +72,9 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
     ``cycles``: coordinate macro-cycles, by default the nightly pipeline's
     (:attr:`rerefine.flows.pipeline.PipelineParams.macro_cycles`), so both refine alike."""
     from rerefine.flows import __version__
+    from rerefine.flows.commands.metrics import read_map_around
     from rerefine.flows.pipeline import PipelineParams
-    from rerefine.refine import mapio, modelio
+    from rerefine.refine import modelio
     from rerefine.common.errors import InputError
     from rerefine.refine.realspace import refine_model
 
@@ -83,7 +84,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
     elif cycles < 1:
         raise InputError("--cycles must be at least 1")
     st = modelio.read_model(model_path)
-    dmap = mapio.read_map(map_path)
+    dmap = read_map_around(st, map_path)
     if resolution is None:
         resolution = modelio.model_resolution(st)
         if resolution is None:
