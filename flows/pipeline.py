@@ -135,6 +135,16 @@ def stage_box(st, dmap: mapio.DensityMap, padding: float = BOX_PADDING) -> mapio
     return mapio.cut_box(dmap, modelio.atom_positions(st), padding=padding)
 
 
+def check_box_density(label: str, box: mapio.DensityMap) -> None:
+    """Refuse a model sitting in a region of the map with no density: the map constant over the
+    model's box (every figure would be undefined and the refinement would follow the restraints
+    alone). Raises :class:`InputError` naming the entry."""
+    lo, hi = float(box.data.min()), float(box.data.max())
+    if lo == hi:
+        raise InputError(f"{label}: no density around the model: map {box.name} is constant ({lo:g}) over the "
+                         f"model's box")
+
+
 def stage_half_boxes(job: EntryJob, box: mapio.DensityMap) -> list[mapio.DensityMap]:
     """Half-maps cut to the same box as the primary map (empty when the entry has none)."""
     out = []
@@ -169,6 +179,21 @@ def stage_sharpen(box: mapio.DensityMap, resolution: float, halves: list[mapio.D
     from rerefine.refine import sharpen
 
     return sharpen.auto_sharpen(box, resolution, half_maps=tuple(halves) if len(halves) == 2 else None)
+
+
+def stage_sharpen_entry(job: EntryJob, box: mapio.DensityMap, resolution: float):
+    """:func:`stage_sharpen` with the entry's half-maps cut to the box; unusable half-maps cost
+    the FSC weighting, not the entry (the map is sharpened alone, with a warning in
+    ``job.metadata``)."""
+    from rerefine.common.errors import RerefineError
+
+    try:
+        halves = stage_half_boxes(job, box)
+    except RerefineError as exc:
+        log.warning("%s; sharpening without half-maps", exc)
+        job.metadata.setdefault("warnings", []).append(f"{exc}; sharpened without half-maps")
+        halves = []
+    return stage_sharpen(box, resolution, halves)
 
 
 def radial_profiles(before: mapio.DensityMap, after: mapio.DensityMap) -> dict:
