@@ -11,8 +11,9 @@ before and after, difference map) with :func:`rerefine.flows.guard.run` in one
 :class:`rerefine.flows.guard.StageWorker` without limits, and reads the worker's peak resident
 memory (``VmHWM``) above its start-up size. Cases: the three real pairs of the test data, and
 5ME2 in EMD-3488 tiled N×N×N (one model copy per tile, chains renamed; N from ``--tiles``).
-The fit ``peak - start = a·box_voxels + b·atoms`` (least squares, no intercept) gives the
-bytes per voxel and per atom; seconds are fitted the same way. The coefficients in
+The fit ``peak - start = c + a·box_voxels + b·atoms`` (least squares) gives the fixed bytes
+and the bytes per voxel and per atom; the worker's CPU seconds (user + system, all threads:
+on a shared machine wall seconds measure the load) are fitted the same way. The coefficients in
 :mod:`rerefine.flows.guard` are these, rounded up.
 """
 
@@ -143,11 +144,12 @@ def run_case(name: str, model: Path, mp: Path, res: float, cycles: int) -> dict:
 
 
 def fit(rows: list[dict], key: str) -> dict:
-    a = np.array([[r["box_voxels"], r["n_atoms"]] for r in rows], float)
+    """Least squares ``y = fixed + per_box_voxel·box_voxels + per_atom·atoms`` (exact with three cases)."""
+    a = np.array([[1.0, r["box_voxels"], r["n_atoms"]] for r in rows], float)
     y = np.array([r[key] for r in rows], float)
     coef, *_ = np.linalg.lstsq(a, y, rcond=None)
     pred = a @ coef
-    return {"per_box_voxel": float(coef[0]), "per_atom": float(coef[1]),
+    return {"fixed": float(coef[0]), "per_box_voxel": float(coef[1]), "per_atom": float(coef[2]),
             "max_ratio_measured_to_fit": float(np.max(y / pred))}
 
 

@@ -40,7 +40,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from rerefine.common.errors import InputError, LimitError, RerefineError
+from rerefine.common.errors import LimitError, RerefineError
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,9 @@ def precheck(label: str, model_path, map_path, limits: EntryLimits, padding: flo
     """Refuse an entry the limits cannot hold, before anything large is read.
 
     In order: the atom count (a line count) alone against the memory budget; the map's header;
-    the model's coordinates against the map's frame (less than half of the model over the map is
-    refused, as the load stage does); then the model's box (``padding`` Å) and the cost model.
+    the model's coordinates against the map's frame
+    (:func:`rerefine.flows.pipeline.check_placement`, as the load stage checks them); then the
+    model's box (``padding`` Å) and the cost model.
 
     Returns
     -------
@@ -146,8 +147,9 @@ def precheck(label: str, model_path, map_path, limits: EntryLimits, padding: flo
     LimitError
         The estimate is above ``limits``; the message names the entry, the size and the limit.
     InputError
-        The model lies outside the map, or a file cannot be read.
+        Non-finite coordinates, a model outside the map, or a file that cannot be read.
     """
+    from rerefine.flows.pipeline import check_placement
     from rerefine.refine import mapio, modelio
 
     budget = limits.memory_bytes
@@ -164,9 +166,7 @@ def precheck(label: str, model_path, map_path, limits: EntryLimits, padding: flo
                          f"to read, above the entry memory budget of {_mb(budget)} (RR_ENTRY_MEMORY_MB)")
     xyz = modelio.atom_positions(modelio.read_model(model_path))
     n = max(n, len(xyz))
-    inside = mapio.fraction_inside(frame, xyz)
-    if inside < 0.5:
-        raise InputError(f"{label}: only {100 * inside:.0f}% of the model lies inside map {frame.name}")
+    check_placement(label, xyz, frame)
     lo, hi = mapio.box_bounds(frame, xyz, padding)
     box_voxels = int(math.prod(int(h - l) for l, h in zip(lo, hi)))
     mem, secs = estimate(n, box_voxels, map_voxels)

@@ -113,14 +113,19 @@ def stage_load(job: EntryJob):
     res = job.resolution or modelio.model_resolution(st)
     if not res or res <= 0:
         raise InputError(f"{job.pdb_id}: no resolution stated by the archive or the model")
-    xyz = modelio.atom_positions(st)
+    check_placement(job.pdb_id, modelio.atom_positions(st), dmap)
+    return st, dmap, float(res)
+
+
+def check_placement(label: str, xyz: np.ndarray, dmap: mapio.DensityMap) -> None:
+    """Refuse non-finite coordinates and a model less than half inside the map (whose frame alone
+    counts: a header-only map from :func:`rerefine.refine.mapio.read_map_header` will do)."""
     bad = int(np.count_nonzero(~np.isfinite(xyz).all(axis=1)))
     if bad:
-        raise InputError(f"{job.pdb_id}: {bad} of {len(xyz)} atoms have non-finite coordinates (NaN or inf)")
+        raise InputError(f"{label}: {bad} of {len(xyz)} atoms have non-finite coordinates (NaN or inf)")
     inside = mapio.fraction_inside(dmap, xyz)
     if inside < 0.5:
-        raise InputError(f"{job.pdb_id}: only {100 * inside:.0f}% of the model lies inside map {dmap.name}")
-    return st, dmap, float(res)
+        raise InputError(f"{label}: only {100 * inside:.0f}% of the model lies inside map {dmap.name}")
 
 
 def contour_outside_map(level: float, dmap: mapio.DensityMap) -> bool:

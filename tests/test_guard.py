@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import gemmi
 import mrcfile
 import numpy as np
 import pytest
@@ -123,6 +124,11 @@ def test_precheck_refuses_a_1000_cubed_map_from_its_header(pairs, tmp_path, monk
     away = tmp_path / "away.cif"
     st.make_mmcif_document().write_file(str(away))
     with pytest.raises(InputError, match=r"^5me2: only 0% of the model lies inside map emd_3488.mrc$"):
+        guard.precheck("5me2", away, mp, guard.EntryLimits(memory_mb=4096), 8.0)
+    # a NaN coordinate is named as such, as the load stage names it (tests/test_faults.py)
+    st[0][0][0][0].pos = gemmi.Position(float("nan"), 1.0, 2.0)
+    st.make_mmcif_document().write_file(str(away))
+    with pytest.raises(InputError, match=r"^5me2: 1 of 4468 atoms have non-finite coordinates \(NaN or inf\)$"):
         guard.precheck("5me2", away, mp, guard.EntryLimits(memory_mb=4096), 8.0)
 
 
