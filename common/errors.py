@@ -32,3 +32,9 @@ class ArchiveError(RerefineError):
 
 class RefinementError(RerefineError):
     """Refinement could not proceed or diverged; the input model is kept."""
+
+
+class LimitError(RerefineError):
+    """An entry needs more memory or time than the per-entry limits allow (``RR_ENTRY_MEMORY_MB``,
+    ``RR_ENTRY_SECONDS``): refused before it starts, or stopped while it runs. Final: the same
+    inputs and limits would fail again."""

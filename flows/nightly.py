@@ -28,7 +28,7 @@ from prefect import flow, task
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from rerefine.flows import __version__, pipeline
+from rerefine.flows import __version__, guard, pipeline
 from rerefine.flows.pipeline import EntryJob, PipelineParams, timed
 from rerefine.common.errors import ArchiveError, RerefineError
 
@@ -61,55 +61,48 @@ def box_task(st, dmap, padding: float):
 
 @task(name="sharpen")
 def sharpen_task(job: EntryJob, box, resolution: float):
-    try:
-        halves = pipeline.stage_half_boxes(job, box)
-    except RerefineError as exc:
-        # Unusable half-maps cost the FSC weighting, not the entry: sharpen the primary map alone.
-        log.warning("%s; sharpening without half-maps", exc)
-        job.metadata.setdefault("warnings", []).append(f"{exc}; sharpened without half-maps")
-        halves = []
-    return pipeline.stage_sharpen(box, resolution, halves)
+    return guard.run(pipeline.stage_sharpen_entry, job, box, resolution)
 
 
 @task(name="metrics")
 def metrics_task(st, box, resolution: float, job: EntryJob, params: PipelineParams, geometry: dict | None):
-    return pipeline.stage_metrics(st, box, resolution, job, params, geometry)
+    return guard.run(pipeline.stage_metrics, st, box, resolution, job, params, geometry)
 
 
 @task(name="refine")
 def refine_task(st, sharpened, box, resolution: float, monlib, params: PipelineParams, top8000=None):
-    return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params, top8000)
+    return guard.run(pipeline.stage_refine, st, sharpened, box, resolution, monlib, params, top8000)
 
 
 @task(name="douse")
 def douse_task(st, sharpened, box, resolution: float, monlib, params: PipelineParams):
-    return pipeline.stage_douse(st, sharpened, box, resolution, monlib, params)
+    return guard.run(pipeline.stage_douse, st, sharpened, box, resolution, monlib, params)
 
 
 @task(name="placement")
 def placement_task(st, sharpened, resolution: float):
-    return pipeline.stage_placement(st, sharpened, resolution)
+    return guard.run(pipeline.stage_placement, st, sharpened, resolution)
 
 
 @task(name="crossval")
 def crossval_task(job: EntryJob, st, box, resolution: float, monlib, params: PipelineParams, b_sharpen: float,
                   top8000=None):
-    return pipeline.stage_entry_crossval(job, st, box, resolution, monlib, params, b_sharpen, top8000)
+    return guard.run(pipeline.stage_entry_crossval, job, st, box, resolution, monlib, params, b_sharpen, top8000)
 
 
 @task(name="input-b-fit")
 def input_b_task(refined_st, st, box, resolution: float):
-    return pipeline.stage_input_b_fit(refined_st, st, box, resolution)
+    return guard.run(pipeline.stage_input_b_fit, refined_st, st, box, resolution)
 
 
 @task(name="validation")
 def validation_task(st, monlib, top8000):
-    return pipeline.stage_validation(st, monlib, top8000)
+    return guard.run(pipeline.stage_validation, st, monlib, top8000)
 
 
 @task(name="diffmap")
 def diffmap_task(st, box, resolution: float):
-    return pipeline.stage_diffmap(st, box, resolution)
+    return guard.run(pipeline.stage_diffmap, st, box, resolution)
 
 
 def http_client(s: dict):
@@ -205,6 +198,10 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
         store.mark_running(engine, entry=entry, pipeline_version=ctx["version"], params=params.to_dict(),
                            input_files=files, host=socket.gethostname())
     try:
+        limits = entry_limits(ctx)
+        if limits.active:
+            with timed(timings, "precheck"):
+                guard.precheck(job.pdb_id, job.model_path, job.map_path, limits, params.box_padding)
         with timed(timings, "load"):
             st, dmap, res = load_task(job)
         job.resolution = res
@@ -219,6 +216,7 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
         with timed(timings, "box"):
             box = box_task(st, dmap, params.box_padding)
         del dmap
+        pipeline.check_box_density(job.pdb_id, box)
         with timed(timings, "sharpen"):
             sharp = sharpen_task(job, box, res)
         with timed(timings, "placement"):
@@ -341,13 +339,20 @@ def process_entry_task(candidate: dict, ctx: dict) -> dict:
                 "timings": {"fetch": time.perf_counter() - t0}}
     fetch_s = time.perf_counter() - t0
     try:
-        out = entry_flow(job.to_dict(), ctx)
+        # the entry's heavy stages run in a child process held to the entry's limits
+        with guard.entry_guard(candidate["pdb_id"], entry_limits(ctx)):
+            out = entry_flow(job.to_dict(), ctx)
     except Exception as exc:  # entry_flow records its own failures; this is the last line (e.g. the database)
         out = {"pdb_id": candidate["pdb_id"], "status": "failed", "reason": _reason(candidate["pdb_id"], "entry", exc)}
     out.setdefault("timings", {})["fetch"] = round(fetch_s, 3)
     # The entry's wall time inside this task: minus its stage timings, Prefect's per-entry cost.
     out["wall_seconds"] = round(time.perf_counter() - t0, 3)
     return out
+
+
+def entry_limits(ctx: dict) -> guard.EntryLimits:
+    """The per-entry memory budget and time limit of a run (``RR_ENTRY_MEMORY_MB``, ``RR_ENTRY_SECONDS``)."""
+    return guard.EntryLimits(float(ctx.get("entry_memory_mb") or 0.0), float(ctx.get("entry_seconds") or 0.0))
 
 
 def make_task_runner(workers: int, dask_address: str | None):
@@ -438,6 +443,7 @@ def run_settings(settings) -> dict:
         "emdb_files_url": settings.emdb_files_url, "max_resolution": settings.max_resolution,
         "max_map_mb": settings.max_map_mb, "user_agent": settings.user_agent,
         "http_timeout": settings.http_timeout, "http_total_timeout": settings.http_total_timeout,
+        "entry_memory_mb": settings.entry_memory_mb, "entry_seconds": settings.entry_seconds,
     }
 
 
@@ -448,7 +454,8 @@ def _entry_ctx(s: dict, params: dict, force: bool, mirror) -> dict:
             "params": params, "force": force, "cache_dir": s["downloads"], "mirror": str(mirror or ""),
             "files_url": s["files_url"], "emdb_files_url": s["emdb_files_url"], "max_map_mb": s["max_map_mb"],
             "user_agent": s["user_agent"], "http_timeout": s["http_timeout"],
-            "http_total_timeout": s["http_total_timeout"]}
+            "http_total_timeout": s["http_total_timeout"],
+            "entry_memory_mb": s.get("entry_memory_mb", 0.0), "entry_seconds": s.get("entry_seconds", 0.0)}
 
 
 def default_since(engine) -> dt.date:

@@ -113,14 +113,19 @@ def stage_load(job: EntryJob):
     res = job.resolution or modelio.model_resolution(st)
     if not res or res <= 0:
         raise InputError(f"{job.pdb_id}: no resolution stated by the archive or the model")
-    xyz = modelio.atom_positions(st)
+    check_placement(job.pdb_id, modelio.atom_positions(st), dmap)
+    return st, dmap, float(res)
+
+
+def check_placement(label: str, xyz: np.ndarray, dmap: mapio.DensityMap) -> None:
+    """Refuse non-finite coordinates and a model less than half inside the map (whose frame alone
+    counts: a header-only map from :func:`rerefine.refine.mapio.read_map_header` will do)."""
     bad = int(np.count_nonzero(~np.isfinite(xyz).all(axis=1)))
     if bad:
-        raise InputError(f"{job.pdb_id}: {bad} of {len(xyz)} atoms have non-finite coordinates (NaN or inf)")
+        raise InputError(f"{label}: {bad} of {len(xyz)} atoms have non-finite coordinates (NaN or inf)")
     inside = mapio.fraction_inside(dmap, xyz)
     if inside < 0.5:
-        raise InputError(f"{job.pdb_id}: only {100 * inside:.0f}% of the model lies inside map {dmap.name}")
-    return st, dmap, float(res)
+        raise InputError(f"{label}: only {100 * inside:.0f}% of the model lies inside map {dmap.name}")
 
 
 def contour_outside_map(level: float, dmap: mapio.DensityMap) -> bool:
@@ -133,6 +138,16 @@ def contour_outside_map(level: float, dmap: mapio.DensityMap) -> bool:
 def stage_box(st, dmap: mapio.DensityMap, padding: float = BOX_PADDING) -> mapio.DensityMap:
     """The part of the map around the model (absolute frame kept)."""
     return mapio.cut_box(dmap, modelio.atom_positions(st), padding=padding)
+
+
+def check_box_density(label: str, box: mapio.DensityMap) -> None:
+    """Refuse a model sitting in a region of the map with no density: the map constant over the
+    model's box (every figure would be undefined and the refinement would follow the restraints
+    alone). Raises :class:`InputError` naming the entry."""
+    lo, hi = float(box.data.min()), float(box.data.max())
+    if lo == hi:
+        raise InputError(f"{label}: no density around the model: map {box.name} is constant ({lo:g}) over the "
+                         f"model's box")
 
 
 def stage_half_boxes(job: EntryJob, box: mapio.DensityMap) -> list[mapio.DensityMap]:
@@ -169,6 +184,21 @@ def stage_sharpen(box: mapio.DensityMap, resolution: float, halves: list[mapio.D
     from rerefine.refine import sharpen
 
     return sharpen.auto_sharpen(box, resolution, half_maps=tuple(halves) if len(halves) == 2 else None)
+
+
+def stage_sharpen_entry(job: EntryJob, box: mapio.DensityMap, resolution: float):
+    """:func:`stage_sharpen` with the entry's half-maps cut to the box; unusable half-maps cost
+    the FSC weighting, not the entry (the map is sharpened alone, with a warning in
+    ``job.metadata``)."""
+    from rerefine.common.errors import RerefineError
+
+    try:
+        halves = stage_half_boxes(job, box)
+    except RerefineError as exc:
+        log.warning("%s; sharpening without half-maps", exc)
+        job.metadata.setdefault("warnings", []).append(f"{exc}; sharpened without half-maps")
+        halves = []
+    return stage_sharpen(box, resolution, halves)
 
 
 def radial_profiles(before: mapio.DensityMap, after: mapio.DensityMap) -> dict:

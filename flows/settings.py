@@ -45,6 +45,8 @@ class Settings:
     douse_max_resolution: float = 3.0
     max_map_mb: float = 2048.0
     concurrency: int = 2
+    entry_memory_mb: float = 8192.0  # MiB one entry's computation may use (0: no limit)
+    entry_seconds: float = 7200.0  # s one entry's computation may take (0: no limit)
     schedule_cron: str = "0 2 * * *"
     http_timeout: float = 60.0  # s: connection and each read (idle time)
     http_total_timeout: float = 3600.0  # s: one whole request or download, all attempts

@@ -44,10 +44,12 @@ from rerefine.common.errors import ArchiveError, InputError, RerefineError
 
 from . import emdb, ids, rcsb
 from .http import HttpClient, link_into, verify_gzip_file
-from .mirror import Mirror, model_record
+from .mirror import Mirror, ModelIndex, mirror_records, model_record
 
 log = logging.getLogger(__name__)
 
+#: The local mirror's model index (:class:`rerefine.harvester.mirror.ModelIndex`) in the download cache.
+MODEL_INDEX_NAME = "mirror-models.sqlite"
 MiB = 1 << 20
 MAX_MODEL_MB = 512.0  # default limit on a model mmCIF's bytes and inflated size (the largest PDB entries are ~100 MiB)
 
@@ -224,12 +226,27 @@ def discover(since=None, until=None, *, search_url: str | None = None, data_url:
     if mir is None:
         raise InputError("discover: give a search_url (RCSB) or a mirror")
     cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "rerefine-harvest-cache"
-    for pid in mir.list_model_ids(client):
+    indexed = None
+    if not mir.is_url:  # a local mirror: parse only the model files new or changed since the last walk
+        index = ModelIndex(cache / MODEL_INDEX_NAME)
+        try:
+            indexed, unreadable = mirror_records(mir, index)
+        finally:
+            index.close()
+        pids = sorted(set(indexed) | set(unreadable))
+    else:
+        pids = mir.list_model_ids(client)
+    for pid in pids:
         if limit is not None and n_accepted >= limit:
             break
         cand = Candidate(pdb_id=pid, source="mirror")
         with guarded(cand, "reading its mirror mmCIF", out):
-            info = model_record(_model_file(mir, pid, client, cache, progress=False)[0], pid)
+            if indexed is None:
+                info = model_record(_model_file(mir, pid, client, cache, progress=False)[0], pid)
+            elif pid in unreadable:
+                raise unreadable[pid]
+            else:
+                info = indexed[pid]
             if info.release_date is None and (since_d or until_d):
                 cand.title, cand.method = info.title, info.method
                 cand.status, cand.reason = "rejected", "no release date stated (undated entry outside a dated window)" \

@@ -155,59 +155,136 @@ def read_map(path: str | os.PathLike, *, check_finite: bool = True) -> DensityMa
         raise InputError(f"{path.name}: file too short for an MRC header ({path.stat().st_size} bytes)")
     mrc = _open_mrc(path)
     try:
-        h = mrc.header
         if mrc.data is None:
             raise InputError(f"{path.name}: map has no data block")
         raw = np.asarray(mrc.data)
         if raw.ndim != 3 or 0 in raw.shape:
             raise InputError(f"{path.name}: map is not a non-empty 3-D volume (shape {raw.shape})")
-        axes = (int(h.mapc), int(h.mapr), int(h.maps))
-        if sorted(axes) != [1, 2, 3]:
-            raise InputError(f"{path.name}: invalid axis order MAPC/MAPR/MAPS = {axes}")
+        frame, perm = _frame(mrc.header, path.name)
         # mrcfile gives (section, row, column); column is along axis axes[0], etc.
-        crs = raw.transpose(2, 1, 0)  # -> (col, row, sec)
-        perm = [axes.index(k) for k in (1, 2, 3)]  # which crs dimension is x, y, z
-        data = np.ascontiguousarray(crs.transpose(perm), dtype=np.float32)
-        nstart_crs = (int(h.nxstart), int(h.nystart), int(h.nzstart))
-        start = tuple(nstart_crs[p] for p in perm)
-        sampling = (int(h.mx), int(h.my), int(h.mz))
-        if min(sampling) <= 0:
-            # Some writers leave MX/MY/MZ empty; the box is then the cell.
-            sampling = tuple(int(n) for n in data.shape)
-        cella = [float(h.cella.x), float(h.cella.y), float(h.cella.z)]
-        cellb = [float(h.cellb.alpha), float(h.cellb.beta), float(h.cellb.gamma)]
-        if min(cella) <= 0:
-            raise InputError(f"{path.name}: cell dimensions {cella} are not positive")
-        if min(cellb) <= 0:
-            cellb = [90.0, 90.0, 90.0]
-        origin_words = np.array([float(h.origin.x), float(h.origin.y), float(h.origin.z)])
-        label = ""
-        try:
-            label = b"".join(bytes(x) for x in h.label[: int(h.nlabl)]).decode("ascii", "replace").strip()
-        except Exception:
-            label = ""
+        data = np.ascontiguousarray(raw.transpose(2, 1, 0).transpose(perm), dtype=np.float32)
     finally:
         mrc.close()
+    return _checked(replace(frame, data=data), path, check_finite)
+
+
+def _checked(dmap: DensityMap, path: Path, check_finite: bool) -> DensityMap:
+    if check_finite and not np.all(np.isfinite(dmap.data)):
+        bad = int(np.size(dmap.data) - np.count_nonzero(np.isfinite(dmap.data)))
+        raise InputError(f"{path.name}: map holds {bad} NaN or infinite values")
+    return dmap
+
+
+def _frame(h, name: str) -> tuple[DensityMap, list[int]]:
+    """The frame an MRC header describes, as a :class:`DensityMap` whose ``data`` is a read-only
+    zero-strided placeholder of the map's shape (no memory), and the permutation taking the
+    file's (column, row, section) axes to x, y, z."""
+    axes = (int(h.mapc), int(h.mapr), int(h.maps))
+    if sorted(axes) != [1, 2, 3]:
+        raise InputError(f"{name}: invalid axis order MAPC/MAPR/MAPS = {axes}")
+    n_crs = (int(h.nx), int(h.ny), int(h.nz))
+    if min(n_crs) <= 0:
+        raise InputError(f"{name}: map is not a non-empty 3-D volume (shape {n_crs[::-1]})")
+    perm = [axes.index(k) for k in (1, 2, 3)]  # which crs dimension is x, y, z
+    shape = tuple(n_crs[p] for p in perm)
+    nstart_crs = (int(h.nxstart), int(h.nystart), int(h.nzstart))
+    start = tuple(nstart_crs[p] for p in perm)
+    sampling = (int(h.mx), int(h.my), int(h.mz))
+    if min(sampling) <= 0:
+        # Some writers leave MX/MY/MZ empty; the box is then the cell.
+        sampling = shape
+    cella = [float(h.cella.x), float(h.cella.y), float(h.cella.z)]
+    cellb = [float(h.cellb.alpha), float(h.cellb.beta), float(h.cellb.gamma)]
+    if min(cella) <= 0:
+        raise InputError(f"{name}: cell dimensions {cella} are not positive")
+    if min(cellb) <= 0:
+        cellb = [90.0, 90.0, 90.0]
+    origin_words = np.array([float(h.origin.x), float(h.origin.y), float(h.origin.z)])
+    label = ""
+    try:
+        label = b"".join(bytes(x) for x in h.label[: int(h.nlabl)]).decode("ascii", "replace").strip()
+    except Exception:
+        label = ""
     if not np.all(np.isfinite(origin_words)):
         origin_words = np.zeros(3)
     shift = np.zeros(3)
     if any(start) and np.any(origin_words != 0):
-        log.info("%s: both NSTART %s and ORIGIN %s set; using NSTART", path.name, start, origin_words)
+        log.info("%s: both NSTART %s and ORIGIN %s set; using NSTART", name, start, origin_words)
     elif not any(start) and np.any(origin_words != 0):
         shift = origin_words
-    if check_finite and not np.all(np.isfinite(data)):
-        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-        raise InputError(f"{path.name}: map holds {bad} NaN or infinite values")
-    dmap = DensityMap(
-        data=data,
-        cell=gemmi.UnitCell(*cella, *cellb),
-        sampling=sampling,
-        start=start,
-        origin_shift=shift,
-        name=path.name,
-        label=label,
-    )
-    return dmap
+    placeholder = np.broadcast_to(np.float32(0), shape)
+    frame = DensityMap(data=placeholder, cell=gemmi.UnitCell(*cella, *cellb), sampling=sampling, start=start,
+                       origin_shift=shift, name=name, label=label)
+    return frame, perm
+
+
+def read_map_header(path: str | os.PathLike) -> DensityMap:
+    """The frame of a map file from its header alone, without reading (or decompressing) its data.
+
+    Returns
+    -------
+    DensityMap
+        Grid, cell, start and origin as :func:`read_map` gives them; ``data`` is a read-only
+        zero-strided placeholder of the map's shape that takes no memory (``shape`` and
+        ``grid_coordinates`` work; the values are not the map's).
+
+    Raises
+    ------
+    InputError
+        Missing file, unreadable or inconsistent header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path.name}: map file not found")
+    try:
+        with mrcfile.open(str(path), mode="r", header_only=True, permissive=False) as mrc:
+            h = mrc.header.copy()
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InputError(f"{path.name}: corrupt or truncated file ({exc})") from None
+    except Exception as exc:  # mrcfile raises ValueError on bad headers
+        raise InputError(f"{path.name}: not a readable MRC/CCP4 map header ({exc})") from None
+    return _frame(h, path.name)[0]
+
+
+def read_map_box(path: str | os.PathLike, xyz: np.ndarray, padding: float = 5.0, *,
+                 check_finite: bool = True) -> DensityMap:
+    """The box of a map file around positions ``xyz`` (Å) plus ``padding`` Å, as :func:`cut_box`
+    cuts it from :func:`read_map`'s result (the same voxels), reading only the box.
+
+    An uncompressed file is memory-mapped (``mrcfile.mmap``), so the memory used follows the box,
+    not the map; a compressed file is decompressed whole first (gzip cannot be read at random).
+    Non-finite values are looked for in the box only.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_map`, and when no position lies over the map.
+    """
+    path = Path(path)
+    frame = read_map_header(path)
+    lo, hi = box_bounds(frame, xyz, padding)
+    if path.stat().st_size < 1024:
+        raise InputError(f"{path.name}: file too short for an MRC header ({path.stat().st_size} bytes)")
+    try:
+        with open(path, "rb") as fh:
+            compressed = fh.read(2) in (b"\x1f\x8b", b"BZ")
+        mrc = _open_mrc(path) if compressed else mrcfile.mmap(str(path), mode="r", permissive=False)
+    except InputError:
+        raise
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InputError(f"{path.name}: corrupt or truncated file ({exc})") from None
+    except Exception as exc:
+        raise InputError(f"{path.name}: not a readable MRC/CCP4 map ({exc})") from None
+    try:
+        if mrc.data is None or mrc.data.ndim != 3 or 0 in mrc.data.shape:
+            raise InputError(f"{path.name}: map has no 3-D data block")
+        _, perm = _frame(mrc.header, path.name)
+        xyz_view = mrc.data.transpose(2, 1, 0).transpose(perm)  # a view: nothing read yet
+        data = np.array(xyz_view[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32, order="C")
+    finally:
+        mrc.close()
+    box = replace(frame, data=data, start=tuple(int(s + l) for s, l in zip(frame.start, lo)))
+    return _checked(box, path, check_finite)
 
 
 def write_map(path: str | os.PathLike, dmap: DensityMap) -> Path:
@@ -274,12 +351,11 @@ def fraction_inside(dmap: DensityMap, xyz: np.ndarray) -> float:
     return float(inside.mean())
 
 
-def cut_box(dmap: DensityMap, xyz: np.ndarray, padding: float = 5.0) -> DensityMap:
-    """Cut the part of an orthogonal map around ``xyz`` (Å) plus ``padding`` Å.
-
-    The result keeps the absolute frame (its ``start`` moves); a box is never larger
-    than the map. Raises :class:`InputError` when no position lies over the map.
-    """
+def box_bounds(dmap: DensityMap, xyz: np.ndarray, padding: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel index bounds ``(lo, hi)`` (``hi`` exclusive) of the box :func:`cut_box` cuts around
+    ``xyz`` (Å) plus ``padding`` Å, clipped to the map. Needs only the map's frame (a header-only
+    map from :func:`read_map_header` will do). Raises :class:`InputError` when no position lies
+    over the map or the cell is not orthogonal."""
     if not dmap.is_orthogonal:
         raise InputError(f"{dmap.name}: boxing needs an orthogonal cell")
     xyz = np.asarray(xyz, float).reshape(-1, 3)
@@ -291,5 +367,15 @@ def cut_box(dmap: DensityMap, xyz: np.ndarray, padding: float = 5.0) -> DensityM
     hi = np.minimum(hi, np.array(dmap.shape))
     if np.any(hi - lo < 2):
         raise InputError(f"{dmap.name}: the model does not overlap the map")
+    return lo, hi
+
+
+def cut_box(dmap: DensityMap, xyz: np.ndarray, padding: float = 5.0) -> DensityMap:
+    """Cut the part of an orthogonal map around ``xyz`` (Å) plus ``padding`` Å.
+
+    The result keeps the absolute frame (its ``start`` moves); a box is never larger
+    than the map. Raises :class:`InputError` when no position lies over the map.
+    """
+    lo, hi = box_bounds(dmap, xyz, padding)
     data = np.ascontiguousarray(dmap.data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
     return replace(dmap, data=data, start=tuple(int(s + l) for s, l in zip(dmap.start, lo)))

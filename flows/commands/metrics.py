@@ -27,13 +27,33 @@ def model_map_arguments(p, map_help: str = "map file (MRC/CCP4, optionally .gz)"
 def read_model_and_map(args):
     """``(structure, map, resolution Å)`` of a command registered with :func:`model_map_arguments`,
     checked to belong together (:func:`rerefine.refine.metrics.check_inputs`): one-line errors."""
-    from rerefine.refine import mapio, metrics, modelio
+    from rerefine.refine import metrics, modelio
 
     st = modelio.read_model(args.model)
     resolution = resolve_resolution(args.resolution, st, args.model)
-    dmap = mapio.read_map(args.map)
+    dmap = read_map_around(st, args.map)
     metrics.check_inputs(st, dmap, resolution)
     return st, dmap, resolution
+
+
+def read_map_around(st, map_path):
+    """The map cut to the box the nightly computes on (:func:`rerefine.flows.pipeline.stage_box`:
+    the model plus :data:`rerefine.flows.pipeline.BOX_PADDING` Å), reading only that box when the
+    file is uncompressed (:func:`rerefine.refine.mapio.read_map_box`), so a command's time and
+    memory follow the model, not the map, and its figures are the nightly's. The whole map when
+    it cannot be boxed (no finite coordinates, a model entirely outside the map, a non-orthogonal
+    cell): the checks that follow then say why, or compute on the whole map."""
+    import numpy as np
+
+    from rerefine.flows.pipeline import BOX_PADDING
+    from rerefine.refine import mapio, modelio
+
+    xyz = modelio.atom_positions(st)
+    xyz = xyz[np.isfinite(xyz).all(axis=1)] if len(xyz) else xyz
+    frame = mapio.read_map_header(map_path)
+    if len(xyz) == 0 or not frame.is_orthogonal or mapio.fraction_inside(frame, xyz) == 0.0:
+        return mapio.read_map(map_path)
+    return mapio.read_map_box(map_path, xyz, padding=BOX_PADDING)
 
 
 def resolve_resolution(given, st, model_path) -> float:
@@ -53,11 +73,11 @@ def resolve_resolution(given, st, model_path) -> float:
 
 def run(args, settings) -> int:
     from rerefine.flows.cli import emit_json
-    from rerefine.refine import mapio, metrics, modelio
+    from rerefine.refine import metrics, modelio
 
     st = modelio.read_model(args.model)
     resolution = resolve_resolution(args.resolution, st, args.model)
-    dmap = mapio.read_map(args.map)
+    dmap = read_map_around(st, args.map)
     out = metrics.compute_metrics(st, dmap, resolution, contour=args.contour, q_sigma=args.q_sigma)
     if str(out.get("contour_source") or "").startswith("default"):
         print(f"WARNING: {args.map}: no --contour given: atom inclusion uses the level enclosing 17 Å³ per "

@@ -85,8 +85,9 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
     inside one region); the NCS groups of the input and the copies' all-atom RMSD before and
     after are reported either way (key ``ncs``)."""
     from rerefine.flows import __version__
+    from rerefine.flows.commands.metrics import read_map_around
     from rerefine.flows.pipeline import PipelineParams
-    from rerefine.refine import mapio, modelio
+    from rerefine.refine import modelio
     from rerefine.common.errors import InputError
     from rerefine.refine.ncs import copy_rmsd, find_ncs_groups
     from rerefine.refine.realspace import refine_model
@@ -97,7 +98,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
     elif cycles < 1:
         raise InputError("--cycles must be at least 1")
     st = modelio.read_model(model_path)
-    dmap = mapio.read_map(map_path)
+    dmap = read_map_around(st, map_path)
     if resolution is None:
         resolution = modelio.model_resolution(st)
         if resolution is None:

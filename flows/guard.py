@@ -1,0 +1,427 @@
+"""Per-entry limits: a memory budget and a time limit, checked before an entry starts and enforced
+while it runs.
+
+Before: :func:`precheck` estimates the entry's peak memory and time from the model's atom count
+(a line count, without parsing) and the map's header (its grid, without reading the data), with
+the cost model below, and refuses an entry the limits cannot hold with a one-line
+:class:`rerefine.common.errors.LimitError`.
+
+During: the heavy stages of an entry run in one child process per entry (:class:`StageWorker`),
+whose address space is limited with ``resource.setrlimit(RLIMIT_AS)`` to its start-up size plus the
+budget (an allocation beyond it raises ``MemoryError`` in numpy, numba or gemmi), and which is
+killed when the entry's time runs out (numba code cannot be interrupted from a thread). Either
+ends the entry with a ``LimitError``; the night goes on. A child process (not ``fork``) because
+numba's OpenMP threads do not survive a fork, and because Dask's worker processes may not start
+``multiprocessing`` children.
+
+The flows enter :func:`entry_guard` around one entry; stage code calls :func:`run`, which sends
+the call to the entry's worker when there is one and calls it directly otherwise (CLI, tests).
+Library code never sees the guard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import gzip
+import importlib
+import logging
+import math
+import os
+import pickle
+import resource
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from rerefine.common.errors import LimitError, RerefineError
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+# ---- cost model (benchmarks/bench_guard.py: peak RSS of the stage worker and stage seconds
+# over the real pairs boxed and tiled; least-squares fit, rounded up) ---------------------------
+
+#: Peak bytes of the stage worker per voxel of the model's box (float64 box-size arrays of the
+#: refinement and the metrics).
+BYTES_PER_BOX_VOXEL = 120.0
+#: Peak bytes per atom (restraint lists, neighbour lists, structures, validation's hydrogens).
+BYTES_PER_ATOM = 12_000.0
+#: The worker's own size with its modules loaded (numpy, scipy, gemmi, numba, kernels).
+BASE_BYTES = 400 * MiB
+#: Bytes per voxel of the whole map while the entry loads it (file values + float32 copy).
+BYTES_PER_MAP_VOXEL = 8.0
+#: Seconds of the whole per-entry pipeline per atom and per box voxel on the reference machine.
+SECONDS_PER_ATOM = 0.02
+SECONDS_PER_BOX_VOXEL = 2e-5
+
+
+@dataclass(frozen=True)
+class EntryLimits:
+    """Per-entry limits; 0 (or less) means no limit.
+
+    Attributes
+    ----------
+    memory_mb : float
+        MiB the entry's computation may use beyond the worker's start-up size (``RR_ENTRY_MEMORY_MB``).
+    seconds : float
+        Wall seconds the entry's computation may take (``RR_ENTRY_SECONDS``).
+    """
+
+    memory_mb: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return int(self.memory_mb * MiB) if self.memory_mb > 0 else None
+
+    @property
+    def active(self) -> bool:
+        return self.memory_mb > 0 or self.seconds > 0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What :func:`precheck` found and estimated for one entry."""
+
+    n_atoms: int
+    map_voxels: int
+    box_voxels: int
+    memory_bytes: float
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return {"n_atoms": self.n_atoms, "map_voxels": self.map_voxels, "box_voxels": self.box_voxels,
+                "memory_mb": round(self.memory_bytes / MiB, 1), "seconds": round(self.seconds, 1)}
+
+
+def count_atoms(path: str | os.PathLike) -> int:
+    """Atom records of a model file (mmCIF ``_atom_site`` rows or PDB ``ATOM``/``HETATM`` lines,
+    gzip or not), counted line by line without parsing: lines starting with ``ATOM`` or ``HETATM``.
+    An mmCIF written with its atom rows not at the line starts counts 0 (the full read decides)."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    n = 0
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+        for line in fh:
+            if line.startswith((b"ATOM", b"HETATM")):
+                n += 1
+    return n
+
+
+def estimate(n_atoms: int, box_voxels: int, map_voxels: int) -> tuple[float, float]:
+    """Peak bytes and seconds of one entry by the cost model: the larger of loading the whole map
+    and computing on the model's box, and seconds linear in atoms and box voxels."""
+    compute = BASE_BYTES + BYTES_PER_BOX_VOXEL * box_voxels + BYTES_PER_ATOM * n_atoms
+    load = BASE_BYTES + BYTES_PER_MAP_VOXEL * map_voxels + BYTES_PER_ATOM * n_atoms
+    return max(compute, load), SECONDS_PER_ATOM * n_atoms + SECONDS_PER_BOX_VOXEL * box_voxels
+
+
+def _mb(nbytes: float) -> str:
+    return f"{nbytes / MiB:,.0f} MiB"
+
+
+def precheck(label: str, model_path, map_path, limits: EntryLimits, padding: float) -> Estimate:
+    """Refuse an entry the limits cannot hold, before anything large is read.
+
+    In order: the atom count (a line count) alone against the memory budget; the map's header;
+    the model's coordinates against the map's frame
+    (:func:`rerefine.flows.pipeline.check_placement`, as the load stage checks them); then the
+    model's box (``padding`` Å) and the cost model.
+
+    Returns
+    -------
+    Estimate
+        The counts and the estimated peak memory (bytes) and time (s).
+
+    Raises
+    ------
+    LimitError
+        The estimate is above ``limits``; the message names the entry, the size and the limit.
+    InputError
+        Non-finite coordinates, a model outside the map, or a file that cannot be read.
+    """
+    from rerefine.flows.pipeline import check_placement
+    from rerefine.refine import mapio, modelio
+
+    budget = limits.memory_bytes
+    n = count_atoms(model_path)
+    mem_atoms = BASE_BYTES + BYTES_PER_ATOM * n
+    if budget is not None and mem_atoms - BASE_BYTES > budget:
+        raise LimitError(f"{label}: a model of {n:,} atoms needs about {_mb(mem_atoms - BASE_BYTES)}, "
+                         f"above the entry memory budget of {_mb(budget)} (RR_ENTRY_MEMORY_MB)")
+    frame = mapio.read_map_header(map_path)
+    map_voxels = int(math.prod(frame.shape))
+    if budget is not None and BYTES_PER_MAP_VOXEL * map_voxels > budget:
+        nx, ny, nz = frame.shape
+        raise LimitError(f"{label}: a {nx}×{ny}×{nz} map needs about {_mb(BYTES_PER_MAP_VOXEL * map_voxels)} "
+                         f"to read, above the entry memory budget of {_mb(budget)} (RR_ENTRY_MEMORY_MB)")
+    xyz = modelio.atom_positions(modelio.read_model(model_path))
+    n = max(n, len(xyz))
+    check_placement(label, xyz, frame)
+    lo, hi = mapio.box_bounds(frame, xyz, padding)
+    box_voxels = int(math.prod(int(h - l) for l, h in zip(lo, hi)))
+    mem, secs = estimate(n, box_voxels, map_voxels)
+    est = Estimate(n, map_voxels, box_voxels, mem, secs)
+    if budget is not None and mem - BASE_BYTES > budget:
+        raise LimitError(f"{label}: {n:,} atoms in a box of {box_voxels:,} voxels need about "
+                         f"{_mb(mem - BASE_BYTES)}, above the entry memory budget of {_mb(budget)} "
+                         "(RR_ENTRY_MEMORY_MB)")
+    if limits.seconds > 0 and secs > limits.seconds:
+        raise LimitError(f"{label}: {n:,} atoms in a box of {box_voxels:,} voxels need about {secs:,.0f} s, "
+                         f"above the entry time limit of {limits.seconds:g} s (RR_ENTRY_SECONDS)")
+    return est
+
+
+# ---- enforcement: the entry's stage worker ---------------------------------------------------
+
+#: Modules the worker imports before its memory limit is set (the stages' dependencies).
+WORKER_MODULES = ("rerefine.flows.pipeline", "rerefine.refine.sharpen", "rerefine.refine.douse",
+                  "rerefine.refine.fsc", "rerefine.refine.geometry", "rerefine.refine.crossval",
+                  "rerefine.refine.validation", "rerefine.refine.realspace", "rerefine.refine.metrics",
+                  "rerefine.refine.diffmap", "rerefine.refine.rigidbody")
+
+
+def _send(fh, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    fh.write(struct.pack("<Q", len(data)))
+    fh.write(data)
+    fh.flush()
+
+
+def _recv_exact(fh, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = fh.read(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _vm_size() -> int:
+    """This process's virtual memory size, bytes (Linux ``/proc/self/status``; 0 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _job_metadata(args) -> list:
+    from rerefine.flows.pipeline import EntryJob
+
+    return [a.metadata for a in args if isinstance(a, EntryJob)]
+
+
+def serve(memory_bytes: int | None) -> None:
+    """The worker's loop (run as ``python -m rerefine.flows.guard [BYTES]``): import the stage
+    modules, limit the address space to its size now plus ``memory_bytes``, then answer calls
+    ``(fn, args, kwargs)`` read from standard input with ``("ok", result, job metadata)``,
+    ``("memory", stage)`` or ``("error", exception, traceback text)`` on standard output, until
+    standard input closes. The stages' own output goes to standard error."""
+    if sys.platform.startswith("linux"):  # end with the entry's process (PR_SET_PDEATHSIG = 1)
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    proto_in = os.fdopen(os.dup(0), "rb")
+    proto_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in WORKER_MODULES:
+        importlib.import_module(name)
+    baseline = _vm_size()
+    if memory_bytes:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        limit = baseline + memory_bytes
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    _send(proto_out, ("ready", baseline))
+    while True:
+        head = _recv_exact(proto_in, 8)
+        if head is None:
+            return
+        body = _recv_exact(proto_in, struct.unpack("<Q", head)[0])
+        if body is None:
+            return
+        try:
+            fn, args, kwargs = pickle.loads(body)
+            del body
+            reply = ("ok", fn(*args, **kwargs), _job_metadata(args))
+        except MemoryError:
+            reply = ("memory", None)
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the entry
+            reply = ("error", exc.with_traceback(None), traceback.format_exc())
+        try:
+            _send(proto_out, reply)
+        except MemoryError:
+            _send(proto_out, ("memory", None))
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            _send(proto_out, ("error", RerefineError(f"result cannot be returned ({exc})"), ""))
+        del reply
+
+
+class StageWorker:
+    """One entry's child process for its heavy stages, with the entry's limits.
+
+    Parameters
+    ----------
+    label : str
+        The entry (it starts every message).
+    limits : EntryLimits
+        Memory budget (the worker's address space beyond its start-up size) and time limit
+        (counted from the worker's creation, over all calls).
+    """
+
+    def __init__(self, label: str, limits: EntryLimits):
+        self.label = label
+        self.limits = limits
+        self.deadline = time.monotonic() + limits.seconds if limits.seconds > 0 else None
+        self.proc: subprocess.Popen | None = None
+        self.baseline = 0
+
+    def _remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def _start(self, stage: str) -> None:
+        cmd = [sys.executable, "-m", "rerefine.flows.guard", str(self.limits.memory_bytes or 0)]
+        # few malloc arenas: their address-space reservations count against RLIMIT_AS, not memory used
+        env = {**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.baseline = self._reply(stage)[1]
+
+    def _over_time(self, stage: str) -> LimitError:
+        self.close()
+        return LimitError(f"{self.label}: stopped in the {stage} stage at the entry time limit of "
+                          f"{self.limits.seconds:g} s (RR_ENTRY_SECONDS)")
+
+    def _over_memory(self, stage: str) -> LimitError:
+        self.close()
+        return LimitError(f"{self.label}: the {stage} stage needs more than the entry memory budget of "
+                          f"{_mb(self.limits.memory_bytes or 0)} (RR_ENTRY_MEMORY_MB)")
+
+    def _read(self, n: int, stage: str) -> bytes | None:
+        out = self.proc.stdout
+        fd = out.fileno()
+        buf = bytearray()
+        while len(buf) < n:
+            left = self._remaining()
+            if left is not None and left <= 0:
+                raise self._over_time(stage)
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                raise self._over_time(stage)
+            chunk = os.read(fd, min(n - len(buf), 1 << 24))
+            if not chunk:
+                return None
+            buf += chunk
+        return bytes(buf)
+
+    def _reply(self, stage: str):
+        head = self._read(8, stage)
+        body = None if head is None else self._read(struct.unpack("<Q", head)[0], stage)
+        if body is None:  # the worker died
+            rc = self.proc.wait()
+            self.proc = None
+            if rc < 0 and -rc == signal.SIGKILL:
+                raise LimitError(f"{self.label}: the {stage} stage was killed (SIGKILL; out of memory?)")
+            raise RerefineError(f"{self.label}: the {stage} stage's worker process ended (exit status {rc})")
+        return pickle.loads(body)
+
+    def call(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` in the worker; its exceptions are raised here.
+
+        Changes ``fn`` makes to the metadata of an :class:`rerefine.flows.pipeline.EntryJob`
+        argument (its warnings) are copied back to that argument.
+
+        Raises
+        ------
+        LimitError
+            The call ran out of the entry's time or memory (the worker is stopped).
+        """
+        stage = getattr(fn, "__name__", "stage").removeprefix("stage_")
+        left = self._remaining()
+        if left is not None and left <= 0:
+            raise self._over_time(stage)
+        if self.proc is None:
+            self._start(stage)
+        try:
+            _send(self.proc.stdin, (fn, args, kwargs))
+        except BrokenPipeError:
+            self.close()
+            raise RerefineError(f"{self.label}: the {stage} stage's worker process ended") from None
+        reply = self._reply(stage)
+        if reply[0] == "ok":
+            from rerefine.flows.pipeline import EntryJob
+
+            for job, md in zip([a for a in args if isinstance(a, EntryJob)], reply[2]):
+                job.metadata.clear()
+                job.metadata.update(md)
+            return reply[1]
+        if reply[0] == "memory":
+            raise self._over_memory(stage)
+        exc, tb = reply[1], reply[2]
+        if not isinstance(exc, RerefineError) and tb:
+            log.error("%s: %s stage failed in the worker\n%s", self.label, stage, tb)
+        raise exc
+
+    def close(self) -> None:
+        """Stop the worker (killed when it does not end within 5 s of its input closing)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        with contextlib.suppress(OSError):
+            proc.stdout.close()
+
+
+_CURRENT: contextvars.ContextVar[StageWorker | None] = contextvars.ContextVar("rerefine_stage_worker",
+                                                                               default=None)
+
+
+@contextlib.contextmanager
+def entry_guard(label: str, limits: EntryLimits):
+    """Within this block, :func:`run` sends stage calls to one :class:`StageWorker` with
+    ``limits`` (none when no limit is set); the worker is stopped at the end."""
+    if not limits.active:
+        yield None
+        return
+    worker = StageWorker(label, limits)
+    token = _CURRENT.set(worker)
+    try:
+        yield worker
+    finally:
+        _CURRENT.reset(token)
+        worker.close()
+
+
+def run(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` in the current entry's worker (:func:`entry_guard`), or here when
+    there is none. ``fn`` must be a module-level function of a module without Prefect."""
+    worker = _CURRENT.get()
+    if worker is None:
+        return fn(*args, **kwargs)
+    return worker.call(fn, *args, **kwargs)
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]) or None if len(sys.argv) > 1 else None)
