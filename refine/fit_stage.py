@@ -14,7 +14,8 @@ from scipy import optimize
 
 from rerefine.common.errors import InputError
 from .refine_target import restrained_target
-from .weight_control import adjust_weight, geometry_excess, watch_validation
+from .refine_target import REFERENCE_SIGMA
+from .weight_control import adjust_weight, geometry_excess, relax_atoms, watch_validation
 
 #: Degrees: angle RMSD the weight of the density-fit stage aims at. The fit stage starts from a
 #: model already at the 1.0 deg target; 1.3 lets the B-aware target pull the model into its
@@ -34,7 +35,7 @@ B_RANGE = (1.0, 500.0)
 
 
 def density_fit_stage(result, work, dmap, resolution, r, xyz, free, w_map, target, w_atom, guard, params,
-                      pairs, p_ref, b_input, adp_prior_sigma, adp_fixed, geo):
+                      refine_b, p_ref, geo, classes=None, scatter=None):
     """Alternate coordinate refinement against the model-map fit and B refinement.
 
     The first weight carries over the geometry-calibrated map-value weight ``w_map``: it makes the
@@ -42,7 +43,12 @@ def density_fit_stage(result, work, dmap, resolution, r, xyz, free, w_map, targe
     After each coordinate step the weight follows the geometry (``geo(xyz)``: bond/angle RMSD
     against ``params.target_bond`` and ``params.fit_target_angle``) like in the map-value cycles;
     a step that leaves the geometry looser than 1.5 x the targets (and looser than before) is
-    undone. Records each cycle in ``result.history``, the last B refinement in ``result.adp``;
+    undone. ``refine_b(xyz, max_iter)`` refines the B of ``work`` (returns an :class:`.adp.AdpResult`);
+    ``scatter`` (bool per atom, default all) the atoms of the model map (riding hydrogens scatter
+    nothing). With ``classes`` (:class:`.weight_control.ClassWatch`) each accepted step passes its
+    validation-aware acceptance, and a chain whose data weight it lowered (factor ``f < 1``) gets the
+    reference-position restraint ``1/sigma^2`` raised by ``(1/f - 1) / REFERENCE_SIGMA^2`` instead
+    (the fit term is one correlation over the model and cannot be weighted per chain). Records each cycle in ``result.history``, the last B refinement in ``result.adp``;
     returns the coordinates (Å, (N, 3)).
 
     Raises
@@ -50,7 +56,6 @@ def density_fit_stage(result, work, dmap, resolution, r, xyz, free, w_map, targe
     ValueError
         The model box is larger than :data:`FIT_MAX_VOXELS` (or the voxels too coarse).
     """
-    from .adp import refine_adp
     from .modelfit import ModelMapFit
 
     target_bond = params.target_bond
@@ -58,26 +63,39 @@ def density_fit_stage(result, work, dmap, resolution, r, xyz, free, w_map, targe
     auto_weight = params.weight is None
     cycles, max_iter = params.fit_cycles, params.fit_iter
     cras = list(work[0].all())
+    scatter = np.ones(len(cras), bool) if scatter is None else np.asarray(scatter, bool)
+    sc = [c for c, s in zip(cras, scatter) if s]
     g = dmap.grid_coordinates(xyz)
     voxels = float(np.prod(np.minimum(np.ptp(g, axis=0) + 2 * 8.0 / np.asarray(dmap.voxel_size), dmap.shape)))
     if voxels > FIT_MAX_VOXELS:
         raise ValueError(f"model box of {voxels:.3g} voxels is above {FIT_MAX_VOXELS:.3g}")
-    fit = ModelMapFit.prepare(dmap, xyz, [c.atom.element.name for c in cras],
-                              np.array([0.0 if c.atom.is_hydrogen() else c.atom.occ for c in cras]), resolution,
+    fit = ModelMapFit.prepare(dmap, xyz[scatter], [c.atom.element.name for c in sc],
+                              np.array([0.0 if c.atom.is_hydrogen() else c.atom.occ for c in sc]), resolution,
                               target="sphere", alias_log=FIT_ALIAS_LOG, cutoff_log=FIT_CUTOFF_LOG)
-    bvals = np.clip([c.atom.b_iso for c in cras], *B_RANGE)
+    bvals = np.clip([c.atom.b_iso for c in sc], *B_RANGE)
 
     def density_fit(x, scale=1.0):
         # per-atom size like the restraint target: N_fit (1 - CC^2)
-        misfit, grad, cc = fit.evaluate_positions(x, bvals)
+        misfit, grad, cc = fit.evaluate_positions(x[scatter], bvals)
         f = scale * fit.n_fit
-        return f * misfit, f * grad, cc
+        full = np.zeros_like(x)
+        full[scatter] = f * grad
+        return f * misfit, full, cc
 
     _, gm = target.energy_gradient(xyz, w_atom * w_map)
     _, gd, _ = density_fit(xyz)
     num, den = float(np.linalg.norm(gm[free])), float(np.linalg.norm(gd[free]))
     wd = num / den if den > 0 and np.isfinite(num / den) else 1.0
-    ref_k = 1.0 / params.fit_reference_sigma ** 2 if params.fit_reference_sigma else 0.0
+    ref_k0 = 1.0 / params.fit_reference_sigma ** 2 if params.fit_reference_sigma else 0.0
+    chain_of = classes.chain_of_res[np.asarray(r.residue, np.int64)][free] if classes is not None else None
+
+    def reference_k():
+        if classes is None or np.all(classes.factor == 1.0):
+            return ref_k0
+        f = classes.factor[chain_of]
+        return np.repeat(ref_k0 + (1.0 / f - 1.0) / REFERENCE_SIGMA ** 2, 3)
+
+    ref_k = reference_k()
     cur_excess = geometry_excess(geo(xyz), target_bond, target_angle)
 
     def fg(p, wd):
@@ -105,18 +123,24 @@ def density_fit_stage(result, work, dmap, resolution, r, xyz, free, w_map, targe
         if loose and auto_weight:
             wd = adjust_weight(wd, stats["bond_rmsd"], stats["angle_rmsd"], target_bond, target_angle)
             continue
-        xyz = trial
         cur_excess = excess
-        watch_validation(r, xyz, result.history[-1])
+        watch_validation(r, trial, result.history[-1])
+        if classes is not None:
+            xyz, undone = classes.revert_worse(xyz, trial, target.values,
+                                               lambda x, mask: relax_atoms(lambda p: fg(p, wd), x, mask, free))
+            result.history[-1]["undone"] = undone
+            result.history[-1]["chain_factors"] = classes.chain_factors(xyz).tolist()
+            ref_k = reference_k()
+        else:
+            xyz = trial
         if auto_weight:
             wd = adjust_weight(wd, stats["bond_rmsd"], stats["angle_rmsd"], target_bond, target_angle)
         try:
             # B between coordinate steps only has to be good enough for the next model map
             n_iter = params.adp_max_iter if cyc == cycles - 1 else max(5, params.adp_max_iter // 2)
-            result.adp = refine_adp(work, dmap, resolution, xyz=xyz, pairs=pairs, fixed=adp_fixed,
-                                    max_iter=n_iter, b_prior=b_input, prior_sigma=adp_prior_sigma)
+            result.adp = refine_b(xyz, n_iter)
         except (InputError, ValueError) as exc:
             result.warnings.append(f"B factors not refined: {exc}")
             break
-        bvals = np.clip([c.atom.b_iso for c in cras], *B_RANGE)
+        bvals = np.clip([c.atom.b_iso for c in sc], *B_RANGE)
     return xyz

@@ -12,7 +12,9 @@ Method (after phenix.real_space_refine, Afonine et al. 2018, Acta Cryst. D74:531
   (``Restraints.fixed``) are not parameters and stay where they are;
 * the weight ``w`` is automatic (:mod:`.weight_control`): calibrated on the gradients, then
   scaled after each macro-cycle towards the bond/angle RMSD targets; the validation watch raises
-  local restraint weights where MolProbity classes get worse;
+  local restraint weights where MolProbity classes get worse, each cycle's step is undone for
+  residues it moves into a worse Ramachandran class or a rotamer outlier, and chains whose
+  validation figures worsen get a lower data weight (:class:`.weight_control.ClassWatch`);
 * peptides trapped far from planar cis/trans after a macro-cycle are rebuilt as ideal units
   (:func:`.peptide_links.rebuild_peptides`);
 * all but the last macro-cycle run with the library repulsion only; the last adds the clash
@@ -44,8 +46,8 @@ from .peptide_links import omega_angles, peptide_units, rebuild_peptides, refine
 from .refine_params import RefineParameters
 from .refine_target import model_geometry, refinement_restraints, restrained_target  # noqa: F401 (re-exported)
 from .threads import thread_limits
-from .weight_control import WATCH_CBETA, WATCH_OMEGA, adjust_weight, geometry_excess, initial_weight, \
-    watch_validation
+from .weight_control import WATCH_CBETA, WATCH_OMEGA, ClassWatch, adjust_weight, geometry_excess, \
+    initial_weight, relax_atoms, watch_validation
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,9 @@ class RefinementResult:
     rigid_body : object
         :class:`rerefine.refine.rigidbody.RigidBodyFit` when a rigid-body fit ran first, else None.
     history : list of dict
-        Per macro-cycle: weight, iterations, bond/angle RMSD, map term, what the watch raised.
+        Per macro-cycle: weight, iterations, bond/angle RMSD, map term, what the watch raised
+        (``*_raised``), the residue serials whose step was undone (``undone``) and the per-chain
+        data-weight factors (``chain_factors``, chains in model order).
     warnings : list of str
         From the restraints (unknown residues fixed, ...) and the refinement.
     seconds : float
@@ -279,6 +283,9 @@ def _refine_model(st, dmap, resolution, monlib_dir, params: RefineParameters, re
         start = result.rigid_body.xyz
     if r.ramachandran is not None:
         r.ramachandran.watch(start)  # the classes refinement must not make worse
+    # validation-aware acceptance of each cycle and per-chain data weights (weight_control.ClassWatch)
+    classes = ClassWatch(work, r, start, params.top8000_dir)
+    chain_of = classes.chain_of_res[np.asarray(r.residue, np.int64)]
 
     auto = params.weight is None
     w = initial_weight(r, target, start, w_atom, free, target_bond) if auto else float(params.weight)
@@ -324,7 +331,7 @@ def _refine_model(st, dmap, resolution, monlib_dir, params: RefineParameters, re
         soft = params.soft_start and ncycle < total_cycles
         stage["guard"] = not soft
         r.weights["nonbonded"] = r_full.weights.get("nonbonded", 1.0) if soft else nb_full
-        wa = w_atom * w
+        wa = w_atom * w * classes.factor[chain_of]
         p0 = xyz[free].ravel()
         try:
             with np.errstate(all="ignore"):
@@ -353,9 +360,13 @@ def _refine_model(st, dmap, resolution, monlib_dir, params: RefineParameters, re
             if total_cycles < params.cycles + params.max_extra_cycles:
                 total_cycles += 1
         else:
-            xyz = trial
             cur_excess = excess
-            watch_validation(r, xyz, result.history[-1])
+            watch_validation(r, trial, result.history[-1])
+            xyz, undone = classes.revert_worse(
+                xyz, trial, target.values,
+                lambda x, mask: relax_atoms(lambda p: fg(p, wa), x, mask, free))
+            result.history[-1]["undone"] = undone
+            result.history[-1]["chain_factors"] = classes.chain_factors(xyz).tolist()
             if units is not None and len(units) and ncycle < total_cycles:
                 xyz, changed = rebuild_peptides(xyz, units, lambda x: plain_energy(x, wa)[0],
                                                 omega_ideal=r.torsions.ideal, switchable=switchable,
@@ -383,25 +394,21 @@ def _refine_model(st, dmap, resolution, monlib_dir, params: RefineParameters, re
 
     record(xyz)
     if params.adp:
-        from .adp import refine_adp
-
         if fmap.is_orthogonal:
             pairs = np.asarray(r.bonds.idx, np.int64)
             # no B similarity to the riding hydrogens: their B stay fixed at the input's and would
             # tie their atoms' B to it
             pairs = pairs[~h_added[pairs].any(axis=1)]
+            refine_b = _b_refinement(work, fmap, resolution, pairs, adp_fixed, b_input, adp_prior_sigma, h_added)
             try:
-                result.adp = refine_adp(work, fmap, resolution, xyz=xyz, pairs=pairs,
-                                        fixed=adp_fixed, max_iter=params.adp_max_iter, b_prior=b_input,
-                                        prior_sigma=adp_prior_sigma)
+                result.adp = refine_b(xyz, params.adp_max_iter)
             except (InputError, ValueError) as exc:
                 result.warnings.append(f"B factors not refined: {exc}")
             else:
                 if params.fit_cycles and nfree and result.status == "ok":
                     try:
                         xyz = density_fit_stage(result, work, fmap, resolution, r, xyz, free, w, target, w_atom,
-                                                guard, params, pairs, p_ref, b_input, adp_prior_sigma,
-                                                adp_fixed, geo)
+                                                guard, params, refine_b, p_ref, geo, classes, ~h_added)
                     except (InputError, ValueError) as exc:  # e.g. voxels too coarse for the model map
                         result.warnings.append(f"density-fit stage skipped: {exc}")
                     record(xyz)
@@ -444,6 +451,33 @@ def _work_mask(st: gemmi.Structure, work: gemmi.Structure, mask) -> np.ndarray:
             for at in res:
                 out.append(by_atom.get((ci, ri, at.name, at.altloc), by_res.get((ci, ri), False)))
     return np.array(out, bool)
+
+
+def _b_refinement(work, fmap, resolution, pairs, fixed, b_input, prior_sigma, h_added):
+    """``refine_b(xyz, max_iter) -> AdpResult``: :func:`.adp.refine_adp` of ``work``'s B at ``xyz`` (Å)
+    against ``fmap``, with bonded similarity over ``pairs`` and the prior to ``b_input``. Riding
+    hydrogens added for refinement (``h_added``: occupancy 0, B fixed) are left out of the model
+    map (they scatter nothing; the map and gradients were computed over them for nothing)."""
+    from .adp import refine_adp
+
+    if not h_added.any():
+        return lambda xyz, max_iter: refine_adp(work, fmap, resolution, xyz=xyz, pairs=pairs, fixed=fixed,
+                                                max_iter=max_iter, b_prior=b_input, prior_sigma=prior_sigma)
+    heavy = ~h_added
+    row = np.cumsum(heavy) - 1
+    heavy_pairs = row[pairs[heavy[pairs].all(axis=1)]]
+    atoms = [c.atom for c in work[0].all()]
+
+    def refine_b(xyz, max_iter):
+        sub = work.clone()
+        sub.remove_hydrogens()
+        out = refine_adp(sub, fmap, resolution, xyz=xyz[heavy], pairs=heavy_pairs, fixed=fixed[heavy],
+                         max_iter=max_iter, b_prior=b_input[heavy], prior_sigma=prior_sigma)
+        for k, c in zip(np.flatnonzero(heavy).tolist(), sub[0].all()):
+            atoms[k].b_iso = c.atom.b_iso
+        return out
+
+    return refine_b
 
 
 def _diverged(st: gemmi.Structure, result: RefinementResult, reason: str, t0: float) -> RefinementResult:

@@ -98,8 +98,8 @@ def restrained_target(x, p, data_e, data_g, r, free, guard, ref_k, p_ref):
 
     ``x`` all positions (Å, (N, 3)), ``p`` the free ones flattened, ``data_e``/``data_g`` the data
     term and its gradient (N, 3), ``guard`` a :class:`.nonbonded.ClashGuard` or None, ``ref_k``
-    (Å^-2) the reference restraint's ``1/sigma^2`` and ``p_ref`` its positions (flattened like
-    ``p``); returns the energy and the gradient with respect to ``p``.
+    (Å^-2) the reference restraint's ``1/sigma^2`` (a number, or one per coordinate of ``p``) and
+    ``p_ref`` its positions (flattened like ``p``); returns the energy and the gradient with respect to ``p``.
     """
     from .geometry import restraint_energy_gradient
 
@@ -107,9 +107,9 @@ def restrained_target(x, p, data_e, data_g, r, free, guard, ref_k, p_ref):
     g = data_g + grr
     ec = guard.energy_gradient(x, g) if guard is not None else 0.0
     gf = g[free].ravel()
-    if ref_k:
+    if np.any(ref_k):
         d = p - p_ref
-        ec += ref_k * float(np.dot(d, d))
+        ec += float(np.sum(ref_k * d * d))
         gf = gf + 2.0 * ref_k * d
     return data_e + er + ec, gf
 

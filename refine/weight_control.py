@@ -6,7 +6,11 @@
   :data:`TARGET_ANGLE_RMSD`: the values Phenix aims at, Afonine et al. 2018, Acta Cryst.
   D74:531);
 * :func:`watch_validation`: after each accepted cycle, the local weight of restraints whose
-  validation class (MolProbity: Ramachandran, rotamer, omega, C-beta) got worse is raised.
+  validation class (MolProbity: Ramachandran, rotamer, omega, C-beta) got worse is raised;
+* :class:`ClassWatch`: after each accepted cycle, steps that make a residue's Ramachandran or
+  rotamer class worse than the input's are undone (criterion in its docstring), and the data weight
+  of a chain whose validation figures got worse is lowered;
+* :func:`relax_atoms`: the short local minimisation that heals the junctions of undone steps.
 """
 
 from __future__ import annotations
@@ -80,3 +84,203 @@ def watch_validation(r, xyz: np.ndarray, record: dict) -> None:
         record["rama_raised"] = r.ramachandran.watch(xyz)
     for w in r.watches:
         record[f"{w.name}_raised"] = w.watch(r, xyz)
+
+
+#: Rotamer criterion of :class:`ClassWatch`: a side chain that was not an outlier in the input may
+#: become one only when its atoms beyond C-beta then sit, on average, this much higher in the
+#: coordinate target's map (sd units of the filtered map) than in the conformation it left.
+ROTAMER_MAP_GAIN = 1.0
+#: Per-chain data weight (:meth:`ClassWatch.chain_factors`): factor applied after a cycle to the
+#: map weight of a chain whose Ramachandran or rotamer figures are worse than the input's, and its floor.
+CHAIN_FACTOR_STEP = 0.7
+CHAIN_FACTOR_MIN = 0.25
+#: Fraction of a chain's Ramachandran residues that may leave the favoured class before its data
+#: weight is lowered (the validation gate of issue 16: favoured % not lower by more than 0.5 point).
+FAVORED_DROP = 0.005
+#: Proline chi1 (scored by the validation, not restrained by the rotamer term).
+PRO_CHI1 = ("N", "CA", "CB", "CG")
+
+
+class ClassWatch:
+    """Validation-aware acceptance of coordinate steps and per-chain data weights.
+
+    MolProbity classes per residue (Ramachandran: :meth:`.ramachandran_restraint.RamachandranRestraint.classes`,
+    Top8000 densities; rotamer: the Top8000 rotamericity grids of :mod:`.validation.rotamer`, favoured
+    >= 2 %, outlier < 0.3 %), computed from coordinates during refinement and compared with the input's.
+
+    **Acceptance criterion** (:meth:`revert_worse`), applied to every accepted macro-cycle:
+
+    * a residue whose Ramachandran class is worse than in the input (favoured to allowed or
+      outlier, allowed to outlier) *and* worse than before the cycle has the cycle's step undone
+      for itself and both its neighbours (the atoms that define its phi and psi);
+    * a side chain that becomes a rotamer outlier (not one in the input) has the step undone for
+      its residue unless its atoms beyond C-beta gained at least :data:`ROTAMER_MAP_GAIN` sd of
+      the map there (the map strongly supports the new conformation);
+    * the undone atoms and one residue either side are then relaxed together (short L-BFGS of the
+      same target, everything else held), so that the junctions keep their geometry; a residue
+      that the relaxation takes back into the worse class keeps the plain undone step.
+
+    The Ramachandran watch (weight x4 per cycle) keeps acting on top.
+
+    **Per-chain data weight** (:meth:`chain_factors`): after each accepted cycle, a chain with more
+    Ramachandran outliers, fewer favoured residues or more rotamer outliers than in the input gets
+    its data weight multiplied by :data:`CHAIN_FACTOR_STEP` (floor :data:`CHAIN_FACTOR_MIN`).
+    """
+
+    def __init__(self, work, r, xyz0: np.ndarray, top8000_dir=None):
+        from .rotamer_restraint import CHI_ATOMS
+        from .validation.rotamer import GRIDS
+        from .validation.tables import default_top8000_dir
+
+        self.r = r
+        self.top8000_dir = str(top8000_dir or default_top8000_dir())
+        self.residue = np.asarray(r.residue, np.int64)
+        nres = int(self.residue.max()) + 1 if len(self.residue) else 0
+        chain_of_res = np.zeros(nres, np.int64)
+        self.chain_names = []
+        names: dict[int, dict[str, int]] = {}
+        resname: dict[int, str] = {}
+        for i, c in enumerate(work[0].all()):
+            rid = int(self.residue[i])
+            if not self.chain_names or self.chain_names[-1] != c.chain.name:
+                self.chain_names.append(c.chain.name)
+            chain_of_res[rid] = len(self.chain_names) - 1
+            resname[rid] = c.residue.name
+            if not r.altloc[i] and not r.fixed[i] and not c.atom.is_hydrogen():
+                names.setdefault(rid, {})[c.atom.name] = i
+        self.chain_of_res = chain_of_res
+        # rotamer rows: residue, grid file, chi atom quadruples (the validation's chi definitions)
+        self.rot_res, self.rot_grid, self.rot_quads, self.rot_side = [], [], [], []
+        for rid, at in names.items():
+            rn = resname[rid]
+            spec = GRIDS.get(rn)
+            if spec is None:
+                continue
+            quads = (PRO_CHI1,) if rn == "PRO" else CHI_ATOMS[rn][: spec[1]]
+            if any(a not in at for q in quads for a in q):
+                continue
+            self.rot_res.append(rid)
+            self.rot_grid.append(spec[0])
+            self.rot_quads.append([[at[a] for a in q] for q in quads])
+            self.rot_side.append([i for n, i in at.items() if n not in ("N", "CA", "C", "O", "CB")])
+        self.rot_res = np.array(self.rot_res, np.int64)
+        self.rama = r.ramachandran
+        self.rama_ref = self.rama.classes(xyz0) if self.rama is not None else None
+        self.rot_ref = self.rotamer_classes(xyz0)
+        self.factor = np.ones(len(self.chain_names))
+
+    def rotamer_classes(self, xyz: np.ndarray) -> np.ndarray:
+        """Rotamer class per scored side chain (0 favoured, 1 allowed, 2 outlier)."""
+        from .geometry import dihedral_gradient
+        from .validation.rotamer import FAVORED, OUTLIER
+        from .validation.tables import load_table
+
+        out = np.zeros(len(self.rot_res), np.int64)
+        d = np.empty((4, 3))
+        by_grid: dict[str, list[int]] = {}
+        chis = []
+        for k, quads in enumerate(self.rot_quads):
+            chis.append([np.degrees(dihedral_gradient(xyz, *q, d)[0]) % 360.0 for q in quads])
+            by_grid.setdefault(self.rot_grid[k], []).append(k)
+        for grid, ks in by_grid.items():
+            s = load_table(self.top8000_dir, grid).lookup(np.array([chis[k] for k in ks], np.float64))
+            out[ks] = np.where(s >= FAVORED, 0, np.where(s >= OUTLIER, 1, 2))
+        return out
+
+    def revert_worse(self, before: np.ndarray, after: np.ndarray, map_values, relax) -> tuple[np.ndarray, list]:
+        """Apply the acceptance criterion (class docstring) to the step ``before`` -> ``after`` (Å, (N, 3)).
+
+        ``map_values(x)`` gives the map value (sd) at each atom; ``relax(x, mask)`` returns ``x`` with
+        the atoms of ``mask`` minimised in the refinement target. Returns the accepted coordinates
+        and the residue serials whose step was undone."""
+        res_bad = set()
+        if self.rama is not None:
+            c0, c1 = self.rama.classes(before), self.rama.classes(after)
+            for k in np.nonzero((c1 > self.rama_ref) & (c1 > c0))[0]:
+                rid = int(self.rama.residue[k])
+                res_bad.update((rid - 1, rid, rid + 1))
+        if len(self.rot_res):
+            r0, r1 = self.rotamer_classes(before), self.rotamer_classes(after)
+            new_out = np.nonzero((r1 == 2) & (self.rot_ref < 2) & (r0 < 2))[0]
+            if len(new_out):
+                v0, v1 = map_values(before), map_values(after)
+                for k in new_out:
+                    side = self.rot_side[k]
+                    if not side or float(np.mean(v1[side]) - np.mean(v0[side])) < ROTAMER_MAP_GAIN:
+                        res_bad.add(int(self.rot_res[k]))
+        if not res_bad:
+            return after, []
+        block = np.isin(self.residue, list(res_bad))
+        x = after.copy()
+        x[block] = before[block]
+        near = np.isin(self.residue, [q for p in res_bad for q in (p - 1, p, p + 1)])
+        relaxed = relax(x, near & ~np.asarray(self.r.fixed, bool))
+        # keep the relaxation only where it does not take residues back into a worse class
+        still = self._worse_residues(before, relaxed)
+        if still & res_bad:
+            keep = np.isin(self.residue, list(still & res_bad))
+            relaxed[keep] = before[keep]
+        return relaxed, sorted(res_bad)
+
+    def _worse_residues(self, before: np.ndarray, after: np.ndarray) -> set:
+        bad = set()
+        if self.rama is not None:
+            c0, c1 = self.rama.classes(before), self.rama.classes(after)
+            bad.update(int(self.rama.residue[k]) for k in np.nonzero((c1 > self.rama_ref) & (c1 > c0))[0])
+        if len(self.rot_res):
+            r1 = self.rotamer_classes(after)
+            bad.update(int(self.rot_res[k]) for k in np.nonzero((r1 == 2) & (self.rot_ref < 2))[0])
+        return bad
+
+    def chain_factors(self, xyz: np.ndarray) -> np.ndarray:
+        """Update and return the per-chain data-weight factors after an accepted cycle (class docstring)."""
+        worse = np.zeros(len(self.chain_names), bool)
+        if self.rama is not None and len(self.rama.residue):
+            c = self.rama.classes(xyz)
+            ch = self.chain_of_res[self.rama.residue]
+            for q in range(len(self.chain_names)):
+                s = ch == q
+                if s.any() and (np.sum(c[s] == 2) > np.sum(self.rama_ref[s] == 2)
+                                or np.sum(c[s] == 0) < np.sum(self.rama_ref[s] == 0) - FAVORED_DROP * s.sum()):
+                    worse[q] = True
+        if len(self.rot_res):
+            c = self.rotamer_classes(xyz)
+            ch = self.chain_of_res[self.rot_res]
+            for q in range(len(self.chain_names)):
+                s = ch == q
+                if s.any() and np.sum(c[s] == 2) > np.sum(self.rot_ref[s] == 2):
+                    worse[q] = True
+        self.factor[worse] = np.maximum(self.factor[worse] * CHAIN_FACTOR_STEP, CHAIN_FACTOR_MIN)
+        return self.factor
+
+
+#: L-BFGS iterations of :func:`relax_atoms`.
+RELAX_ITER = 30
+
+
+def relax_atoms(fg, x: np.ndarray, mask: np.ndarray, free: np.ndarray, max_iter: int = RELAX_ITER) -> np.ndarray:
+    """``x`` (Å, (N, 3)) with the atoms of ``mask`` minimised in ``fg`` (flattened coordinates of the
+    ``free`` atoms -> energy, gradient), the others held; ``x`` unchanged when nothing is selected
+    or the minimisation does not stay finite."""
+    from scipy import optimize
+
+    sub = mask[free]
+    if not sub.any():
+        return x
+    base = x[free]
+
+    def f(q):
+        full = base.copy()
+        full[sub] = q.reshape(-1, 3)
+        e, g = fg(full.ravel())
+        return e, g.reshape(-1, 3)[sub].ravel()
+
+    with np.errstate(all="ignore"):
+        sol = optimize.minimize(f, base[sub].ravel(), jac=True, method="L-BFGS-B",
+                                options={"maxiter": max_iter, "maxcor": 20})
+    if not (np.isfinite(sol.fun) and np.all(np.isfinite(sol.x))):
+        return x
+    out = x.copy()
+    rows = np.nonzero(free)[0][sub]
+    out[rows] = sol.x.reshape(-1, 3)
+    return out
