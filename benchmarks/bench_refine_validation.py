@@ -231,6 +231,8 @@ def run_pair(spec: str, variants: bool, servalcat: bool = True, extra: dict | No
         sc = out["servalcat"] = _servalcat_row(name, dmap, res, b_dep, out["deposited"])
         print(name, "servalcat", json.dumps({k: v for k, v in sc.items() if k != "validation"}, default=str),
               flush=True)
+        if sc.get("validation"):
+            print("   validation", json.dumps(sc["validation"]), flush=True)
         if "error" not in sc:
             out["vs_servalcat"] = {tag: _vs_servalcat(out[tag], sc) for tag in runs}
             print(name, "vs_servalcat", json.dumps(out["vs_servalcat"]), flush=True)
