@@ -424,7 +424,8 @@ def refine_model(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
         :func:`rerefine.refine.validation.tables.default_top8000_dir`, i.e. ``RR_TOP8000``).
     secondary_structure : bool
         Backbone hydrogen-bond restraints of helices and sheets, from the model's annotation
-        or a DSSP-like assignment (:mod:`rerefine.refine.secondary_structure`).
+        or a DSSP-like assignment (:mod:`rerefine.refine.secondary_structure`; off by default,
+        the module says why).
 
     Raises
     ------
