@@ -231,6 +231,8 @@ def run_pair(spec: str, variants: bool, servalcat: bool = True, extra: dict | No
         sc = out["servalcat"] = _servalcat_row(name, dmap, res, b_dep, out["deposited"])
         print(name, "servalcat", json.dumps({k: v for k, v in sc.items() if k != "validation"}, default=str),
               flush=True)
+        if sc.get("validation"):
+            print("   validation", json.dumps(sc["validation"]), flush=True)
         if "error" not in sc:
             out["vs_servalcat"] = {tag: _vs_servalcat(out[tag], sc) for tag in runs}
             print(name, "vs_servalcat", json.dumps(out["vs_servalcat"]), flush=True)
@@ -248,14 +250,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-previous", action="store_true", help="skip the reference run without issue-16 terms")
     args = ap.parse_args(argv)
     result = {}
+    out = REPO / "benchmarks" / "results" / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     for spec in args.pairs.split(","):
         result[spec] = run_pair(spec, args.variants, servalcat=not args.no_servalcat,
                                 extra=SS_VARIANT if args.ss else None, previous=not args.no_previous,
                                 shaken=args.shaken)
-    out = REPO / "benchmarks" / "results" / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str))
-    print(f"wrote {out}")
+        out.write_text(json.dumps(result, indent=1, default=str))  # after every pair: long runs
+        print(f"wrote {out}", flush=True)
     return 0
 
 

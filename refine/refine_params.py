@@ -87,7 +87,7 @@ class RefineParameters:
         validation reads (default :func:`.validation.tables.default_top8000_dir`, i.e. ``RR_TOP8000``).
     secondary_structure : bool
         Backbone hydrogen-bond restraints of helices and sheets, from the model's annotation
-        or a DSSP-like assignment (:mod:`.secondary_structure`).
+        or a DSSP-like assignment (:mod:`.secondary_structure`; off by default, the module says why).
     ncs : bool
         Torsion NCS restraints between copies of a chain (:mod:`.ncs`); off by default.
     """

@@ -24,6 +24,15 @@ Form
     (``mmtbx.secondary_structure``: ``n_o_distance_ideal = 2.9``, ``sigma = 0.05``,
     ``slack = 0``, outliers beyond 3.5 Å removed; Headd et al. 2012, Acta Cryst. D68:381).
     Hydrogen-bond angles are not restrained (Phenix's optional angle restraints are not done).
+
+Use
+    Off by default (``realspace.refine_model(secondary_structure=False)``), because where the
+    issue asked for it, at 3.5-4.5 Å, it made no independent figure better
+    (``benchmarks/bench_refine_validation.py --ss``): on 7CEC / EMD-30342 (3.9 Å) Ramachandran
+    favoured 95.0 -> 94.6 %, rotamer outliers 4 -> 5, CC_mask with the deposited B 0.806 -> 0.805,
+    shaken-model recovery 0.276 -> 0.274 Å; on 5ME2 against EMD-3488 low-pass filtered to 4.5 Å
+    Ramachandran outliers 0 -> 2, CC_mask with the deposited B 0.827 -> 0.823. The Ramachandran
+    term and the reference-position restraint already hold the deposited helices and strands.
 """
 
 from __future__ import annotations

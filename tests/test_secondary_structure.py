@@ -137,3 +137,32 @@ def test_model_without_secondary_structure_gets_no_term(test_data):
         fixed = np.zeros(st[0].count_atom_sites(), bool)
 
     assert secondary_structure_terms(st, _R(), atom_xyz(st)) == ()
+
+
+def test_refinement_with_the_term_holds_the_helix_bonds(pairs, test_data):
+    """refine_model(secondary_structure=True) adds the term: on 5ME2's helix A:20-36 the restrained
+    O...N distances end nearer the 2.9 Å ideal than without it (same refinement otherwise; measured
+    RMS deviation from 2.9 Å 0.16 Å with the term, 0.34 Å without)."""
+    from rerefine.refine import mapio
+    from rerefine.refine.realspace import refine_model
+    from rerefine.refine.secondary_structure import IDEAL
+
+    model, mp, res = pairs["emd_3488_5me2"]
+    st = modelio.read_model(model)
+    for name in [c.name for c in st[0]][1:]:
+        st[0].remove_chain(name)
+    ch = st[0]["A"]
+    for i in range(len(ch) - 1, -1, -1):
+        if not 18 <= ch[i].seqid.num <= 38:
+            del ch[i]
+    st.setup_entities()
+    pairs_idx, _, _ = hbond_pairs(st, atom_xyz(st))
+    assert len(pairs_idx) >= 10
+    dmap = mapio.read_map(mp)
+    dev = {}
+    for on in (False, True):
+        out = refine_model(st, dmap, res, test_data / "monomers", adp=False, cycles=1, max_iter=60, secondary_structure=on)
+        x = atom_xyz(out.structure)
+        d = np.linalg.norm(x[pairs_idx[:, 0]] - x[pairs_idx[:, 1]], axis=1)
+        dev[on] = float(np.sqrt(np.mean((d - IDEAL) ** 2)))
+    assert dev[True] < dev[False], dev
