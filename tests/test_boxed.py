@@ -163,3 +163,25 @@ def test_process_pool_gives_the_serial_result(p3ajo, monlib, boxed_3ajo):
     np.testing.assert_array_equal(_xyz(pooled.structure), _xyz(serial.structure))
     np.testing.assert_array_equal([c.atom.b_iso for c in pooled.structure[0].all()],
                                   [c.atom.b_iso for c in serial.structure[0].all()])
+
+
+def test_boxes_only_for_large_models(p5me2):
+    """One 5ME2 copy (4,468 atoms) keeps the whole-model path; three copies (13,404 atoms, above
+    BOXED_MIN_ATOMS) are boxed."""
+    import gemmi
+
+    from rerefine.refine.boxed import BOXED_MIN_ATOMS, use_boxes
+
+    st, dmap, _ = p5me2
+    assert not use_boxes(st, dmap)
+    big = st.clone()
+    for k in (1, 2):
+        for ch in st[0]:
+            c = ch.clone()
+            c.name = f"{ch.name}{k}"
+            for res in c:
+                for at in res:
+                    at.pos = gemmi.Position(at.pos.x, at.pos.y, at.pos.z + 0.01 * k)
+            big[0].add_chain(c)
+    assert big[0].count_atom_sites() >= BOXED_MIN_ATOMS
+    assert use_boxes(big, dmap)
