@@ -74,7 +74,19 @@ def metrics_task(st, box, resolution: float, job: EntryJob, params: PipelinePara
 
 @task(name="refine")
 def refine_task(st, sharpened, box, resolution: float, monlib, params: PipelineParams, top8000=None):
-    return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params, top8000)
+    # On a Dask cluster the regions of a large model become tasks of the whole cluster
+    # (worker_client leaves this worker's slot while it waits); elsewhere a process pool on the
+    # entry's cores (pipeline.stage_refine).
+    try:
+        from distributed import get_worker, worker_client
+
+        get_worker()
+    except (ImportError, ValueError):
+        return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params, top8000)
+    with worker_client() as client:
+        return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params, top8000,
+                                     workers=max(1, sum(client.nthreads().values())),
+                                     executor=client.get_executor())
 
 
 @task(name="douse")
