@@ -77,12 +77,16 @@ def refine_task(st, sharpened, box, resolution: float, monlib, params: PipelineP
     # On a Dask cluster the regions of a large model become tasks of the whole cluster
     # (worker_client leaves this worker's slot while it waits); elsewhere a process pool on the
     # entry's cores (pipeline.stage_refine).
+    from rerefine.refine.boxed import use_boxes
+
     try:
         from distributed import get_worker, worker_client
 
         get_worker()
     except (ImportError, ValueError):
         return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params, top8000)
+    if not use_boxes(st, box):  # one piece: nothing to hand out
+        return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params, top8000, workers=1)
     with worker_client() as client:
         return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params, top8000,
                                      workers=max(1, sum(client.nthreads().values())),
