@@ -139,6 +139,8 @@ def summarise(n: int, atoms: int, run: dict) -> dict:
                                                        "rotamer_outliers", "cbeta_outliers", "bond_rmsd",
                                                        "angle_rmsd")},
             "seconds_per_1000_atoms": round(run["wall_seconds"] / atoms * 1000, 2),
+            # throughput model: cores x wall per 100,000 atoms (on a loaded machine an upper bound)
+            "core_hours_per_100k_atoms": round(run["wall_seconds"] * run["workers"] / atoms * 1e5 / 3600, 3),
             "warnings": (rep.get("warnings") or [])[:10]}
 
 

@@ -71,7 +71,25 @@ def metrics_task(st, box, resolution: float, job: EntryJob, params: PipelinePara
 
 @task(name="refine")
 def refine_task(st, sharpened, box, resolution: float, monlib, params: PipelineParams, top8000=None):
-    return guard.run(pipeline.stage_refine, st, sharpened, box, resolution, monlib, params, top8000)
+    # On a Dask cluster the regions of a large model become tasks of the whole cluster
+    # (worker_client leaves this worker's slot while it waits; the regions then run outside the
+    # entry's guarded worker, each under its Dask worker's own memory limit); elsewhere the stage
+    # runs in the entry's guarded worker with a process pool on the entry's cores.
+    from rerefine.refine.boxed import use_boxes
+
+    try:
+        from distributed import get_worker, worker_client
+
+        get_worker()
+    except (ImportError, ValueError):
+        return guard.run(pipeline.stage_refine, st, sharpened, box, resolution, monlib, params, top8000)
+    if not use_boxes(st, box):  # one piece: nothing to hand out
+        return guard.run(pipeline.stage_refine, st, sharpened, box, resolution, monlib, params, top8000,
+                         workers=1)
+    with worker_client() as client:
+        return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params, top8000,
+                                     workers=max(1, sum(client.nthreads().values())),
+                                     executor=client.get_executor())
 
 
 @task(name="douse")

@@ -125,8 +125,8 @@ def boxed_3ajo(p3ajo, monlib):
     from rerefine.refine.realspace import refine_model
 
     st, dmap, res = p3ajo
-    whole = refine_model(st, dmap, res, monlib, cycles=3)
-    boxed = refine_boxed(st, dmap, res, monlib, region_atoms=900, cycles=3)
+    whole = refine_model(st, dmap, res, monlib, cycles=2)
+    boxed = refine_boxed(st, dmap, res, monlib, region_atoms=900, cycles=2)
     return whole, boxed
 
 
@@ -153,13 +153,42 @@ def test_boxed_refinement_matches_whole_model(p3ajo, monlib, boxed_3ajo):
 
 
 @pytest.mark.slow
-def test_process_pool_gives_the_serial_result(p3ajo, monlib, boxed_3ajo):
+def test_process_pool_gives_the_serial_result(p3ajo, monlib):
+    """Residues 5-120 of 3AJO in regions of at most 300 atoms: a 2-process pool merges the same model."""
     from rerefine.refine.boxed import refine_boxed
 
     st, dmap, res = p3ajo
-    _, serial = boxed_3ajo
+    st = st.clone()
+    ch = st[0][0]
+    for i in range(len(ch) - 1, -1, -1):
+        if not 5 <= ch[i].seqid.num <= 120:
+            del ch[i]
+    kw = dict(region_atoms=300, cycles=1, max_iter=30, fit_cycles=1, fit_iter=15)
+    serial = refine_boxed(st, dmap, res, monlib, **kw)
+    assert len(serial.history) >= 3
     with cf.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
-        pooled = refine_boxed(st, dmap, res, monlib, region_atoms=900, cycles=3, executor=ex, workers=2)
+        pooled = refine_boxed(st, dmap, res, monlib, executor=ex, workers=2, **kw)
     np.testing.assert_array_equal(_xyz(pooled.structure), _xyz(serial.structure))
     np.testing.assert_array_equal([c.atom.b_iso for c in pooled.structure[0].all()],
                                   [c.atom.b_iso for c in serial.structure[0].all()])
+
+def test_boxes_only_for_large_models(p5me2):
+    """One 5ME2 copy (4,468 atoms) keeps the whole-model path; three copies (13,404 atoms, above
+    BOXED_MIN_ATOMS) are boxed."""
+    import gemmi
+
+    from rerefine.refine.boxed import BOXED_MIN_ATOMS, use_boxes
+
+    st, dmap, _ = p5me2
+    assert not use_boxes(st, dmap)
+    big = st.clone()
+    for k in (1, 2):
+        for ch in st[0]:
+            c = ch.clone()
+            c.name = f"{ch.name}{k}"
+            for res in c:
+                for at in res:
+                    at.pos = gemmi.Position(at.pos.x, at.pos.y, at.pos.z + 0.01 * k)
+            big[0].add_chain(c)
+    assert big[0].count_atom_sites() >= BOXED_MIN_ATOMS
+    assert use_boxes(big, dmap)
