@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +46,32 @@ def padded(src: Path, n: int, out: Path) -> Path:
     big = mapio.DensityMap(data, dmap.cell, dmap.sampling, tuple(s - l for s, l in zip(dmap.start, lo)),
                            dmap.origin_shift, "padded")
     return mapio.write_map(out, big)
+
+
+PEAK = """
+import json, sys
+from rerefine.flows.commands.metrics import read_map_around
+from rerefine.refine import mapio, metrics, modelio
+
+def status(key):
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith(key))
+
+st = modelio.read_model(sys.argv[1])
+metrics.compute_metrics(st, read_map_around(st, sys.argv[2]), float(sys.argv[4]))  # numba compiled/loaded
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+base = status("VmRSS:")
+dmap = read_map_around(st, sys.argv[2]) if sys.argv[3] == "boxed" else mapio.read_map(sys.argv[2])
+metrics.compute_metrics(st, dmap, float(sys.argv[4]))
+print(json.dumps({"before_kib": base, "peak_kib": status("VmHWM:")}))
+"""
+
+
+def peak_mb(model: Path, mp: Path, how: str, res: float) -> float:
+    """Peak RSS growth (MB) of one metrics computation in a fresh process: whole map or boxed."""
+    r = subprocess.run([sys.executable, "-c", PEAK, str(model), str(mp), how, str(res)], capture_output=True,
+                       text=True, check=True)
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    return round((d["peak_kib"] - d["before_kib"]) / 1024, 1)
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -82,7 +109,9 @@ def main() -> None:
                            "whole_map_figures": {k: full[k] for k in FIT_KEYS},
                            "boxed_figures": {k: boxed[k] for k in FIT_KEYS},
                            "nightly_figures": {k: nightly[k] for k in FIT_KEYS},
-                           "boxed_equals_nightly": all(boxed[k] == nightly[k] for k in FIT_KEYS)}
+                           "boxed_equals_nightly": all(boxed[k] == nightly[k] for k in FIT_KEYS),
+                           "whole_map_peak_rss_growth_mb": peak_mb(MM / m, big, "whole", res),
+                           "boxed_peak_rss_growth_mb": peak_mb(MM / m, big, "boxed", res)}
         t_full, _ = timed(lambda: diffmap.difference_map(st, mapio.read_map(big), res), args.repeats)
         t_box, (dbox, _info) = timed(lambda: diffmap.difference_map(st, read_map_around(st, big), res),
                                      args.repeats)

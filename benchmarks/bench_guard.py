@@ -164,9 +164,10 @@ def main() -> None:
     def save() -> dict:  # after every case: a long run interrupted keeps what it measured
         for r in rows:
             r["growth_bytes"] = r["growth_mb"] * 2**20
-        out = {"cases": rows, "cycles": args.cycles, "model_in_use": {"bytes_per_box_voxel": guard.BYTES_PER_BOX_VOXEL, "bytes_per_atom": guard.BYTES_PER_ATOM,
-                            "seconds_per_atom": guard.SECONDS_PER_ATOM,
-                            "seconds_per_box_voxel": guard.SECONDS_PER_BOX_VOXEL}}
+        model = {"fixed_bytes": guard.FIXED_BYTES, "bytes_per_box_voxel": guard.BYTES_PER_BOX_VOXEL,
+                 "bytes_per_atom": guard.BYTES_PER_ATOM, "fixed_seconds": guard.FIXED_SECONDS,
+                 "seconds_per_atom": guard.SECONDS_PER_ATOM, "seconds_per_box_voxel": guard.SECONDS_PER_BOX_VOXEL}
+        out = {"cases": rows, "cycles": args.cycles, "model_in_use": model}
         if len(rows) >= 2:
             out.update({"memory_fit_bytes": fit(rows, "growth_bytes"), "time_fit_seconds": fit(rows, "seconds"),
                         "cpu_fit_seconds": fit(rows, "worker_cpu_seconds")})

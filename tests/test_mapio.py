@@ -117,3 +117,34 @@ def test_model_roundtrip_records_program(pairs, tmp_path):
     text = out.read_text()
     assert "rerefine" in text and "_software" in text
     assert modelio.read_model(out)[0].count_atom_sites() == st[0].count_atom_sites()
+
+
+@pytest.mark.parametrize("name", ["emd_3488_5me2", "emd_30342_zone_7cec_chainA", "emd_20026_box_3ajo_refined"])
+def test_box_read_is_the_box_cut_from_the_whole_map(pairs, name, tmp_path):
+    """read_map_box (memory-mapped, or decompressed for .gz) gives the voxels, start and origin
+    cut_box cuts from the whole map; read_map_header gives the frame without the data."""
+    model, mp, _res = pairs[name]
+    xyz = modelio.atom_positions(modelio.read_model(model))
+    whole = mapio.read_map(mp)
+    want = mapio.cut_box(whole, xyz, padding=8.0)
+    gz = tmp_path / (mp.name + ".gz")
+    gz.write_bytes(gzip.compress(mp.read_bytes(), 1))
+    for path in (mp, gz):
+        got = mapio.read_map_box(path, xyz, padding=8.0)
+        assert got.shape == want.shape and got.start == want.start
+        assert np.allclose(got.origin, want.origin) and np.array_equal(got.data, want.data)
+    head = mapio.read_map_header(mp)
+    assert head.shape == whole.shape and head.start == whole.start and np.allclose(head.origin, whole.origin)
+    assert head.data.strides == (0, 0, 0)  # no values behind the frame
+
+
+def test_header_of_a_map_with_another_axis_order(test_data):
+    """EMD-3001 (MAPC/MAPR/MAPS = 3,1,2): the header alone gives the grid gemmi sets up."""
+    import gemmi
+
+    p = test_data / "maps_models" / "maps_only_mrcfile" / "EMD-3001.map"
+    g = gemmi.read_ccp4_map(str(p))
+    g.setup(float("nan"))
+    head = mapio.read_map_header(p)
+    assert head.shape == (43, 25, 73) and head.start == (-21, -12, 0)  # as test_axis_order_and_nstart
+    assert head.sampling == (g.grid.nu, g.grid.nv, g.grid.nw) == (40, 12, 72)
