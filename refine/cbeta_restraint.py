@@ -26,7 +26,7 @@ SKIP = {"GLY"}
 def cbeta_rows(st, r):
     """Torsion rows ``(idx (n, 4), ideal, sigma, period, labels)`` for every amino acid of
     ``st[0]`` with N, CA, C, CB (no alternative conformer on them, none fixed)."""
-    from .ramachandran_restraint import D_AMINO
+    from .validation.residues import D_AMINO
 
     cras = list(st[0].all())
     at: dict[int, dict[str, int]] = {}

@@ -43,7 +43,7 @@ More and better reference data for improved all-atom structure validation", Prot
 Residues left out (no term): residues missing any of the five backbone atoms, residues whose
 backbone atoms carry alternative conformers, chain ends and residues next to a chain break
 (no peptide bond restraint to a neighbour: see ``realspace.refinement_topology``), residues
-of which any of the five atoms is fixed (no dictionary), and D-amino acids (:data:`D_AMINO`;
+of which any of the five atoms is fixed (no dictionary), and D-amino acids (:data:`.validation.residues.D_AMINO`;
 their landscapes would be the mirror images).
 """
 
@@ -59,6 +59,7 @@ from numba import njit
 from rerefine.common.errors import InputError
 
 from .geometry import dihedral_gradient
+from .validation.residues import D_AMINO
 from .validation.tables import default_top8000_dir, read_table
 
 #: MolProbity's Ramachandran categories, the order of the ``density`` grids.
@@ -71,9 +72,6 @@ RAMA_WEIGHT = 1.0
 DENSITY_SCALE = 4.0
 #: Floor of the density under the log (below MolProbity's outlier limits 0.0005 / 0.001).
 DENSITY_FLOOR = 1.0e-5
-#: D-amino acids (CCD names): no term (mirror-image landscapes would be needed).
-D_AMINO = {"DAL", "DAR", "DSG", "DAS", "DCY", "DGN", "DGL", "DHI", "DIL", "DLE", "DLY", "MED", "DPN", "DPR",
-           "DSN", "DTH", "DTR", "DTY", "DVA"}
 
 
 #: The combined landscapes (ala, gly, pro, prepro) and the validation densities (:data:`CATEGORIES`

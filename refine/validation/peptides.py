@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ramachandran import omega
-from .residues import ProteinResidue
+from .residues import D_AMINO, ProteinResidue
 
 CIS_MAX = 30.0
 TRANS_MIN = 150.0
@@ -53,8 +53,6 @@ def ca_chiral_volume(r: ProteinResidue) -> float | None:
     return float(np.dot(n - ca, np.cross(c - ca, cb - ca)))
 
 
-_D_AMINO = {"DAL", "DAR", "DAS", "DCY", "DGL", "DGN", "DHI", "DIL", "DLE", "DLY", "MED", "DPN", "DPR",
-            "DSN", "DTH", "DTR", "DTY", "DVA", "DSG"}
 
 
 def ca_inversions(residues: list[ProteinResidue]) -> list[int]:
@@ -64,7 +62,7 @@ def ca_inversions(residues: list[ProteinResidue]) -> list[int]:
         v = ca_chiral_volume(r)
         if v is None:
             continue
-        if (v < 0) != (r.resname in _D_AMINO):
+        if (v < 0) != (r.resname in D_AMINO):
             out.append(i)
     return out
 

@@ -32,6 +32,10 @@ import numpy as np
 from numba import njit
 
 #: Longest C(i-1)-N(i) distance (Å) still taken as a peptide bond.
+#: D-amino acids (wwPDB Chemical Component Dictionary names): the Ramachandran, C-beta and
+#: chirality checks and restraints are for L residues.
+D_AMINO = frozenset({"DAL", "DAR", "DSG", "DAS", "DCY", "DGN", "DGL", "DHI", "DIL", "DLE", "DLY", "MED", "DPN",
+                     "DPR", "DSN", "DTH", "DTR", "DTY", "DVA"})
 MAX_PEPTIDE_BOND = 2.0
 
 
