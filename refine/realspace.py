@@ -457,8 +457,11 @@ def _b_refinement(work, fmap, resolution, pairs, fixed, b_input, prior_sigma, h_
     """``refine_b(xyz, max_iter) -> AdpResult``: :func:`.adp.refine_adp` of ``work``'s B at ``xyz`` (Å)
     against ``fmap``, with bonded similarity over ``pairs`` and the prior to ``b_input``. Riding
     hydrogens added for refinement (``h_added``: occupancy 0, B fixed) are left out of the model
-    map (they scatter nothing; the map and gradients were computed over them for nothing)."""
-    from .adp import refine_adp
+    map (they scatter nothing; the map and gradients were computed over them for nothing); the data
+    weight stays the one :func:`.adp.refine_adp` gives the whole model (``2 N / misfit``, ``N`` with
+    the hydrogens), so that leaving them out changes the cost, not the balance with the restraints."""
+    from .adp import B_MAX, B_MIN, refine_adp
+    from .modelfit import ModelMapFit
 
     if not h_added.any():
         return lambda xyz, max_iter: refine_adp(work, fmap, resolution, xyz=xyz, pairs=pairs, fixed=fixed,
@@ -471,8 +474,14 @@ def _b_refinement(work, fmap, resolution, pairs, fixed, b_input, prior_sigma, h_
     def refine_b(xyz, max_iter):
         sub = work.clone()
         sub.remove_hydrogens()
+        sub_atoms = [c.atom for c in sub[0].all()]
+        fit = ModelMapFit.prepare(fmap, xyz[heavy], [a.element.name for a in sub_atoms],
+                                  np.array([a.occ for a in sub_atoms]), resolution, target="ccmask")
+        b0 = np.clip(np.nan_to_num([a.b_iso for a in sub_atoms], nan=30.0), B_MIN, B_MAX)
+        weight = 2.0 * len(atoms) / max(fit.evaluate(b0)[0], 1e-6)
         out = refine_adp(sub, fmap, resolution, xyz=xyz[heavy], pairs=heavy_pairs, fixed=fixed[heavy],
-                         max_iter=max_iter, b_prior=b_input[heavy], prior_sigma=prior_sigma)
+                         max_iter=max_iter, b_prior=b_input[heavy], prior_sigma=prior_sigma, fit=fit,
+                         data_weight=weight)
         for k, c in zip(np.flatnonzero(heavy).tolist(), sub[0].all()):
             atoms[k].b_iso = c.atom.b_iso
         return out
