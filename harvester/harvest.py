@@ -27,6 +27,9 @@ Selection rules, in order (the first that fails gives the reason):
 Failures to get metadata (HTTP errors, malformed JSON/XML) give status ``"failed"`` with
 the one-line cause, distinct from policy rejections (``"rejected"``): a failed entry is
 worth another try on the next run, a rejected one is not.
+
+Length (~500 lines): one job, the harvester's public API; the selection rules above are one
+decision per entry, shared by both discovery modes.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ Neighbour queries use a k-d tree (:class:`scipy.spatial.cKDTree`) and water spac
 (:func:`.mappeaks.greedy_spacing`), so the time grows with the number of atoms and peaks as
 ``N log N``, not ``N x peaks``; the peak search and the peak shapes are numba kernels
 (:mod:`.mappeaks`).
+
+Length (~500 lines): one job, the waters of a model; judging the model's own waters and placing
+new ones share one context (neighbour trees, difference map, map statistics).
 """
 
 from __future__ import annotations

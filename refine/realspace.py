@@ -25,6 +25,9 @@ Method (after phenix.real_space_refine, Afonine et al. 2018, Acta Cryst. D74:531
 Settings: :class:`.refine_params.RefineParameters`. A macro-cycle whose target or coordinates
 become non-finite stops the refinement; the input model is returned unchanged with the reason in
 ``RefinementResult.status``.
+
+Length (~500 lines): the driver only (its settings, target, weight control and fit stage live in
+the modules named above); its macro-cycle loop shares the state of one refinement.
 """
 
 from __future__ import annotations
