@@ -120,7 +120,7 @@ def _assert_local(urls: list[str], expect: str | None = None) -> None:
         assert any(expect in u for u in urls), [u for u in urls if not u.startswith("chrome:")]
     for u in urls:
         p = urlparse(u)
-        if p.scheme in ("chrome", "about", "devtools"):
+        if p.scheme in ("chrome", "chrome-untrusted", "about", "devtools"):
             continue  # the browser's own pages (new tab), not a network request
         assert p.scheme in ("data", "file") or p.hostname == "127.0.0.1", f"request to another host: {u}"
 
