@@ -8,29 +8,11 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from rerefine.refine import mapio, modelio
 from rerefine.reports.verdict import BOND_FLOOR, BOND_TOL
 
 #: CCmask tolerance between boxed and whole-model refinement of the same model: issue 17's
 #: "quality independent of size" figure (CCmask after within 0.005 of the single-box case).
 CC_TOL = 0.005
-
-
-@pytest.fixture(scope="module")
-def p5me2(pairs):
-    model, mp, res = pairs["emd_3488_5me2"]
-    return modelio.read_model(model), mapio.read_map(mp), res
-
-
-@pytest.fixture(scope="module")
-def p3ajo(pairs):
-    model, mp, res = pairs["emd_20026_box_3ajo_refined"]
-    return modelio.read_model(model), mapio.read_map(mp), res
-
-
-@pytest.fixture(scope="module")
-def monlib(test_data):
-    return test_data / "monomers"
 
 
 def _xyz(st):

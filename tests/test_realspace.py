@@ -12,29 +12,10 @@ import json
 import numpy as np
 import pytest
 
-from rerefine.refine import mapio, modelio
+from rerefine.refine import modelio
 from rerefine.common.errors import InputError
 from rerefine.reports.verdict import (ANGLE_FLOOR, ANGLE_TOL, BOND_FLOOR, BOND_TOL, OVERLAP_FRACTION,
                                       OVERLAP_MIN)
-
-MONLIB_SUB = "monomers"
-
-
-@pytest.fixture(scope="module")
-def p5me2(pairs):
-    model, mp, res = pairs["emd_3488_5me2"]
-    return modelio.read_model(model), mapio.read_map(mp), res
-
-
-@pytest.fixture(scope="module")
-def p3ajo(pairs):
-    model, mp, res = pairs["emd_20026_box_3ajo_refined"]
-    return modelio.read_model(model), mapio.read_map(mp), res
-
-
-@pytest.fixture(scope="module")
-def monlib(test_data):
-    return test_data / MONLIB_SUB
 
 
 def _cc_mask(st, dmap, res):

@@ -17,11 +17,6 @@ M3AJO = "emd_20026_box_3ajo_refined"
 M7CEC = "emd_30342_zone_7cec_chainA"
 
 
-@pytest.fixture(scope="module")
-def monlib(test_data):
-    return test_data / "monomers"
-
-
 def _pair(pairs, name):
     model, mp, res = pairs[name]
     return modelio.read_model(model), mapio.read_map(mp), res

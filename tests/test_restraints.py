@@ -31,11 +31,6 @@ README_COUNTS = {
 
 
 @pytest.fixture(scope="module")
-def monlib(test_data):
-    return test_data / "monomers"
-
-
-@pytest.fixture(scope="module")
 def built(test_data, monlib):
     out = {}
     for name, rel in MODELS.items():

@@ -21,12 +21,6 @@ from rerefine.refine.rigidbody import (MIN_GROUP_ATOMS, chain_groups, fit_rigid_
 
 
 @pytest.fixture(scope="module")
-def p5me2(pairs):
-    model, mp, res = pairs["emd_3488_5me2"]
-    return modelio.read_model(model), mapio.read_map(mp), res
-
-
-@pytest.fixture(scope="module")
 def to_5ni1(p5me2, test_data):
     """Indices of the 5ME2 atoms also in 5NI1 and their 5NI1 positions."""
     st = p5me2[0]
