@@ -15,6 +15,16 @@ from rerefine.reports.verdict import BOND_FLOOR, BOND_TOL
 CC_TOL = 0.005
 
 
+def _residues(st, lo: int, hi: int):
+    """A copy of ``st`` keeping residues ``lo``-``hi`` (sequence numbers) of its first chain."""
+    st = st.clone()
+    ch = st[0][0]
+    for i in range(len(ch) - 1, -1, -1):
+        if not lo <= ch[i].seqid.num <= hi:
+            del ch[i]
+    return st
+
+
 def _xyz(st):
     return np.array([c.atom.pos.tolist() for c in st[0].all()])
 
@@ -66,11 +76,7 @@ def test_fixed_atoms_keep_positions_and_b(p3ajo, monlib):
     from rerefine.refine.realspace import refine_model
 
     st, dmap, res = p3ajo
-    st = st.clone()
-    ch = st[0][0]
-    for i in range(len(ch) - 1, -1, -1):
-        if not 5 <= ch[i].seqid.num <= 45:
-            del ch[i]
+    st = _residues(st, 5, 45)
     fixed = np.array([c.residue.seqid.num <= 20 for c in st[0].all()])
     x0 = _xyz(st)
     b0 = np.array([c.atom.b_iso for c in st[0].all()])
@@ -140,11 +146,7 @@ def test_process_pool_gives_the_serial_result(p3ajo, monlib):
     from rerefine.refine.boxed import refine_boxed
 
     st, dmap, res = p3ajo
-    st = st.clone()
-    ch = st[0][0]
-    for i in range(len(ch) - 1, -1, -1):
-        if not 5 <= ch[i].seqid.num <= 120:
-            del ch[i]
+    st = _residues(st, 5, 120)
     kw = dict(region_atoms=300, cycles=1, max_iter=30, fit_cycles=1, fit_iter=15)
     serial = refine_boxed(st, dmap, res, monlib, **kw)
     assert len(serial.history) >= 3
