@@ -2,7 +2,7 @@
 deposited models better by every measure?
 
 Run: ``.venv/bin/python benchmarks/bench_refine_validation.py [--pairs 5me2,7cec,3ajo,5me2@4.5]
-[--variants] [--ss] [--shaken] [--no-previous] [--no-servalcat] [--out NAME.json]``;
+[--variants] [--ss] [--tail-off] [--shaken] [--no-previous] [--no-servalcat] [--out NAME.json]``;
 writes ``benchmarks/results/refine_validation.json`` (or ``--out``). ``short@D``: the pair's map
 low-pass filtered to D Å and refined at D Å (a synthetic lower-resolution pair).
 
@@ -10,9 +10,11 @@ For each shared map/model pair, in one invocation (so timings compare under the 
 
 * ``deposited``: the deposited model;
 * ``previous``: refinement (coordinates + B) with this issue's additions switched off
-  (no Ramachandran, rotamer or C-beta terms, no hydrogens, no B prior) - the reference run;
+  (no Ramachandran, rotamer or C-beta terms, no hydrogens, no B priors) - the reference run;
 * ``default``: refinement with today's defaults;
 * with ``--ss`` also ``ss`` (``secondary_structure=True``);
+* with ``--tail-off`` also ``tail_off``: the default without the upper-tail B prior
+  (``adp_tail_sigma=0``), i.e. the B stage before that prior;
 * with ``--shaken`` also ``shaken_<run>``: the deposited model shaken by 0.5 Å RMS and refined with
   each run's settings, RMS distance from the deposited model (issue 16: within 0.25 Å);
 * with ``--variants`` also ``rigid_chain`` (``rigid_body="chain"``) and ``free``
@@ -28,7 +30,8 @@ favoured % and outliers, rotamer outliers, C-beta outliers, all-atom clashscore 
 cis/twisted peptides; null when that module is not installed), CC_mask, CC_mask of the refined
 coordinates with the deposited B (the coordinates' own gain), Q-score, bond/angle RMSD, the B
 distribution (:func:`rerefine.refine.adp.distribution`: percentiles, atoms at either bound),
-correlation of refined and deposited B, and seconds. ``gates`` checks each refined model against
+Pearson r of refined and deposited B over all atoms and over the quarter of atoms in the weakest
+density (``b_corr_deposited_weak``; :func:`rerefine.refine.adp.deposited_correlation`), and seconds. ``gates`` checks each refined model against
 the issue's figures relative to the deposited model (Ramachandran outliers not more, favoured not
 lower by more than 0.5 point, rotamer outliers not more, clashscore not higher, no new C-beta
 outliers, no new cis/twisted peptides, no atom at a B bound, CC_mask with deposited B +0.01 on
@@ -54,11 +57,14 @@ from realdata import DATA, MONLIB, PAIRS, REPO  # noqa: E402
 
 SHORT = {"5me2": "emd_3488_5me2", "7cec": "emd_30342_zone_7cec_chainA", "3ajo": "emd_20026_box_3ajo_refined"}
 #: refine_model keywords of the reference run: this issue's terms off
-PREVIOUS = {"rama_weight": 0.0, "rotamer_sigma_scale": 0.0, "cbeta": False, "hydrogens": False, "adp_prior_sigma": 0.0}
+PREVIOUS = {"rama_weight": 0.0, "rotamer_sigma_scale": 0.0, "cbeta": False, "hydrogens": False, "adp_prior_sigma": 0.0,
+            "adp_tail_sigma": 0.0}
 #: ``--ss``: the secondary-structure restraints (:mod:`rerefine.refine.secondary_structure`) on
 SS_VARIANT = {"ss": {"secondary_structure": True}}
 #: pairs run through servalcat too
 SERVALCAT_PAIRS = ("emd_3488_5me2", "emd_30342_zone_7cec_chainA")
+#: ``--tail-off``: the default without the upper-tail B prior (:func:`rerefine.refine.adp.tail_prior`)
+TAIL_OFF_VARIANT = {"tail_off": {"adp_tail_sigma": 0.0}}
 VARIANTS = {"rigid_chain": {"rigid_body": "chain"}, "free": {"reference_sigma": None, "fit_reference_sigma": None}}
 
 
@@ -82,7 +88,8 @@ def _key(c):
 
 def _figures(st, dmap, res, b_dep: dict):
     """Figures of model ``st``; ``b_dep``: deposited B by atom key (atoms missing there keep theirs)."""
-    from rerefine.refine.adp import distribution
+    from rerefine.refine.adp import deposited_correlation, distribution
+    from rerefine.refine.interpolate import values_at
     from rerefine.refine.metrics import compute_metrics
 
     m = compute_metrics(st, dmap, res)
@@ -91,6 +98,9 @@ def _figures(st, dmap, res, b_dep: dict):
     out = {"cc_mask": m["cc_mask"], "q_score": m["q_score"], "b": distribution(b),
            "b_corr_deposited": float(np.corrcoef(b, bd)[0, 1]) if np.std(b) > 0 and np.std(bd) > 0 else None,
            "atoms": len(b), "atoms_without_deposited_b": int(sum(_key(c) not in b_dep for c in st[0].all()))}
+    xyz = np.array([c.atom.pos.tolist() for c in st[0].all()]).reshape(-1, 3)
+    r = deposited_correlation(b, bd, values_at(dmap, xyz))
+    out["b_corr_deposited_weak"], out["b_weak_atoms"] = r["weak"], r["weak_atoms"]
     dep_b = st.clone()
     for c, bv in zip(dep_b[0].all(), bd):
         c.atom.b_iso = float(bv)
@@ -246,6 +256,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-servalcat", action="store_true", help="skip the servalcat run of 5ME2 and 7CEC")
     ap.add_argument("--out", default="refine_validation.json", help="file name under benchmarks/results")
     ap.add_argument("--ss", action="store_true", help="also a run with secondary-structure restraints")
+    ap.add_argument("--tail-off", action="store_true", help="also the default without the B tail prior")
     ap.add_argument("--shaken", action="store_true", help="shaken-model recovery of every run but previous")
     ap.add_argument("--no-previous", action="store_true", help="skip the reference run without issue-16 terms")
     args = ap.parse_args(argv)
@@ -254,7 +265,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     for spec in args.pairs.split(","):
         result[spec] = run_pair(spec, args.variants, servalcat=not args.no_servalcat,
-                                extra=SS_VARIANT if args.ss else None, previous=not args.no_previous,
+                                extra={**(SS_VARIANT if args.ss else {}), **(TAIL_OFF_VARIANT if args.tail_off else {})},
+                                previous=not args.no_previous,
                                 shaken=args.shaken)
         out.write_text(json.dumps(result, indent=1, default=str))  # after every pair: long runs
         print(f"wrote {out}", flush=True)

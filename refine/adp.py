@@ -18,6 +18,21 @@ than a flat ``(ΔB/10 Å²)^2`` (``restraint="flat"``): a flat width holds mobil
 tightly as ordered ones and keeps their B from following the map; without any restraint B runs
 to both bounds. The comparison on the three test pairs is ``benchmarks/bench_adp.py``.
 B stays in [:data:`B_MIN`, :data:`B_MAX`] Å².
+
+Priors to the input model's B (the deposited ones), both on ``d_i = ln B_i - ln B_ref,i`` less
+their mean over the refined atoms (one overall factor is free: the map's blur decides the
+overall B): a weak symmetric one (:func:`log_prior`, width :data:`PRIOR_SIGMA`) that keeps the
+pattern where the map says nothing, and a one-sided one on the upper tail (:func:`tail_prior`,
+width :data:`TAIL_SIGMA`, weight ``(B / TAIL_B)^2``). Why the tail term: CC_mask is blind to an
+offset, so an atom whose density is below the mask's average is best explained by no density
+at all, and the fit raises its B without limit; once B is several hundred Å² the atom's
+density is spread over its neighbours and the map no longer tells its B apart. The symmetric
+prior cannot hold it (at its width, B five times the scaled reference costs 0.3 units) and
+those atoms end at :data:`B_MAX`. The tail term leaves moderate B to the map (weight 0.1 at
+100 Å²) and above the deposited pattern's scaled value makes the pattern decide where B is
+high. Deposited B without a pattern (one value for most atoms) get neither prior's pattern:
+the tail term is then off (:func:`informative_reference`).
+
 The result is never worse than the input: if the fitted CC_mask ends below the starting one,
 the input B are kept.
 """
@@ -41,14 +56,22 @@ B_MIN = 1.0
 B_MAX = 500.0
 #: Width (in ln B) of the weak prior of every B to the input model's (:func:`log_prior`): keeps B
 #: where the map says little (weak or no density) near what the depositors refined, and keeps atoms
-#: off the bounds (without it the fit parks hundreds of atoms of 5ME2 and 7CEC at B_MIN or B_MAX).
-#: The width comes from benchmarks/bench_refine_validation.py.
+#: off the lower bound (without it the fit parks hundreds of atoms of 5ME2 at B_MIN); too wide to
+#: hold the upper tail, which :func:`tail_prior` does. The width comes from
+#: benchmarks/bench_refine_validation.py.
 PRIOR_SIGMA = 3.0
 #: Å²: the prior's reference is the input B clipped to this range (:func:`prior_reference`)...
 PRIOR_B_MIN = 5.0
 PRIOR_B_MAX = 300.0
 #: ...or, for input B without spread, at least this.
 PRIOR_B_FLAT = 30.0
+#: Width (in ln B) of the one-sided prior on B above the input's scaled pattern (:func:`tail_prior`):
+#: chosen on the three shared pairs (B refinement of the deposited coordinates, ``max_iter`` 25) as
+#: the widest of 0.5-1.0 that leaves no 7CEC atom at :data:`B_MAX`.
+TAIL_SIGMA = 0.5
+#: Å²: B at which the tail prior has its full weight (weight ``(B / TAIL_B)^2``); the prior's
+#: reference ceiling :data:`PRIOR_B_MAX`, above which no input B is believed.
+TAIL_B = 300.0
 #: Default width of each similarity restraint form (:func:`similarity`).
 SIGMA = {"relative": 5.0, "flat": 10.0, "log": 0.3}
 
@@ -122,6 +145,57 @@ def prior_reference(b_input: np.ndarray) -> np.ndarray:
     return np.clip(np.where(np.isfinite(b), b, med), PRIOR_B_MIN, PRIOR_B_MAX)
 
 
+def informative_reference(b_input: np.ndarray) -> bool:
+    """Whether the input B carry a pattern: False when at least half the atoms share one value
+    (one B for the whole model, or for all but a few ligands, as many EM models deposit)."""
+    b = np.asarray(b_input, float)
+    b = b[np.isfinite(b)]
+    if len(b) == 0:
+        return False
+    _, counts = np.unique(np.round(b, 2), return_counts=True)
+    return bool(counts.max() < 0.5 * len(b)) and float(np.std(b)) >= 1.0
+
+
+def tail_prior(bvals: np.ndarray, b_ref: np.ndarray, sigma: float, free: np.ndarray | None = None,
+               b_full: float = TAIL_B) -> tuple[float, np.ndarray]:
+    """One-sided prior on B above the reference pattern, stronger at high B, and its gradient (Å⁻²).
+
+    ``sum_i w_i max(d_i - <d>, 0)^2 / sigma^2`` with ``d_i = ln B_i - ln B_ref,i``, ``<d>`` their
+    mean over the ``free`` atoms (all by default; the overall factor stays free, as in
+    :func:`log_prior`) and ``w_i = (B_i / b_full)^2``: an atom may fall below its scaled
+    reference freely and rise above it freely where B is moderate (weight 0.11 at 100 Å² with
+    ``b_full`` 300), but high B must follow the pattern: at 500 Å², 40 % above the scaled
+    reference costs ``2.8 * 0.34^2 / 0.25 = 1.3`` units with ``sigma`` 0.5. Unlike
+    :func:`log_prior` the mean's derivative does not drop out (the clipped deviations do not sum
+    to zero) and is included.
+    """
+    bvals = np.asarray(bvals, float)
+    dl = np.log(bvals) - np.log(b_ref)
+    sel = np.ones(len(dl), bool) if free is None else np.asarray(free, bool)
+    dc = dl - dl[sel].mean()
+    p = np.where(sel, np.maximum(dc, 0.0), 0.0)
+    w = (bvals / b_full) ** 2
+    s2 = sigma * sigma
+    wp = w * p
+    # d/d ln B_j of sum w p^2: 2 w_j p_j - (2/N) sum_i w_i p_i (through <d>), plus the weight's own term
+    g_log = 2.0 * (wp - np.where(sel, wp[sel].mean(), 0.0))
+    return float(np.dot(wp, p)) / s2, (g_log / bvals + 2.0 * bvals * p * p / b_full ** 2) / s2
+
+
+def deposited_correlation(b: np.ndarray, b_dep: np.ndarray, map_values: np.ndarray,
+                          weak_fraction: float = 0.25) -> dict:
+    """Pearson r of refined ``b`` with the deposited ``b_dep`` over all atoms and over the atoms in
+    weak density: the ``weak_fraction`` of atoms with the lowest map value at their centre
+    (``map_values``, e.g. :func:`.interpolate.values_at`). None where either B has no spread."""
+    b, b_dep, v = (np.asarray(x, float) for x in (b, b_dep, map_values))
+    weak = v <= np.nanquantile(v, weak_fraction) if np.isfinite(v).any() else np.zeros(len(v), bool)
+
+    def r(m):
+        return float(np.corrcoef(b[m], b_dep[m])[0, 1]) if m.sum() > 2 and np.std(b[m]) > 0 and np.std(b_dep[m]) > 0 \
+            else None
+    return {"all": r(np.ones(len(b), bool)), "weak": r(weak), "weak_atoms": int(weak.sum())}
+
+
 def log_prior(bvals: np.ndarray, b_ref: np.ndarray, sigma: float, free: np.ndarray | None = None
               ) -> tuple[float, np.ndarray]:
     """Weak prior of each B to its reference up to one overall factor, and its gradient:
@@ -156,7 +230,7 @@ def refine_adp(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, xyz:
                individual: bool = True, sigma: float | None = None, restraint: str = "relative",
                data_weight: float | None = None, max_iter: int = 40, fit: ModelMapFit | None = None,
                target: str = "ccmask", b_prior: np.ndarray | None = None,
-               prior_sigma: float | None = PRIOR_SIGMA) -> AdpResult:
+               prior_sigma: float | None = PRIOR_SIGMA, tail_sigma: float | None = TAIL_SIGMA) -> AdpResult:
     """Refine isotropic B (Å²) of the atoms of ``st[0]`` against ``dmap``; writes them into ``st``.
 
     Stages: one B per residue (all its atoms move together), then one per atom with the
@@ -199,6 +273,10 @@ def refine_adp(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, xyz:
         carries refined ones, as the refinement's later cycles do).
     prior_sigma : float or None
         Width of the prior in ln B (:data:`PRIOR_SIGMA`); None or 0 switches it off.
+    tail_sigma : float or None
+        Width of the upper-tail prior :func:`tail_prior` in ln B (:data:`TAIL_SIGMA`); None or 0
+        switches it off; off too when ``prior_sigma`` is, and when the reference B carry no
+        pattern (:func:`informative_reference`).
     """
     atoms = [cra.atom for cra in st[0].all()]
     n = len(atoms)
@@ -221,7 +299,9 @@ def refine_adp(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, xyz:
     result = AdpResult(b=b0.copy(), cc_before=cc0, cc_after=cc0, evaluations=0)
     bcur = b0.copy()
 
-    b_ref = prior_reference(b0 if b_prior is None else b_prior)
+    b_ref_input = b0 if b_prior is None else np.asarray(b_prior, float)
+    b_ref = prior_reference(b_ref_input)
+    use_tail = bool(prior_sigma and tail_sigma) and informative_reference(b_ref_input[free])
 
     def total(bvals):
         m, g, _ = fit.evaluate(bvals)
@@ -229,6 +309,9 @@ def refine_adp(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, xyz:
         if prior_sigma:
             e_p, g_p = log_prior(bvals, b_ref, prior_sigma, free)
             e_s, g_s = e_s + e_p, g_s + g_p
+        if use_tail:
+            e_t, g_t = tail_prior(bvals, b_ref, tail_sigma, free)
+            e_s, g_s = e_s + e_t, g_s + g_t
         return data_weight * m + e_s, data_weight * g + g_s
 
     # residue index of each atom

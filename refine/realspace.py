@@ -222,6 +222,9 @@ def _refine_model(st, dmap, resolution, monlib_dir, params: RefineParameters, re
     adp_prior_sigma = params.adp_prior_sigma
     if adp_prior_sigma is None:
         from .adp import PRIOR_SIGMA as adp_prior_sigma
+    adp_tail_sigma = params.adp_tail_sigma
+    if adp_tail_sigma is None:
+        from .adp import TAIL_SIGMA as adp_tail_sigma
 
     # not with alternative conformers: the occupancy refinement works on the input's atoms
     added_h = (params.hydrogens and restraints is None and len(work) and not has_hydrogens(work)
@@ -402,7 +405,8 @@ def _refine_model(st, dmap, resolution, monlib_dir, params: RefineParameters, re
             # no B similarity to the riding hydrogens: their B stay fixed at the input's and would
             # tie their atoms' B to it
             pairs = pairs[~h_added[pairs].any(axis=1)]
-            refine_b = _b_refinement(work, fmap, resolution, pairs, adp_fixed, b_input, adp_prior_sigma, h_added)
+            refine_b = _b_refinement(work, fmap, resolution, pairs, adp_fixed, b_input,
+                                     (adp_prior_sigma, adp_tail_sigma), h_added)
             try:
                 result.adp = refine_b(xyz, params.adp_max_iter)
             except (InputError, ValueError) as exc:
@@ -456,9 +460,10 @@ def _work_mask(st: gemmi.Structure, work: gemmi.Structure, mask) -> np.ndarray:
     return np.array(out, bool)
 
 
-def _b_refinement(work, fmap, resolution, pairs, fixed, b_input, prior_sigma, h_added):
+def _b_refinement(work, fmap, resolution, pairs, fixed, b_input, priors, h_added):
     """``refine_b(xyz, max_iter) -> AdpResult``: :func:`.adp.refine_adp` of ``work``'s B at ``xyz`` (Å)
-    against ``fmap``, with bonded similarity over ``pairs`` and the prior to ``b_input``. Riding
+    against ``fmap``, with bonded similarity over ``pairs`` and the priors to ``b_input``
+    (``priors``: widths of :func:`.adp.log_prior` and :func:`.adp.tail_prior`). Riding
     hydrogens added for refinement (``h_added``: occupancy 0, B fixed) are left out of the model
     map (they scatter nothing; the map and gradients were computed over them for nothing); the data
     weight stays the one :func:`.adp.refine_adp` gives the whole model (``2 N / misfit``, ``N`` with
@@ -466,9 +471,11 @@ def _b_refinement(work, fmap, resolution, pairs, fixed, b_input, prior_sigma, h_
     from .adp import B_MAX, B_MIN, refine_adp
     from .modelfit import ModelMapFit
 
+    prior_sigma, tail_sigma = priors
     if not h_added.any():
         return lambda xyz, max_iter: refine_adp(work, fmap, resolution, xyz=xyz, pairs=pairs, fixed=fixed,
-                                                max_iter=max_iter, b_prior=b_input, prior_sigma=prior_sigma)
+                                                max_iter=max_iter, b_prior=b_input, prior_sigma=prior_sigma,
+                                                tail_sigma=tail_sigma)
     heavy = ~h_added
     row = np.cumsum(heavy) - 1
     heavy_pairs = row[pairs[heavy[pairs].all(axis=1)]]
@@ -483,7 +490,8 @@ def _b_refinement(work, fmap, resolution, pairs, fixed, b_input, prior_sigma, h_
         b0 = np.clip(np.nan_to_num([a.b_iso for a in sub_atoms], nan=30.0), B_MIN, B_MAX)
         weight = 2.0 * len(atoms) / max(fit.evaluate(b0)[0], 1e-6)
         out = refine_adp(sub, fmap, resolution, xyz=xyz[heavy], pairs=heavy_pairs, fixed=fixed[heavy],
-                         max_iter=max_iter, b_prior=b_input[heavy], prior_sigma=prior_sigma, fit=fit,
+                         max_iter=max_iter, b_prior=b_input[heavy], prior_sigma=prior_sigma,
+                         tail_sigma=tail_sigma, fit=fit,
                          data_weight=weight)
         for k, c in zip(np.flatnonzero(heavy).tolist(), sub[0].all()):
             atoms[k].b_iso = c.atom.b_iso

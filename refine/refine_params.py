@@ -80,6 +80,10 @@ class RefineParameters:
     adp_prior_sigma : float or None
         Width (ln B) of the weak prior of B to the input's pattern (:func:`.adp.log_prior`);
         default :data:`.adp.PRIOR_SIGMA`, 0 switches it off.
+    adp_tail_sigma : float or None
+        Width (ln B) of the one-sided prior that keeps high B to the input's pattern
+        (:func:`.adp.tail_prior`); default :data:`.adp.TAIL_SIGMA`, 0 switches it off (it is
+        off too with ``adp_prior_sigma`` 0).
     metals : bool
         Distance restraints for the model's metal connection records (:mod:`.metal_restraint`).
     top8000_dir : path or None
@@ -117,6 +121,7 @@ class RefineParameters:
     cbeta: bool = True
     hydrogens: bool = True
     adp_prior_sigma: float | None = None
+    adp_tail_sigma: float | None = None
     metals: bool = True
     top8000_dir: str | Path | None = None
     secondary_structure: bool = False

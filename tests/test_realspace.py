@@ -443,6 +443,13 @@ def test_cli_refine(pairs, monlib, tmp_path, capsys):
     assert [(c.chain.name, c.residue.name, c.residue.seqid.num, c.atom.name) for c in st_in[0].all()] == \
         [(c.chain.name, c.residue.name, c.residue.seqid.num, c.atom.name) for c in st_out[0].all()]
     assert "rerefine" in out.read_text()
+    # B distributions before/after (issue 16): the input's as gemmi reads the file; none at a bound after
+    import gemmi
+
+    b_in = [a.b_iso for ch in gemmi.read_structure(str(model))[0] for res in ch for a in res if not a.is_hydrogen()]
+    assert rep["before"]["b"]["max"] == pytest.approx(max(b_in), abs=1e-3)
+    assert rep["before"]["b"]["median"] == pytest.approx(float(np.median(b_in)), abs=1e-3)
+    assert rep["after"]["b"]["at_min"] == 0 and rep["after"]["b"]["at_max"] == 0
 
 
 def test_cli_refine_bad_resolution(pairs, monlib, tmp_path, capsys):

@@ -88,6 +88,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
     from rerefine.flows.commands.metrics import read_map_around
     from rerefine.flows.pipeline import PipelineParams
     from rerefine.refine import modelio
+    from rerefine.refine.adp import distribution
     from rerefine.common.errors import InputError
     from rerefine.refine.ncs import copy_rmsd, find_ncs_groups
     from rerefine.refine.realspace import refine_model
@@ -138,8 +139,10 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         "output": str(output),
         "resolution": float(resolution),
         "status": res.status,
-        "before": {**before, **_geometry(res.geometry_before), **_validation(st, monlib, top8000)},
-        "after": {**after, **_geometry(res.geometry_after), **_validation(res.structure, monlib, top8000)},
+        "before": {**before, **_geometry(res.geometry_before), **_validation(st, monlib, top8000),
+                   "b": distribution(_b_values(st))},
+        "after": {**after, **_geometry(res.geometry_after), **_validation(res.structure, monlib, top8000),
+                  "b": distribution(_b_values(res.structure))},
         "weight": res.weight,
         "cycles": res.cycles,
         "rmsd_moved": res.rmsd_moved,
@@ -156,6 +159,11 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         "warnings": res.warnings,
     }
     return report
+
+
+def _b_values(st) -> list[float]:
+    """Isotropic B (Å²) of the non-hydrogen atoms of the first model."""
+    return [c.atom.b_iso for c in st[0].all() if not c.atom.is_hydrogen()]
 
 
 def run(args, settings) -> int:
