@@ -66,8 +66,8 @@ PRIOR_B_MAX = 300.0
 #: ...or, for input B without spread, at least this.
 PRIOR_B_FLAT = 30.0
 #: Width (in ln B) of the one-sided prior on B above the input's scaled pattern (:func:`tail_prior`):
-#: chosen on the three shared pairs (B refinement of the deposited coordinates, ``max_iter`` 25) as
-#: the widest of 0.5-1.0 that leaves no 7CEC atom at :data:`B_MAX`.
+#: of 0.5 and 0.7, the one with which the default refinement of 7CEC (3.9 Å, the shared pair with
+#: the weakest density) leaves no atom at :data:`B_MAX` (benchmarks/bench_refine_validation.py).
 TAIL_SIGMA = 0.5
 #: Å²: B at which the tail prior has its full weight (weight ``(B / TAIL_B)^2``); the prior's
 #: reference ceiling :data:`PRIOR_B_MAX`, above which no input B is believed.
