@@ -31,7 +31,8 @@ cis/twisted peptides; null when that module is not installed), CC_mask, CC_mask 
 coordinates with the deposited B (the coordinates' own gain), Q-score, bond/angle RMSD, the B
 distribution (:func:`rerefine.refine.adp.distribution`: percentiles, atoms at either bound),
 Pearson r of refined and deposited B over all atoms and over the quarter of atoms in the weakest
-density (``b_corr_deposited_weak``; :func:`rerefine.refine.adp.deposited_correlation`), and seconds. ``gates`` checks each refined model against
+density (``b_corr_deposited_weak``; :func:`rerefine.refine.adp.deposited_correlation`), B similarity
+along bonds and within residues (``b_bonded_rel_rms``, ``b_residue_rel_rms``), and seconds. ``gates`` checks each refined model against
 the issue's figures relative to the deposited model (Ramachandran outliers not more, favoured not
 lower by more than 0.5 point, rotamer outliers not more, clashscore not higher, no new C-beta
 outliers, no new cis/twisted peptides, no atom at a B bound, CC_mask with deposited B +0.01 on
@@ -101,12 +102,31 @@ def _figures(st, dmap, res, b_dep: dict):
     xyz = np.array([c.atom.pos.tolist() for c in st[0].all()]).reshape(-1, 3)
     r = deposited_correlation(b, bd, values_at(dmap, xyz))
     out["b_corr_deposited_weak"], out["b_weak_atoms"] = r["weak"], r["weak_atoms"]
+    out.update(_b_similarity(st, b, xyz))
     dep_b = st.clone()
     for c, bv in zip(dep_b[0].all(), bd):
         c.atom.b_iso = float(bv)
     out["cc_mask_deposited_b"] = compute_metrics(dep_b, dmap, res)["cc_mask"]
     out["validation"] = _validation(st)
     return out
+
+
+def _b_similarity(st, b, xyz) -> dict:
+    """How similar B are along bonds and within residues (non-H atoms): RMS of
+    ``|B_i - B_j| / mean(B_i, B_j)`` over atom pairs closer than 2.1 Å (:func:`rerefine.refine.adp.bonded_pairs`)
+    and RMS of ``(B_i - <B>_res) / <B>_res`` over atoms, ``<B>_res`` the mean of the atom's residue."""
+    from rerefine.refine.adp import bonded_pairs
+
+    heavy = np.array([not c.atom.is_hydrogen() for c in st[0].all()])
+    keys = [f"{c.chain.name}/{c.residue.seqid.num}/{c.residue.seqid.icode}" for c in st[0].all()]
+    res_id = np.unique(keys, return_inverse=True)[1].ravel() if keys else np.zeros(0, int)
+    bh, rh = b[heavy], res_id[heavy]
+    pr = bonded_pairs(xyz[heavy])
+    rel = np.abs(bh[pr[:, 0]] - bh[pr[:, 1]]) / (0.5 * (bh[pr[:, 0]] + bh[pr[:, 1]])) if len(pr) else np.zeros(0)
+    cnt = np.bincount(rh).astype(float)
+    mean = np.bincount(rh, weights=bh) / np.maximum(cnt, 1)
+    return {"b_bonded_rel_rms": float(np.sqrt(np.mean(rel ** 2))) if len(rel) else None,
+            "b_residue_rel_rms": float(np.sqrt(np.mean(((bh - mean[rh]) / mean[rh]) ** 2))) if len(bh) else None}
 
 
 def _gates(dep: dict, new: dict, pair: str) -> dict:
