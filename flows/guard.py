@@ -299,6 +299,8 @@ class StageWorker:
         self.deadline = time.monotonic() + limits.seconds if limits.seconds > 0 else None
         self.proc: subprocess.Popen | None = None
         self.baseline = 0
+        #: peak resident MiB of the worker process per stage (its region processes not included)
+        self.stage_peak_mb: dict[str, float] = {}
 
     def _remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -370,7 +372,11 @@ class StageWorker:
         except BrokenPipeError:
             self.close()
             raise RerefineError(f"{self.label}: the {stage} stage's worker process ended") from None
+        _reset_peak_rss(self.proc.pid)
         reply = self._reply(stage)
+        if self.proc is not None:
+            peak = _peak_rss(self.proc.pid) / MiB
+            self.stage_peak_mb[stage] = round(max(self.stage_peak_mb.get(stage, 0.0), peak), 1)
         if reply[0] == "ok":
             from rerefine.flows.pipeline import EntryJob
 
@@ -399,6 +405,29 @@ class StageWorker:
             proc.wait()
         with contextlib.suppress(OSError):
             proc.stdout.close()
+
+
+def _reset_peak_rss(pid: int) -> None:
+    """Set a process's peak resident size (``VmHWM``) back to its resident size now (Linux:
+    ``/proc/PID/clear_refs``; nothing elsewhere)."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _peak_rss(pid: int) -> int:
+    """A process's peak resident bytes since its last reset (``VmHWM``; 0 when unknown)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def stage_peaks() -> dict[str, float]:
+    """Peak resident MiB of the current entry's worker (:func:`entry_guard`) per stage so far
+    (the largest over calls of one stage); empty without a worker."""
+    worker = _CURRENT.get()
+    return dict(worker.stage_peak_mb) if worker is not None else {}
 
 
 _CURRENT: contextvars.ContextVar[StageWorker | None] = contextvars.ContextVar("rerefine_stage_worker",
