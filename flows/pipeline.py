@@ -106,15 +106,18 @@ def entry_dir(root: Path, pdb_id: str) -> Path:
 # ---- stages ----------------------------------------------------------------------------
 
 
-def stage_load(job: EntryJob):
-    """Read model and map; decide the resolution. Returns (structure, full map, resolution Å)."""
+def stage_load(job: EntryJob, padding: float = BOX_PADDING):
+    """Read the model and the map's box around it (``padding`` Å; :func:`stage_box`'s box, read
+    with :func:`rerefine.refine.mapio.read_map_box`, so memory follows the box, not the map);
+    decide the resolution. The model's placement is checked against the map's header first.
+    Returns (structure, boxed map, resolution Å)."""
     st = modelio.read_model(job.model_path)
-    dmap = mapio.read_map(job.map_path)
     res = job.resolution or modelio.model_resolution(st)
     if not res or res <= 0:
         raise InputError(f"{job.pdb_id}: no resolution stated by the archive or the model")
-    check_placement(job.pdb_id, modelio.atom_positions(st), dmap)
-    return st, dmap, float(res)
+    xyz = modelio.atom_positions(st)
+    check_placement(job.pdb_id, xyz, mapio.read_map_header(job.map_path))
+    return st, mapio.read_map_box(job.map_path, xyz, padding=padding), float(res)
 
 
 def check_placement(label: str, xyz: np.ndarray, dmap: mapio.DensityMap) -> None:
@@ -130,7 +133,8 @@ def check_placement(label: str, xyz: np.ndarray, dmap: mapio.DensityMap) -> None
 
 def contour_outside_map(level: float, dmap: mapio.DensityMap) -> bool:
     """True when a recommended contour level cannot be a level of this map: not finite, or not
-    strictly between the map's minimum and maximum (every atom, or none, would count as inside)."""
+    strictly between the minimum and maximum of ``dmap`` (every atom, or none, would count as
+    inside). The pipeline passes the box around the model, where every atom lies."""
     level = float(level)
     return not np.isfinite(level) or not (float(dmap.data.min()) < level < float(dmap.data.max()))
 
@@ -151,17 +155,18 @@ def check_box_density(label: str, box: mapio.DensityMap) -> None:
 
 
 def stage_half_boxes(job: EntryJob, box: mapio.DensityMap) -> list[mapio.DensityMap]:
-    """Half-maps cut to the same box as the primary map (empty when the entry has none)."""
+    """Half-maps cut to the same box as the primary map (empty when the entry has none), reading
+    only the box (:func:`rerefine.refine.mapio.read_map_region`)."""
     out = []
     for p in job.half_map_paths:
-        h = mapio.read_map(p)
+        h = mapio.read_map_header(p)
         lo = np.array(box.start) - np.array(h.start)
         hi = lo + np.array(box.shape)
         same_frame = h.sampling == box.sampling and np.allclose(h.origin_shift, box.origin_shift, atol=1e-3) \
             and np.allclose(h.voxel_size, box.voxel_size, rtol=1e-4)
         if not same_frame or np.any(lo < 0) or np.any(hi > np.array(h.shape)):
             raise InputError(f"{job.pdb_id}: half-map {p.name} is not on the primary map's grid")
-        out.append(box.with_data(h.data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]))
+        out.append(box.with_data(mapio.read_map_region(p, lo, hi).data))
     return out
 
 
