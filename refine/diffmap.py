@@ -97,7 +97,7 @@ def difference_map(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, 
         which, inside = _shells(plane + x * x, edges, s2_max)
         fo[i] = np.where(inside, fo[i] - k[which] * fc[i], 0)
     del fc
-    diff = scipy.fft.irfftn(fo, s=n, workers=_FFT_WORKERS).astype(np.float32, copy=False)
+    diff = scipy.fft.irfftn(fo, s=n, workers=_FFT_WORKERS, overwrite_x=True).astype(np.float32, copy=False)
     del fo
     out = replace(box, data=diff, name=f"difference map of {st.name or 'model'}")
     info = {

@@ -85,7 +85,7 @@ def lowpass_map(dmap: DensityMap, resolution: float, *, b_sharpen: float = 0.0) 
     # plane by plane and in place: no box-size temporaries beyond the transform and the result
     for i, s2 in enumerate(reciprocal_sq_planes(dmap, shape)):
         f[i] *= resolution_filter(s2, resolution, b_sharpen)
-    out = sfft.irfftn(f, s=shape)
+    out = sfft.irfftn(f, s=shape, overwrite_x=True)
     del f
     out -= out.mean()
     sd = float(np.sqrt(np.vdot(out.ravel(), out.ravel()) / max(out.size, 1)))
