@@ -46,15 +46,25 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 
-# ---- cost model: benchmarks/bench_guard.py, the nightly's stages on the three real pairs and on
-# 5ME2 in EMD-3488 tiled 2×2×2 (35,744 atoms, 5.6e6 box voxels) in one worker; least-squares fit
-# of the worker's peak resident memory above its start-up size (71 MB + 124 B per box voxel +
-# 10.2 kB per atom, every case within 0.3 %) and of its CPU seconds (3.8 s + 2.7e-5 s per voxel +
-# 4.0 ms per atom, within 19 %); rounded up --------------------------------------------------
+# ---- cost model: peak resident memory of the entry's stage worker above its start-up size.
+# Per box voxel: the slope between 5ME2 in EMD-3488 tiled 2×2×2 and 3×3×3 (5.6e6 and 2.1e7 box
+# voxels) of the box-bound stages' peaks, each stage alone in a worker (benchmarks/bench_scale.py
+# --stages: placement 35 B, difference map 33 B, metrics 19 B per voxel), rounded up. Per atom:
+# the validation stage inside `rerefine entry` on the 2×2×2 case (bench_scale --entry: 368 MB for
+# 35,744 atoms, 10.3 kB; alone in a worker the 2→3 slope is 5.7 kB), rounded up. Since the
+# refinement runs large models in boxes (refine/boxed.py) and the stages dropped their box-size
+# float64 temporaries, the one-piece fit of bench_guard.py (130 B per voxel: the refinement's
+# float64 box arrays) applies only to models refined in one piece.
+# Time: benchmarks/bench_guard.py (3.8 s + 2.7e-5 s per voxel + 4.0 ms per atom, within 19 %),
+# rounded up -------------------------------------------------------------------------------------
 
-#: Peak bytes of the stage worker per voxel of the model's box (float64 box-size arrays of the
-#: refinement and the metrics).
-BYTES_PER_BOX_VOXEL = 130.0
+#: Peak bytes of the stage worker per voxel of the model's box (float32 maps, the model map's
+#: padded transforms, the placement check's float64 spline target).
+BYTES_PER_BOX_VOXEL = 40.0
+#: The same for a model refined in one piece (:func:`rerefine.refine.boxed.use_boxes` false):
+#: benchmarks/bench_guard.py, the nightly's stages on the three real pairs and 5ME2 tiled 2×2×2 in
+#: one worker, least squares (124 B per voxel, every case within 0.3 %), rounded up.
+BYTES_PER_BOX_VOXEL_ONE_PIECE = 130.0
 #: Peak bytes per atom (restraint and neighbour lists, structures, validation's hydrogens).
 BYTES_PER_ATOM = 11_000.0
 #: Peak bytes of the stages whatever the entry (tables, FFT plans, imports on first use).
@@ -124,9 +134,15 @@ def count_atoms(path: str | os.PathLike) -> int:
 
 def estimate(n_atoms: int, box_voxels: int, map_voxels: int) -> tuple[float, float]:
     """Peak bytes (above the worker's start-up size) and CPU seconds of one entry by the cost
-    model: the larger of loading the whole map and computing on the model's box; seconds linear
-    in atoms and box voxels."""
-    compute = FIXED_BYTES + BYTES_PER_BOX_VOXEL * box_voxels + BYTES_PER_ATOM * n_atoms
+    model: the larger of loading the whole map and computing on the model's box (at
+    :data:`BYTES_PER_BOX_VOXEL_ONE_PIECE` per voxel when the model is refined in one piece, else
+    :data:`BYTES_PER_BOX_VOXEL`); seconds linear in atoms and box voxels."""
+    from rerefine.refine.boxed import BOXED_MIN_ATOMS
+    from rerefine.refine.fit_stage import FIT_MAX_VOXELS
+
+    one_piece = n_atoms < BOXED_MIN_ATOMS and box_voxels <= FIT_MAX_VOXELS
+    per_voxel = BYTES_PER_BOX_VOXEL_ONE_PIECE if one_piece else BYTES_PER_BOX_VOXEL
+    compute = FIXED_BYTES + per_voxel * box_voxels + BYTES_PER_ATOM * n_atoms
     load = BYTES_PER_MAP_VOXEL * map_voxels + BYTES_PER_ATOM * n_atoms
     return max(compute, load), FIXED_SECONDS + SECONDS_PER_ATOM * n_atoms + SECONDS_PER_BOX_VOXEL * box_voxels
 
