@@ -214,20 +214,54 @@ WORKER_MODULES = ("rerefine.flows.pipeline", "rerefine.refine.sharpen", "rerefin
 
 
 def _send(fh, obj) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    fh.write(struct.pack("<Q", len(data)))
+    """Write ``obj`` as one message: a pickle (protocol 5) whose contiguous array buffers go
+    out of band, written straight from the arrays' memory (no copy of a map into the pickle).
+    Layout: pickle length, buffer count, each buffer's length (8-byte little-endian each), the
+    pickle, the buffers."""
+    bufs: list = []
+    data = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
+    raws = [b.raw() for b in bufs]
+    fh.write(struct.pack(f"<{2 + len(raws)}Q", len(data), len(raws), *(r.nbytes for r in raws)))
     fh.write(data)
+    for r in raws:
+        fh.write(r)
     fh.flush()
 
 
-def _recv_exact(fh, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = fh.read(n - len(buf))
-        if not chunk:
+def _recv(read_into):
+    """One message of :func:`_send` read with ``read_into(memoryview) -> bool`` (False at end of
+    input); the arrays are built on the received buffers, not copied again. None at end of input."""
+    head = bytearray(16)
+    if not read_into(memoryview(head)):
+        return None
+    n_data, n_bufs = struct.unpack("<QQ", head)
+    sizes = bytearray(8 * n_bufs)
+    if n_bufs and not read_into(memoryview(sizes)):
+        return None
+    data = bytearray(n_data)
+    if not read_into(memoryview(data)):
+        return None
+    bufs = []
+    for size in struct.unpack(f"<{n_bufs}Q", sizes):
+        b = bytearray(size)
+        if size and not read_into(memoryview(b)):
             return None
-        buf += chunk
-    return bytes(buf)
+        bufs.append(b)
+    return pickle.loads(data, buffers=bufs)
+
+
+def _file_reader(fh):
+    """``read_into`` for :func:`_recv` on a binary file object."""
+    def read_into(mv: memoryview) -> bool:
+        pos = 0
+        while pos < len(mv):
+            got = fh.readinto(mv[pos:])
+            if not got:
+                return False
+            pos += got
+        return True
+
+    return read_into
 
 
 def _vm_size() -> int:
@@ -273,16 +307,18 @@ def serve(memory_bytes: int | None) -> None:
             limit = min(limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     _send(proto_out, ("ready", baseline))
+    read_into = _file_reader(proto_in)
     while True:
-        head = _recv_exact(proto_in, 8)
-        if head is None:
+        try:
+            call = _recv(read_into)
+        except MemoryError:
+            _send(proto_out, ("memory", None))
             return
-        body = _recv_exact(proto_in, struct.unpack("<Q", head)[0])
-        if body is None:
+        if call is None:
             return
         try:
-            fn, args, kwargs = pickle.loads(body)
-            del body
+            fn, args, kwargs = call
+            del call
             reply = ("ok", fn(*args, **kwargs), _job_metadata(args))
         except MemoryError:
             reply = ("memory", None)
@@ -338,33 +374,32 @@ class StageWorker:
         return LimitError(f"{self.label}: the {stage} stage needs more than the entry memory budget of "
                           f"{_mb(self.limits.memory_bytes or 0)} (RR_ENTRY_MEMORY_MB)")
 
-    def _read(self, n: int, stage: str) -> bytes | None:
-        out = self.proc.stdout
-        fd = out.fileno()
-        buf = bytearray()
-        while len(buf) < n:
+    def _read_into(self, mv: memoryview, stage: str) -> bool:
+        """Fill ``mv`` from the worker's output within the entry's time; False when it ended."""
+        fd = self.proc.stdout.fileno()
+        pos = 0
+        while pos < len(mv):
             left = self._remaining()
             if left is not None and left <= 0:
                 raise self._over_time(stage)
             ready, _, _ = select.select([fd], [], [], left)
             if not ready:
                 raise self._over_time(stage)
-            chunk = os.read(fd, min(n - len(buf), 1 << 24))
-            if not chunk:
-                return None
-            buf += chunk
-        return bytes(buf)
+            got = os.readv(fd, [mv[pos:pos + (1 << 24)]])
+            if not got:
+                return False
+            pos += got
+        return True
 
     def _reply(self, stage: str):
-        head = self._read(8, stage)
-        body = None if head is None else self._read(struct.unpack("<Q", head)[0], stage)
-        if body is None:  # the worker died
+        reply = _recv(lambda mv: self._read_into(mv, stage))
+        if reply is None:  # the worker died
             rc = self.proc.wait()
             self.proc = None
             if rc < 0 and -rc == signal.SIGKILL:
                 raise LimitError(f"{self.label}: the {stage} stage was killed (SIGKILL; out of memory?)")
             raise RerefineError(f"{self.label}: the {stage} stage's worker process ended (exit status {rc})")
-        return pickle.loads(body)
+        return reply
 
     def call(self, fn, *args, **kwargs):
         """``fn(*args, **kwargs)`` in the worker; its exceptions are raised here.
