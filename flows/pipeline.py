@@ -240,20 +240,32 @@ def stage_refine(st, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolut
     :data:`rerefine.refine.boxed.BOXED_MIN_ATOMS` atoms) are refined in boxes, region by region, on
     ``executor`` or a process pool of ``workers`` processes (default: the cores this process may
     run on); smaller ones in one piece as before."""
+    if monlib is None:
+        raise InputError("no monomer library configured (set RR_MONOMER_LIB or CLIBD_MON)")
+    return refine_in_boxes_or_whole(st, sharpened, box, resolution, monlib, params, top8000, workers=workers,
+                                    executor=executor)
+
+
+def refine_in_boxes_or_whole(st, dmap: mapio.DensityMap, fit_map: mapio.DensityMap, resolution: float, monlib,
+                             params: PipelineParams, top8000: Path | None = None, *, workers: int | None = None,
+                             executor=None, **options):
+    """:func:`rerefine.refine.boxed.refine_boxed` when the model is large
+    (:func:`rerefine.refine.boxed.use_boxes`), on ``executor`` or a process pool of ``workers``
+    processes (default: the cores this process may run on); else
+    :func:`rerefine.refine.realspace.refine_model` in one piece. ``options`` go to the
+    refinement (e.g. ``b_sharpen``)."""
     import os
 
     from rerefine.refine.boxed import refine_boxed, use_boxes
     from rerefine.refine.realspace import refine_model
 
-    if monlib is None:
-        raise InputError("no monomer library configured (set RR_MONOMER_LIB or CLIBD_MON)")
-    if use_boxes(st, box):
+    common = dict(adp=params.refine_adp, cycles=params.macro_cycles, fit_map=fit_map, top8000_dir=top8000,
+                  **options)
+    if use_boxes(st, fit_map):
         if workers is None:
             workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return refine_boxed(st, sharpened, resolution, monlib, fit_map=box, workers=workers, executor=executor,
-                            adp=params.refine_adp, cycles=params.macro_cycles, top8000_dir=top8000)
-    return refine_model(st, sharpened, resolution, monlib, adp=params.refine_adp, cycles=params.macro_cycles,
-                        fit_map=box, top8000_dir=top8000)
+        return refine_boxed(st, dmap, resolution, monlib, workers=workers, executor=executor, **common)
+    return refine_model(st, dmap, resolution, monlib, **common)
 
 
 def stage_douse(refined, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolution: float,
@@ -311,11 +323,11 @@ def stage_crossval(st, halves: list[mapio.DensityMap], resolution: float, monlib
     """Half-map cross-validation (Brown et al. 2015): refine coordinates and B against half-map 1
     with the main refinement's parameters (the map sharpened by the same ``b_sharpen``, Å²), then
     measure the deposited and the half-1-refined model against half-map 1 (work) and half-map 2
-    (free). Returns ``(before, after, info)``: two dicts of ``fsc_avg_work``, ``fsc_avg_free``,
-    ``cc_mask_work``, ``cc_mask_free`` and the half-1 refinement's status; None when the entry
-    has not both half-maps."""
+    (free); a large model is refined in boxes like the main refinement
+    (:func:`refine_in_boxes_or_whole`). Returns ``(before, after, info)``: two dicts of
+    ``fsc_avg_work``, ``fsc_avg_free``, ``cc_mask_work``, ``cc_mask_free`` and the half-1
+    refinement's status; None when the entry has not both half-maps."""
     from rerefine.refine.crossval import half_map_fit
-    from rerefine.refine.realspace import refine_model
 
     if len(halves) != 2:
         return None
@@ -323,8 +335,8 @@ def stage_crossval(st, halves: list[mapio.DensityMap], resolution: float, monlib
         raise InputError("no monomer library configured (set RR_MONOMER_LIB or CLIBD_MON)")
     h1, h2 = halves
     before = half_map_fit(st, h1, h2, resolution)
-    ref = refine_model(st, h1, resolution, monlib, adp=params.refine_adp, cycles=params.macro_cycles,
-                       b_sharpen=float(b_sharpen or 0.0), fit_map=h1, top8000_dir=top8000)
+    ref = refine_in_boxes_or_whole(st, h1, h1, resolution, monlib, params, top8000,
+                                   b_sharpen=float(b_sharpen or 0.0))
     after = half_map_fit(ref.structure, h1, h2, resolution)
     info = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles, "rmsd_moved": ref.rmsd_moved,
             "b_sharpen": float(b_sharpen or 0.0), "seconds": ref.seconds}
