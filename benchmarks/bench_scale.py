@@ -11,11 +11,30 @@ seconds per 1,000 atoms and the exponent of a power-law fit of wall time against
 ``--compare-workers N``: the same case with ``--workers 1`` and ``2`` and their ratio. The load
 (``os.getloadavg``) is recorded before and after each run.
 
+With ``--entry``: the whole per-entry pipeline instead, `rerefine entry 5ME2 --mirror ARCHIVE`, on a
+sample archive (:func:`rerefine.harvester.sample_archive.build`) whose 5ME2 model and EMD-3488 map
+are replaced by case N (the entry's own records kept). Reported per stage: the wall seconds the
+pipeline stores (``timings``) and the peak resident MiB of the entry's guarded stage worker
+(``stage_peak_mb``, :func:`rerefine.flows.guard.stage_peaks`; the refinement's region processes
+are not in it), and for the whole run the largest sum of resident memory over the process tree
+(sampled every 0.5 s) and the main process's own peak (load and box run there). The entry's
+memory budget is ``RR_ENTRY_MEMORY_MB`` (``--entry-memory-mb``; the settings' default otherwise).
+The case has no half-maps, so the cross-validation stage does not run.
+
+With ``--stages``: each per-entry stage but the refinement (sharpen, placement, metrics, CCmask
+with input B, validation, difference map) once on case N's box, in one guarded stage worker
+(:func:`rerefine.flows.guard.entry_guard`), the deposited model standing in for the refined one:
+per stage its wall seconds and the worker's peak resident MiB (its start-up size given apart),
+in minutes rather than the entry's hour.
+
     python benchmarks/bench_scale.py --n 1 2               # correctness at small N
     python benchmarks/bench_scale.py --n 3 --compare-workers 3
     python benchmarks/bench_scale.py --n 1 2 3 4           # the full set (N=4: ~290,000 atoms)
+    python benchmarks/bench_scale.py --entry --n 2 3        # per-stage table of `rerefine entry`
+    python benchmarks/bench_scale.py --stages --n 2 3       # the stages but refinement, one worker
 
-Results: benchmarks/results/scale.json (merged by N with earlier runs of this benchmark).
+Results: benchmarks/results/scale.json (merged by N with earlier runs of this benchmark); with
+``--entry`` benchmarks/results/scale_entry.json, with ``--stages`` benchmarks/results/scale_stages.json.
 Goals (issue 17): N=3 ≤ 6 min; CCmask within 0.005 of N=1 at every N; --workers 2 ≥ 1.6× faster
 than 1 on N=3.
 """
@@ -40,6 +59,8 @@ from bench_refine_memory import DATA, ROOT, tiled_pair  # noqa: E402
 from rerefine.refine import mapio, modelio  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
+RESULTS_ENTRY = ROOT / "benchmarks" / "results" / "scale_entry.json"
+RESULTS_STAGES = ROOT / "benchmarks" / "results" / "scale_stages.json"
 COPY_CHAINS = 4  # 5ME2 has chains A-D; tiled_pair names them copy by copy
 
 
@@ -50,6 +71,149 @@ def write_case(n: int, folder: Path) -> tuple[Path, Path, int]:
     modelio.write_model(model, st, program="bench_scale", version="0")
     mapio.write_map(mp, big)
     return model, mp, st[0].count_atom_sites()
+
+
+def write_archive_case(n: int, folder: Path) -> tuple[Path, int]:
+    """A sample archive under ``folder`` whose 5ME2 entry holds case ``n`` (model records and the
+    EMDB header kept; the header's grid and size updated). Returns (archive root, atoms)."""
+    import gzip
+
+    import gemmi
+
+    from rerefine.harvester import sample_archive
+
+    root = folder / "archive"
+    recs = sample_archive.build(root, DATA)
+    rec = next(r for r in recs if r.get("emdb_id") == "EMD-3488")
+    st, big = tiled_pair(reps=(n, n, n), box=(100 * n,) * 3)
+    doc = gemmi.cif.read(str(root / rec["model"]))
+    st.update_mmcif_block(doc.sole_block())
+    (root / rec["model"]).write_bytes(gzip.compress(doc.as_string().encode(), compresslevel=1))
+    raw = mapio.write_map(folder / "tiled.mrc", big)
+    with open(raw, "rb") as src, gzip.open(root / rec["map"], "wb", compresslevel=1) as dst:
+        while chunk := src.read(1 << 24):
+            dst.write(chunk)
+    header = json.loads((root / rec["header"]).read_text())
+    header["map"]["dimensions"] = {"col": big.shape[2], "row": big.shape[1], "sec": big.shape[0]}
+    header["map"]["spacing"] = {"x": big.shape[2], "y": big.shape[1], "z": big.shape[0]}
+    header["map"]["size_kbytes"] = int(round(raw.stat().st_size / 1000))
+    (root / rec["header"]).write_text(json.dumps(header, indent=2))
+    raw.unlink()
+    return root, st[0].count_atom_sites()
+
+
+def _proc_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def run_entry(archive: Path, data_dir: Path, memory_mb: float | None) -> dict:
+    """One `rerefine entry 5ME2` child on ``archive``: wall, per-stage seconds and peak memory."""
+    rerefine = Path(sys.executable).with_name("rerefine")
+    js = data_dir / "entry.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RR_"))}
+    env.update(RR_DATA_DIR=str(data_dir), RR_TEST_DATA=str(DATA), RR_MONOMER_LIB=str(DATA / "monomers"))
+    if memory_mb is not None:
+        env["RR_ENTRY_MEMORY_MB"] = str(memory_mb)
+    cmd = [str(rerefine), "entry", "5ME2", "--mirror", str(archive), "--force", "--json", str(js)]
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    peak = {"tree": 0, "main": 0}
+    series = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(0.5):
+            tree, main = _tree_rss(proc.pid), _proc_rss(proc.pid)
+            peak["tree"] = max(peak["tree"], tree)
+            peak["main"] = max(peak["main"], main)
+            series.append((round(time.perf_counter() - t0, 1), round(tree / 2**20)))
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    lines = [line.rstrip() for line in proc.stderr]
+    proc.wait()
+    wall = time.perf_counter() - t0
+    stop.set()
+    th.join()
+    rep = json.loads(js.read_text()) if js.exists() else {}
+    return {"wall_seconds": round(wall, 1), "exit": proc.returncode, "status": rep.get("status"),
+            "reason": rep.get("reason"), "entry_memory_mb": memory_mb,
+            "peak_rss_mb_tree_sampled": round(peak["tree"] / 2**20, 1),
+            "peak_rss_mb_main_sampled": round(peak["main"] / 2**20, 1),
+            "stage_seconds": rep.get("timings"), "stage_peak_mb": rep.get("stage_peak_mb"),
+            "cc_mask_before": rep.get("cc_mask_before"), "cc_mask_after": rep.get("cc_mask_after"),
+            "load_before": [round(x, 2) for x in load0], "load_after": [round(x, 2) for x in os.getloadavg()],
+            "tree_rss_mb_series": series[::4], "stderr_tail": lines[-8:] if proc.returncode else []}
+
+
+def main_entry(args) -> dict:
+    RESULTS_ENTRY.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(RESULTS_ENTRY.read_text()) if RESULTS_ENTRY.exists() else {}
+    cases = results.setdefault("cases", {})
+    for n in args.n:
+        with tempfile.TemporaryDirectory(prefix="bench_scale_entry_") as tmp:
+            archive, atoms = write_archive_case(n, Path(tmp))
+            print(f"N={n}: {atoms} atoms, map {100 * n}^3: rerefine entry", flush=True)
+            row = {"n": n, "atoms": atoms, "box_voxels_approx": (100 * n) ** 3,
+                   **run_entry(archive, Path(tmp) / "data", args.entry_memory_mb)}
+        cases[str(n)] = row
+        RESULTS_ENTRY.write_text(json.dumps(results, indent=2))
+        print(json.dumps({k: v for k, v in row.items() if k != "tree_rss_mb_series"}), flush=True)
+    return results
+
+
+def run_stages(n: int) -> dict:
+    """Every stage but the refinement on case ``n``'s box in one guarded worker: seconds and
+    peak resident MiB per stage."""
+    from rerefine.flows import guard, pipeline
+    from rerefine.flows.pipeline import EntryJob, PipelineParams
+
+    st, big = tiled_pair(reps=(n, n, n), box=(100 * n,) * 3)
+    params = PipelineParams()
+    box = pipeline.stage_box(st, big, params.box_padding)
+    del big
+    job = EntryJob(f"tiled{n}", "", Path("model.cif"), Path("map.mrc"), [], resolution=3.2)
+    monlib, top8000 = DATA / "monomers", DATA / "validation" / "top8000"
+    seconds: dict = {}
+    with guard.entry_guard(job.pdb_id, guard.EntryLimits(seconds=1e9)) as w:
+        w.call(np.add, 0, 0)  # start the worker: its start-up size is the reference
+        start = _proc_rss(w.proc.pid) / 2**20
+        with pipeline.timed(seconds, "sharpen"):
+            sharp = guard.run(pipeline.stage_sharpen_entry, job, box, 3.2)
+        with pipeline.timed(seconds, "placement"):
+            guard.run(pipeline.stage_placement, st, sharp.map, 3.2)
+        with pipeline.timed(seconds, "metrics"):
+            guard.run(pipeline.stage_metrics, st, box, 3.2, job, params, None)
+        with pipeline.timed(seconds, "input_b_fit"):
+            guard.run(pipeline.stage_input_b_fit, st, st, box, 3.2)
+        with pipeline.timed(seconds, "validation"):
+            guard.run(pipeline.stage_validation, st, monlib, top8000)
+        with pipeline.timed(seconds, "diffmap"):
+            guard.run(pipeline.stage_diffmap, st, box, 3.2)
+        peaks = guard.stage_peaks()
+    return {"n": n, "atoms": st[0].count_atom_sites(), "box_voxels": int(np.prod(box.shape)),
+            "worker_start_mb": round(start, 1), "stage_seconds": seconds, "stage_peak_mb": peaks,
+            "stage_growth_mb_per_mvoxel": {k: round((v - start) / (np.prod(box.shape) / 1e6), 1)
+                                           for k, v in peaks.items()},
+            "load": [round(x, 2) for x in os.getloadavg()]}
+
+
+def main_stages(args) -> dict:
+    RESULTS_STAGES.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(RESULTS_STAGES.read_text()) if RESULTS_STAGES.exists() else {}
+    cases = results.setdefault("cases", {})
+    for n in args.n:
+        row = run_stages(n)
+        cases[str(n)] = row
+        RESULTS_STAGES.write_text(json.dumps(results, indent=2))
+        print(json.dumps(row), flush=True)
+    return results
 
 
 def _tree_rss(pid: int) -> int:
@@ -151,7 +315,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--compare-workers", type=int, metavar="N", default=None,
                     help="also run case N with --workers 1 (and 2) and report the ratio")
     ap.add_argument("--copies", action="store_true", help="validate the first, middle and last copy")
+    ap.add_argument("--entry", action="store_true", help="run `rerefine entry` (the whole pipeline) instead")
+    ap.add_argument("--entry-memory-mb", type=float, default=None,
+                    help="RR_ENTRY_MEMORY_MB for --entry (default: the settings' default)")
+    ap.add_argument("--stages", action="store_true", help="each stage but refinement on case N, one worker")
     args = ap.parse_args(argv)
+    if args.stages:
+        return main_stages(args)
+    if args.entry:
+        return main_entry(args)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     cases = results.setdefault("cases", {})

@@ -46,15 +46,25 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 
-# ---- cost model: benchmarks/bench_guard.py, the nightly's stages on the three real pairs and on
-# 5ME2 in EMD-3488 tiled 2×2×2 (35,744 atoms, 5.6e6 box voxels) in one worker; least-squares fit
-# of the worker's peak resident memory above its start-up size (71 MB + 124 B per box voxel +
-# 10.2 kB per atom, every case within 0.3 %) and of its CPU seconds (3.8 s + 2.7e-5 s per voxel +
-# 4.0 ms per atom, within 19 %); rounded up --------------------------------------------------
+# ---- cost model: peak resident memory of the entry's stage worker above its start-up size.
+# Per box voxel: the slope between 5ME2 in EMD-3488 tiled 2×2×2 and 3×3×3 (5.6e6 and 2.1e7 box
+# voxels) of the box-bound stages' peaks, each stage alone in a worker (benchmarks/bench_scale.py
+# --stages: placement 35 B, difference map 33 B, metrics 19 B per voxel), rounded up. Per atom:
+# the validation stage inside `rerefine entry` on the 2×2×2 case (bench_scale --entry: 368 MB for
+# 35,744 atoms, 10.3 kB; alone in a worker the 2→3 slope is 5.7 kB), rounded up. Since the
+# refinement runs large models in boxes (refine/boxed.py) and the stages dropped their box-size
+# float64 temporaries, the one-piece fit of bench_guard.py (130 B per voxel: the refinement's
+# float64 box arrays) applies only to models refined in one piece.
+# Time: benchmarks/bench_guard.py (3.8 s + 2.7e-5 s per voxel + 4.0 ms per atom, within 19 %),
+# rounded up -------------------------------------------------------------------------------------
 
-#: Peak bytes of the stage worker per voxel of the model's box (float64 box-size arrays of the
-#: refinement and the metrics).
-BYTES_PER_BOX_VOXEL = 130.0
+#: Peak bytes of the stage worker per voxel of the model's box (float32 maps, the model map's
+#: padded transforms, the placement check's float64 spline target).
+BYTES_PER_BOX_VOXEL = 40.0
+#: The same for a model refined in one piece (:func:`rerefine.refine.boxed.use_boxes` false):
+#: benchmarks/bench_guard.py, the nightly's stages on the three real pairs and 5ME2 tiled 2×2×2 in
+#: one worker, least squares (124 B per voxel, every case within 0.3 %), rounded up.
+BYTES_PER_BOX_VOXEL_ONE_PIECE = 130.0
 #: Peak bytes per atom (restraint and neighbour lists, structures, validation's hydrogens).
 BYTES_PER_ATOM = 11_000.0
 #: Peak bytes of the stages whatever the entry (tables, FFT plans, imports on first use).
@@ -124,9 +134,15 @@ def count_atoms(path: str | os.PathLike) -> int:
 
 def estimate(n_atoms: int, box_voxels: int, map_voxels: int) -> tuple[float, float]:
     """Peak bytes (above the worker's start-up size) and CPU seconds of one entry by the cost
-    model: the larger of loading the whole map and computing on the model's box; seconds linear
-    in atoms and box voxels."""
-    compute = FIXED_BYTES + BYTES_PER_BOX_VOXEL * box_voxels + BYTES_PER_ATOM * n_atoms
+    model: the larger of loading the whole map and computing on the model's box (at
+    :data:`BYTES_PER_BOX_VOXEL_ONE_PIECE` per voxel when the model is refined in one piece, else
+    :data:`BYTES_PER_BOX_VOXEL`); seconds linear in atoms and box voxels."""
+    from rerefine.refine.boxed import BOXED_MIN_ATOMS
+    from rerefine.refine.fit_stage import FIT_MAX_VOXELS
+
+    one_piece = n_atoms < BOXED_MIN_ATOMS and box_voxels <= FIT_MAX_VOXELS
+    per_voxel = BYTES_PER_BOX_VOXEL_ONE_PIECE if one_piece else BYTES_PER_BOX_VOXEL
+    compute = FIXED_BYTES + per_voxel * box_voxels + BYTES_PER_ATOM * n_atoms
     load = BYTES_PER_MAP_VOXEL * map_voxels + BYTES_PER_ATOM * n_atoms
     return max(compute, load), FIXED_SECONDS + SECONDS_PER_ATOM * n_atoms + SECONDS_PER_BOX_VOXEL * box_voxels
 
@@ -198,20 +214,54 @@ WORKER_MODULES = ("rerefine.flows.pipeline", "rerefine.refine.sharpen", "rerefin
 
 
 def _send(fh, obj) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    fh.write(struct.pack("<Q", len(data)))
+    """Write ``obj`` as one message: a pickle (protocol 5) whose contiguous array buffers go
+    out of band, written straight from the arrays' memory (no copy of a map into the pickle).
+    Layout: pickle length, buffer count, each buffer's length (8-byte little-endian each), the
+    pickle, the buffers."""
+    bufs: list = []
+    data = pickle.dumps(obj, protocol=5, buffer_callback=bufs.append)
+    raws = [b.raw() for b in bufs]
+    fh.write(struct.pack(f"<{2 + len(raws)}Q", len(data), len(raws), *(r.nbytes for r in raws)))
     fh.write(data)
+    for r in raws:
+        fh.write(r)
     fh.flush()
 
 
-def _recv_exact(fh, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = fh.read(n - len(buf))
-        if not chunk:
+def _recv(read_into):
+    """One message of :func:`_send` read with ``read_into(memoryview) -> bool`` (False at end of
+    input); the arrays are built on the received buffers, not copied again. None at end of input."""
+    head = bytearray(16)
+    if not read_into(memoryview(head)):
+        return None
+    n_data, n_bufs = struct.unpack("<QQ", head)
+    sizes = bytearray(8 * n_bufs)
+    if n_bufs and not read_into(memoryview(sizes)):
+        return None
+    data = bytearray(n_data)
+    if not read_into(memoryview(data)):
+        return None
+    bufs = []
+    for size in struct.unpack(f"<{n_bufs}Q", sizes):
+        b = bytearray(size)
+        if size and not read_into(memoryview(b)):
             return None
-        buf += chunk
-    return bytes(buf)
+        bufs.append(b)
+    return pickle.loads(data, buffers=bufs)
+
+
+def _file_reader(fh):
+    """``read_into`` for :func:`_recv` on a binary file object."""
+    def read_into(mv: memoryview) -> bool:
+        pos = 0
+        while pos < len(mv):
+            got = fh.readinto(mv[pos:])
+            if not got:
+                return False
+            pos += got
+        return True
+
+    return read_into
 
 
 def _vm_size() -> int:
@@ -257,16 +307,18 @@ def serve(memory_bytes: int | None) -> None:
             limit = min(limit, hard)
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     _send(proto_out, ("ready", baseline))
+    read_into = _file_reader(proto_in)
     while True:
-        head = _recv_exact(proto_in, 8)
-        if head is None:
+        try:
+            call = _recv(read_into)
+        except MemoryError:
+            _send(proto_out, ("memory", None))
             return
-        body = _recv_exact(proto_in, struct.unpack("<Q", head)[0])
-        if body is None:
+        if call is None:
             return
         try:
-            fn, args, kwargs = pickle.loads(body)
-            del body
+            fn, args, kwargs = call
+            del call
             reply = ("ok", fn(*args, **kwargs), _job_metadata(args))
         except MemoryError:
             reply = ("memory", None)
@@ -299,6 +351,8 @@ class StageWorker:
         self.deadline = time.monotonic() + limits.seconds if limits.seconds > 0 else None
         self.proc: subprocess.Popen | None = None
         self.baseline = 0
+        #: peak resident MiB of the worker process per stage (its region processes not included)
+        self.stage_peak_mb: dict[str, float] = {}
 
     def _remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -320,33 +374,32 @@ class StageWorker:
         return LimitError(f"{self.label}: the {stage} stage needs more than the entry memory budget of "
                           f"{_mb(self.limits.memory_bytes or 0)} (RR_ENTRY_MEMORY_MB)")
 
-    def _read(self, n: int, stage: str) -> bytes | None:
-        out = self.proc.stdout
-        fd = out.fileno()
-        buf = bytearray()
-        while len(buf) < n:
+    def _read_into(self, mv: memoryview, stage: str) -> bool:
+        """Fill ``mv`` from the worker's output within the entry's time; False when it ended."""
+        fd = self.proc.stdout.fileno()
+        pos = 0
+        while pos < len(mv):
             left = self._remaining()
             if left is not None and left <= 0:
                 raise self._over_time(stage)
             ready, _, _ = select.select([fd], [], [], left)
             if not ready:
                 raise self._over_time(stage)
-            chunk = os.read(fd, min(n - len(buf), 1 << 24))
-            if not chunk:
-                return None
-            buf += chunk
-        return bytes(buf)
+            got = os.readv(fd, [mv[pos:pos + (1 << 24)]])
+            if not got:
+                return False
+            pos += got
+        return True
 
     def _reply(self, stage: str):
-        head = self._read(8, stage)
-        body = None if head is None else self._read(struct.unpack("<Q", head)[0], stage)
-        if body is None:  # the worker died
+        reply = _recv(lambda mv: self._read_into(mv, stage))
+        if reply is None:  # the worker died
             rc = self.proc.wait()
             self.proc = None
             if rc < 0 and -rc == signal.SIGKILL:
                 raise LimitError(f"{self.label}: the {stage} stage was killed (SIGKILL; out of memory?)")
             raise RerefineError(f"{self.label}: the {stage} stage's worker process ended (exit status {rc})")
-        return pickle.loads(body)
+        return reply
 
     def call(self, fn, *args, **kwargs):
         """``fn(*args, **kwargs)`` in the worker; its exceptions are raised here.
@@ -370,7 +423,11 @@ class StageWorker:
         except BrokenPipeError:
             self.close()
             raise RerefineError(f"{self.label}: the {stage} stage's worker process ended") from None
+        _reset_peak_rss(self.proc.pid)
         reply = self._reply(stage)
+        if self.proc is not None:
+            peak = _peak_rss(self.proc.pid) / MiB
+            self.stage_peak_mb[stage] = round(max(self.stage_peak_mb.get(stage, 0.0), peak), 1)
         if reply[0] == "ok":
             from rerefine.flows.pipeline import EntryJob
 
@@ -399,6 +456,29 @@ class StageWorker:
             proc.wait()
         with contextlib.suppress(OSError):
             proc.stdout.close()
+
+
+def _reset_peak_rss(pid: int) -> None:
+    """Set a process's peak resident size (``VmHWM``) back to its resident size now (Linux:
+    ``/proc/PID/clear_refs``; nothing elsewhere)."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _peak_rss(pid: int) -> int:
+    """A process's peak resident bytes since its last reset (``VmHWM``; 0 when unknown)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def stage_peaks() -> dict[str, float]:
+    """Peak resident MiB of the current entry's worker (:func:`entry_guard`) per stage so far
+    (the largest over calls of one stage); empty without a worker."""
+    worker = _CURRENT.get()
+    return dict(worker.stage_peak_mb) if worker is not None else {}
 
 
 _CURRENT: contextvars.ContextVar[StageWorker | None] = contextvars.ContextVar("rerefine_stage_worker",

@@ -1,6 +1,6 @@
 """Prefect flows: the per-entry pipeline and the nightly run.
 
-``entry_flow`` runs one entry's stages as Prefect tasks (load, box, sharpen, metrics before,
+``entry_flow`` runs one entry's stages as Prefect tasks (load the model and its map box, sharpen, metrics before,
 refine, metrics after, difference map, store); ``nightly_flow`` harvests new entries and runs
 ``entry_flow`` for each on a task runner (threads, a local Dask cluster, or a remote Dask
 scheduler), isolating failures, then rebuilds the site incrementally.
@@ -50,13 +50,8 @@ def _is_archive_error(task, task_run, state) -> bool:
 # ---- per-entry tasks ------------------------------------------------------------------
 
 @task(name="load", retries=0)
-def load_task(job: EntryJob):
-    return pipeline.stage_load(job)
-
-
-@task(name="box")
-def box_task(st, dmap, padding: float):
-    return pipeline.stage_box(st, dmap, padding)
+def load_task(job: EntryJob, padding: float):
+    return pipeline.stage_load(job, padding)
 
 
 @task(name="sharpen")
@@ -221,19 +216,16 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
             with timed(timings, "precheck"):
                 guard.precheck(job.pdb_id, job.model_path, job.map_path, limits, params.box_padding)
         with timed(timings, "load"):
-            st, dmap, res = load_task(job)
+            st, box, res = load_task(job, params.box_padding)
         job.resolution = res
         entry["resolution"] = res
-        if job.contour is not None and pipeline.contour_outside_map(job.contour, dmap):
+        if job.contour is not None and pipeline.contour_outside_map(job.contour, box):
             note = f"EMDB contour level {job.contour:g} lies outside the map's values: ignored"
             log.warning("%s: %s", job.pdb_id, note)
             job.metadata.setdefault("warnings", []).append(note)
             job.contour = None
             entry = entry_record(job)
             entry["resolution"] = res
-        with timed(timings, "box"):
-            box = box_task(st, dmap, params.box_padding)
-        del dmap
         pipeline.check_box_density(job.pdb_id, box)
         with timed(timings, "sharpen"):
             sharp = sharpen_task(job, box, res)
@@ -298,7 +290,7 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
                 "verdict_reasons": judged.reasons, "reason": "", "timings": timings,
                 "cc_mask_before": before["cc_mask"], "cc_mask_after": after["cc_mask"],
                 "cc_mask_input_b_after": after.get("cc_mask_input_b"),
-                "warnings": list(after["refinement"]["warnings"])}
+                "warnings": list(after["refinement"]["warnings"]), "stage_peak_mb": guard.stage_peaks()}
     except RerefineError as exc:
         reason, transient = str(exc), bool(getattr(exc, "transient", False))
     except MemoryError:

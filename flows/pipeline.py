@@ -106,15 +106,18 @@ def entry_dir(root: Path, pdb_id: str) -> Path:
 # ---- stages ----------------------------------------------------------------------------
 
 
-def stage_load(job: EntryJob):
-    """Read model and map; decide the resolution. Returns (structure, full map, resolution Å)."""
+def stage_load(job: EntryJob, padding: float = BOX_PADDING):
+    """Read the model and the map's box around it (``padding`` Å; :func:`stage_box`'s box, read
+    with :func:`rerefine.refine.mapio.read_map_box`, so memory follows the box, not the map);
+    decide the resolution. The model's placement is checked against the map's header first.
+    Returns (structure, boxed map, resolution Å)."""
     st = modelio.read_model(job.model_path)
-    dmap = mapio.read_map(job.map_path)
     res = job.resolution or modelio.model_resolution(st)
     if not res or res <= 0:
         raise InputError(f"{job.pdb_id}: no resolution stated by the archive or the model")
-    check_placement(job.pdb_id, modelio.atom_positions(st), dmap)
-    return st, dmap, float(res)
+    xyz = modelio.atom_positions(st)
+    check_placement(job.pdb_id, xyz, mapio.read_map_header(job.map_path))
+    return st, mapio.read_map_box(job.map_path, xyz, padding=padding), float(res)
 
 
 def check_placement(label: str, xyz: np.ndarray, dmap: mapio.DensityMap) -> None:
@@ -130,7 +133,8 @@ def check_placement(label: str, xyz: np.ndarray, dmap: mapio.DensityMap) -> None
 
 def contour_outside_map(level: float, dmap: mapio.DensityMap) -> bool:
     """True when a recommended contour level cannot be a level of this map: not finite, or not
-    strictly between the map's minimum and maximum (every atom, or none, would count as inside)."""
+    strictly between the minimum and maximum of ``dmap`` (every atom, or none, would count as
+    inside). The pipeline passes the box around the model, where every atom lies."""
     level = float(level)
     return not np.isfinite(level) or not (float(dmap.data.min()) < level < float(dmap.data.max()))
 
@@ -151,17 +155,18 @@ def check_box_density(label: str, box: mapio.DensityMap) -> None:
 
 
 def stage_half_boxes(job: EntryJob, box: mapio.DensityMap) -> list[mapio.DensityMap]:
-    """Half-maps cut to the same box as the primary map (empty when the entry has none)."""
+    """Half-maps cut to the same box as the primary map (empty when the entry has none), reading
+    only the box (:func:`rerefine.refine.mapio.read_map_region`)."""
     out = []
     for p in job.half_map_paths:
-        h = mapio.read_map(p)
+        h = mapio.read_map_header(p)
         lo = np.array(box.start) - np.array(h.start)
         hi = lo + np.array(box.shape)
         same_frame = h.sampling == box.sampling and np.allclose(h.origin_shift, box.origin_shift, atol=1e-3) \
             and np.allclose(h.voxel_size, box.voxel_size, rtol=1e-4)
         if not same_frame or np.any(lo < 0) or np.any(hi > np.array(h.shape)):
             raise InputError(f"{job.pdb_id}: half-map {p.name} is not on the primary map's grid")
-        out.append(box.with_data(h.data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]))
+        out.append(box.with_data(mapio.read_map_region(p, lo, hi).data))
     return out
 
 
@@ -235,20 +240,32 @@ def stage_refine(st, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolut
     :data:`rerefine.refine.boxed.BOXED_MIN_ATOMS` atoms) are refined in boxes, region by region, on
     ``executor`` or a process pool of ``workers`` processes (default: the cores this process may
     run on); smaller ones in one piece as before."""
+    if monlib is None:
+        raise InputError("no monomer library configured (set RR_MONOMER_LIB or CLIBD_MON)")
+    return refine_in_boxes_or_whole(st, sharpened, box, resolution, monlib, params, top8000, workers=workers,
+                                    executor=executor)
+
+
+def refine_in_boxes_or_whole(st, dmap: mapio.DensityMap, fit_map: mapio.DensityMap, resolution: float, monlib,
+                             params: PipelineParams, top8000: Path | None = None, *, workers: int | None = None,
+                             executor=None, **options):
+    """:func:`rerefine.refine.boxed.refine_boxed` when the model is large
+    (:func:`rerefine.refine.boxed.use_boxes`), on ``executor`` or a process pool of ``workers``
+    processes (default: the cores this process may run on); else
+    :func:`rerefine.refine.realspace.refine_model` in one piece. ``options`` go to the
+    refinement (e.g. ``b_sharpen``)."""
     import os
 
     from rerefine.refine.boxed import refine_boxed, use_boxes
     from rerefine.refine.realspace import refine_model
 
-    if monlib is None:
-        raise InputError("no monomer library configured (set RR_MONOMER_LIB or CLIBD_MON)")
-    if use_boxes(st, box):
+    common = dict(adp=params.refine_adp, cycles=params.macro_cycles, fit_map=fit_map, top8000_dir=top8000,
+                  **options)
+    if use_boxes(st, fit_map):
         if workers is None:
             workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return refine_boxed(st, sharpened, resolution, monlib, fit_map=box, workers=workers, executor=executor,
-                            adp=params.refine_adp, cycles=params.macro_cycles, top8000_dir=top8000)
-    return refine_model(st, sharpened, resolution, monlib, adp=params.refine_adp, cycles=params.macro_cycles,
-                        fit_map=box, top8000_dir=top8000)
+        return refine_boxed(st, dmap, resolution, monlib, workers=workers, executor=executor, **common)
+    return refine_model(st, dmap, resolution, monlib, **common)
 
 
 def stage_douse(refined, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolution: float,
@@ -306,11 +323,11 @@ def stage_crossval(st, halves: list[mapio.DensityMap], resolution: float, monlib
     """Half-map cross-validation (Brown et al. 2015): refine coordinates and B against half-map 1
     with the main refinement's parameters (the map sharpened by the same ``b_sharpen``, Å²), then
     measure the deposited and the half-1-refined model against half-map 1 (work) and half-map 2
-    (free). Returns ``(before, after, info)``: two dicts of ``fsc_avg_work``, ``fsc_avg_free``,
-    ``cc_mask_work``, ``cc_mask_free`` and the half-1 refinement's status; None when the entry
-    has not both half-maps."""
+    (free); a large model is refined in boxes like the main refinement
+    (:func:`refine_in_boxes_or_whole`). Returns ``(before, after, info)``: two dicts of
+    ``fsc_avg_work``, ``fsc_avg_free``, ``cc_mask_work``, ``cc_mask_free`` and the half-1
+    refinement's status; None when the entry has not both half-maps."""
     from rerefine.refine.crossval import half_map_fit
-    from rerefine.refine.realspace import refine_model
 
     if len(halves) != 2:
         return None
@@ -318,8 +335,8 @@ def stage_crossval(st, halves: list[mapio.DensityMap], resolution: float, monlib
         raise InputError("no monomer library configured (set RR_MONOMER_LIB or CLIBD_MON)")
     h1, h2 = halves
     before = half_map_fit(st, h1, h2, resolution)
-    ref = refine_model(st, h1, resolution, monlib, adp=params.refine_adp, cycles=params.macro_cycles,
-                       b_sharpen=float(b_sharpen or 0.0), fit_map=h1, top8000_dir=top8000)
+    ref = refine_in_boxes_or_whole(st, h1, h1, resolution, monlib, params, top8000,
+                                   b_sharpen=float(b_sharpen or 0.0))
     after = half_map_fit(ref.structure, h1, h2, resolution)
     info = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles, "rmsd_moved": ref.rmsd_moved,
             "b_sharpen": float(b_sharpen or 0.0), "seconds": ref.seconds}

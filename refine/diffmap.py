@@ -29,18 +29,20 @@ from .mapio import DensityMap
 _FFT_WORKERS = 2
 
 
-def _shell_scale(fo: np.ndarray, fc: np.ndarray, s2: np.ndarray, s2_max: float, n_shells: int):
-    """Per-coefficient scale from least squares in equal-count shells of s^2 (below s2_max)."""
-    inside = (s2 < s2_max) & (s2 > 0)
-    vals = s2[inside]
+def _shell_edges(s2_planes, s2_max: float, n_shells: int) -> np.ndarray:
+    """Edges in s^2 of equal-count shells of the coefficients with ``0 < s^2 < s2_max``."""
+    vals = np.concatenate([p[(p < s2_max) & (p > 0)] for p in s2_planes])
     n_shells = max(1, min(n_shells, vals.size // 200))
     edges = np.quantile(vals, np.linspace(0, 1, n_shells + 1))
     edges[0], edges[-1] = 0.0, s2_max
-    which = np.clip(np.searchsorted(edges, s2, side="right") - 1, 0, n_shells - 1)
-    num = np.bincount(which[inside], weights=(fo[inside] * np.conj(fc[inside])).real, minlength=n_shells)
-    den = np.bincount(which[inside], weights=(np.abs(fc[inside]) ** 2), minlength=n_shells)
-    k = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
-    return k, which, inside, edges
+    return edges
+
+
+def _shells(s2: np.ndarray, edges: np.ndarray, s2_max: float):
+    """Shell index of each coefficient and which take part (``0 < s^2 < s2_max``)."""
+    inside = (s2 < s2_max) & (s2 > 0)
+    which = np.clip(np.searchsorted(edges, s2, side="right") - 1, 0, len(edges) - 2)
+    return which, inside
 
 
 def difference_map(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, n_shells: int = 20,
@@ -71,22 +73,35 @@ def difference_map(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, 
     box = mapio.cut_box(dmap, xyz, padding=pad) if dmap.is_orthogonal else dmap
     calc = modelmap.model_map(st, box, resolution)
     n = box.shape
-    fo = scipy.fft.rfftn(box.data, workers=_FFT_WORKERS)
+    fo = scipy.fft.rfftn(box.data, workers=_FFT_WORKERS)  # complex64, like the float32 maps
     fc = scipy.fft.rfftn(calc.data, workers=_FFT_WORKERS)
     del calc
     ext = box.extent
     kx = np.fft.fftfreq(n[0], 1.0 / n[0]) / ext[0]
     ky = np.fft.fftfreq(n[1], 1.0 / n[1]) / ext[1]
     kz = np.arange(n[2] // 2 + 1) / ext[2]
-    s2 = kx[:, None, None] ** 2 + ky[None, :, None] ** 2 + kz[None, None, :] ** 2
-    k, which, inside, edges = _shell_scale(fo, fc, s2, 1.0 / resolution ** 2, n_shells)
-    diff_f = np.where(inside, fo - k[which] * fc, 0)
-    del fo, fc
-    diff = scipy.fft.irfftn(diff_f, s=n, workers=_FFT_WORKERS).astype(np.float32)
-    del diff_f
+    plane = ky[:, None] ** 2 + kz[None, :] ** 2
+    s2_max = 1.0 / resolution ** 2
+    # Plane by plane along x (no box-size float64 or complex128 temporaries): the shells' edges,
+    # the least-squares sums per shell, then D's coefficients written over fo.
+    edges = _shell_edges((plane + x * x for x in kx), s2_max, n_shells)
+    n_sh = len(edges) - 1
+    num, den = np.zeros(n_sh), np.zeros(n_sh)
+    for i, x in enumerate(kx):
+        which, inside = _shells(plane + x * x, edges, s2_max)
+        o, c, w = fo[i][inside], fc[i][inside], which[inside]
+        num += np.bincount(w, weights=(o * np.conj(c)).real.astype(np.float64), minlength=n_sh)
+        den += np.bincount(w, weights=(np.abs(c) ** 2).astype(np.float64), minlength=n_sh)
+    k = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    for i, x in enumerate(kx):
+        which, inside = _shells(plane + x * x, edges, s2_max)
+        fo[i] = np.where(inside, fo[i] - k[which] * fc[i], 0)
+    del fc
+    diff = scipy.fft.irfftn(fo, s=n, workers=_FFT_WORKERS, overwrite_x=True).astype(np.float32, copy=False)
+    del fo
     out = replace(box, data=diff, name=f"difference map of {st.name or 'model'}")
     info = {
-        "sd": float(diff.std(dtype=np.float64)),
+        "sd": mapio.mean_sd(diff)[1],
         "shell_d_min": [float(1 / np.sqrt(e)) for e in edges[1:]],
         "shell_scale": [float(x) for x in k],
     }
@@ -101,7 +116,7 @@ def difference_peaks(diff: DensityMap, st: gemmi.Structure, *, n_peaks: int = 20
     ``height_sd``, ``nearest_atom`` (``chain/resname seq icode/atom``) and ``distance`` (Å).
     """
     data = diff.data
-    sd = float(data.std(dtype=np.float64)) or 1.0
+    sd = mapio.mean_sd(data)[1] or 1.0
     atoms = [(cra.chain.name, cra.residue.name, cra.residue.seqid, cra.atom.name) for cra in st[0].all()]
     xyz = np.array([cra.atom.pos.tolist() for cra in st[0].all()], float).reshape(-1, 3)
     tree = cKDTree(xyz) if len(xyz) else None

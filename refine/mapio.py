@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import tempfile
 import zlib
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import gemmi
 import mrcfile
+import mrcfile.utils
 import numpy as np
 
 from rerefine.common.errors import InputError
@@ -251,40 +253,95 @@ def read_map_box(path: str | os.PathLike, xyz: np.ndarray, padding: float = 5.0,
     """The box of a map file around positions ``xyz`` (Å) plus ``padding`` Å, as :func:`cut_box`
     cuts it from :func:`read_map`'s result (the same voxels), reading only the box.
 
-    An uncompressed file is memory-mapped (``mrcfile.mmap``), so the memory used follows the box,
-    not the map; a compressed file is decompressed whole first (gzip cannot be read at random).
-    Non-finite values are looked for in the box only.
+    An uncompressed file is memory-mapped (``mrcfile.mmap``); a gzip or bzip2 file is
+    decompressed as a stream, section by section, keeping only the box's sections. Either way
+    the memory used follows the box, not the map. Non-finite values are looked for in the box only.
 
     Raises
     ------
     InputError
         As :func:`read_map`, and when no position lies over the map.
     """
-    path = Path(path)
     frame = read_map_header(path)
     lo, hi = box_bounds(frame, xyz, padding)
+    return read_map_region(path, lo, hi, check_finite=check_finite)
+
+
+def read_map_region(path: str | os.PathLike, lo, hi, *, check_finite: bool = True) -> DensityMap:
+    """Voxels ``[lo, hi)`` (x, y, z indices into the file's grid, ``hi`` exclusive) of a map file,
+    reading only those (memory-mapped, or streamed for a compressed file; see
+    :func:`read_map_box`), as a map in the file's absolute frame.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_map`, and for bounds outside the file's grid.
+    """
+    path = Path(path)
+    frame = read_map_header(path)
+    lo, hi = np.asarray(lo, int), np.asarray(hi, int)
+    if np.any(lo < 0) or np.any(hi > np.array(frame.shape)) or np.any(hi <= lo):
+        raise InputError(f"{path.name}: region {lo.tolist()}-{hi.tolist()} is not inside its {frame.shape} grid")
     if path.stat().st_size < 1024:
         raise InputError(f"{path.name}: file too short for an MRC header ({path.stat().st_size} bytes)")
+    with open(path, "rb") as fh:
+        magic = fh.read(3)
+    if magic[:2] == b"\x1f\x8b" or magic == b"BZh":
+        data = _stream_box(path, magic[:2] == b"\x1f\x8b", lo, hi)
+    else:
+        try:
+            mrc = mrcfile.mmap(str(path), mode="r", permissive=False)
+        except (EOFError, OSError, zlib.error) as exc:
+            raise InputError(f"{path.name}: corrupt or truncated file ({exc})") from None
+        except Exception as exc:
+            raise InputError(f"{path.name}: not a readable MRC/CCP4 map ({exc})") from None
+        try:
+            if mrc.data is None or mrc.data.ndim != 3 or 0 in mrc.data.shape:
+                raise InputError(f"{path.name}: map has no 3-D data block")
+            _, perm = _frame(mrc.header, path.name)
+            xyz_view = mrc.data.transpose(2, 1, 0).transpose(perm)  # a view: nothing read yet
+            data = np.array(xyz_view[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32, order="C")
+        finally:
+            mrc.close()
+    box = replace(frame, data=data, start=tuple(int(s + l) for s, l in zip(frame.start, lo)))
+    return _checked(box, path, check_finite)
+
+
+def _stream_box(path: Path, is_gzip: bool, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The ``[lo, hi)`` box (x, y, z voxels) of a compressed map file, decompressed section by
+    section: only the box's sections are kept. Returns float32 ``[x, y, z]``."""
+    import bz2
+
     try:
-        with open(path, "rb") as fh:
-            compressed = fh.read(2) in (b"\x1f\x8b", b"BZ")
-        mrc = _open_mrc(path) if compressed else mrcfile.mmap(str(path), mode="r", permissive=False)
-    except InputError:
-        raise
+        with mrcfile.open(str(path), mode="r", header_only=True, permissive=False) as mrc:
+            h = mrc.header.copy()
+            dtype = mrcfile.utils.data_dtype_from_header(h)
     except (EOFError, OSError, zlib.error) as exc:
         raise InputError(f"{path.name}: corrupt or truncated file ({exc})") from None
     except Exception as exc:
         raise InputError(f"{path.name}: not a readable MRC/CCP4 map ({exc})") from None
+    _, perm = _frame(h, path.name)
+    nc, nr, ns = int(h.nx), int(h.ny), int(h.nz)
+    # box bounds along the file's column, row and section axes (x, y, z is crs permuted by perm)
+    b_lo, b_hi = [0, 0, 0], [0, 0, 0]
+    for k, d in enumerate(perm):
+        b_lo[d], b_hi[d] = int(lo[k]), int(hi[k])
+    section = nc * nr * dtype.itemsize
+    out = np.empty((b_hi[2] - b_lo[2], b_hi[1] - b_lo[1], b_hi[0] - b_lo[0]), np.float32)
+    opener = gzip.open if is_gzip else bz2.open
     try:
-        if mrc.data is None or mrc.data.ndim != 3 or 0 in mrc.data.shape:
-            raise InputError(f"{path.name}: map has no 3-D data block")
-        _, perm = _frame(mrc.header, path.name)
-        xyz_view = mrc.data.transpose(2, 1, 0).transpose(perm)  # a view: nothing read yet
-        data = np.array(xyz_view[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], dtype=np.float32, order="C")
-    finally:
-        mrc.close()
-    box = replace(frame, data=data, start=tuple(int(s + l) for s, l in zip(frame.start, lo)))
-    return _checked(box, path, check_finite)
+        with opener(path, "rb") as fh:
+            fh.seek(1024 + int(h.nsymbt) + b_lo[2] * section)
+            for i in range(out.shape[0]):
+                raw = fh.read(section)
+                if len(raw) != section:
+                    raise InputError(f"{path.name}: truncated data ({ns} sections stated, "
+                                     f"{b_lo[2] + i} found)")
+                sec = np.frombuffer(raw, dtype=dtype).reshape(nr, nc)
+                out[i] = sec[b_lo[1]:b_hi[1], b_lo[0]:b_hi[0]]
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InputError(f"{path.name}: corrupt or truncated file ({exc})") from None
+    return np.ascontiguousarray(out.transpose(2, 1, 0).transpose(perm))
 
 
 def write_map(path: str | os.PathLike, dmap: DensityMap) -> Path:
@@ -338,6 +395,18 @@ def write_map(path: str | os.PathLike, dmap: DensityMap) -> Path:
                 os.unlink(t)
         raise
     return path
+
+
+def mean_sd(data: np.ndarray) -> tuple[float, float]:
+    """Mean and (population) standard deviation of a map's values, summed in float64 slab by
+    slab (no box-size float64 copy, as ``data.std(dtype=np.float64)`` would make)."""
+    n = data.size
+    if n == 0:
+        return float("nan"), float("nan")
+    s1 = sum(float(np.sum(slab, dtype=np.float64)) for slab in data)
+    mean = s1 / n
+    s2 = sum(float(np.sum(np.square(slab.astype(np.float64) - mean))) for slab in data)
+    return mean, math.sqrt(s2 / n)
 
 
 def fraction_inside(dmap: DensityMap, xyz: np.ndarray) -> float:

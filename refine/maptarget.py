@@ -37,17 +37,24 @@ from .mapio import DensityMap
 
 def reciprocal_sq(dmap: DensityMap, shape: tuple[int, int, int]) -> np.ndarray:
     """|s|^2 (Å^-2) of every coefficient of ``rfftn`` on a grid of ``shape`` with the map's voxel axes."""
+    out = np.empty((shape[0], shape[1], shape[2] // 2 + 1))
+    for i, plane in enumerate(reciprocal_sq_planes(dmap, shape)):
+        out[i] = plane
+    return out
+
+
+def reciprocal_sq_planes(dmap: DensityMap, shape: tuple[int, int, int]):
+    """:func:`reciprocal_sq` one plane of the first axis at a time (a generator of 2-D arrays)."""
     m = dmap.orth_matrix  # grid step -> Å
     inv_t = np.linalg.inv(m).T  # frequency in cycles/voxel -> cycles/Å
-    fx = np.fft.fftfreq(shape[0])
-    fy = np.fft.fftfreq(shape[1])
-    fz = np.fft.rfftfreq(shape[2])
-    hx, hy, hz = np.meshgrid(fx, fy, fz, indexing="ij", sparse=True)
-    s2 = np.zeros((len(fx), len(fy), len(fz)))
-    for a in range(3):
-        comp = inv_t[a, 0] * hx + inv_t[a, 1] * hy + inv_t[a, 2] * hz
-        s2 = s2 + comp * comp
-    return s2
+    fy = np.fft.fftfreq(shape[1])[:, None]
+    fz = np.fft.rfftfreq(shape[2])[None, :]
+    for fx in np.fft.fftfreq(shape[0]):
+        s2 = np.zeros((len(fy), fz.shape[1]))
+        for a in range(3):
+            comp = inv_t[a, 0] * fx + inv_t[a, 1] * fy + inv_t[a, 2] * fz
+            s2 = s2 + comp * comp
+        yield s2
 
 
 def resolution_filter(s2: np.ndarray, resolution: float, b_sharpen: float = 0.0) -> np.ndarray:
@@ -73,14 +80,19 @@ def lowpass_map(dmap: DensityMap, resolution: float, *, b_sharpen: float = 0.0) 
     Returns float64 ``[ix, iy, iz]``. Normalisation uses the whole box (mean and standard
     deviation of the filtered values), so map values are in units of the box sd.
     """
-    data = np.asarray(dmap.data, dtype=np.float64)
-    f = sfft.rfftn(data)
-    f *= resolution_filter(reciprocal_sq(dmap, data.shape), resolution, b_sharpen)
-    out = sfft.irfftn(f, s=data.shape)
-    sd = out.std()
+    shape = dmap.data.shape
+    f = sfft.rfftn(np.asarray(dmap.data, dtype=np.float64))
+    # plane by plane and in place: no box-size temporaries beyond the transform and the result
+    for i, s2 in enumerate(reciprocal_sq_planes(dmap, shape)):
+        f[i] *= resolution_filter(s2, resolution, b_sharpen)
+    out = sfft.irfftn(f, s=shape, overwrite_x=True)
+    del f
+    out -= out.mean()
+    sd = float(np.sqrt(np.vdot(out.ravel(), out.ravel()) / max(out.size, 1)))
     if not np.isfinite(sd) or sd <= 0:
         sd = 1.0
-    return (out - out.mean()) / sd
+    out /= sd
+    return out
 
 
 def scattering_weights(st_or_atoms, resolution: float, *, hydrogens: float = 0.0) -> np.ndarray:

@@ -183,7 +183,7 @@ def model_map(st: gemmi.Structure, dmap: DensityMap, d_min: float, *,
         Non-positive resolution, non-orthogonal cell, unknown elements.
     """
     coef, p, npad = model_density_coefficients(st, dmap, d_min, padding=padding)
-    full = scipy.fft.irfftn(coef, s=npad, workers=_FFT_WORKERS)
+    full = scipy.fft.irfftn(coef, s=npad, workers=_FFT_WORKERS, overwrite_x=True)
     del coef
     n = dmap.shape
     out = np.ascontiguousarray(full[p[0]:p[0] + n[0], p[1]:p[1] + n[1], p[2]:p[2] + n[2]], dtype=np.float32)

@@ -214,17 +214,19 @@ def fit_rigid_body(xyz: np.ndarray, dmap: DensityMap, resolution: float, weights
     groups = [np.asarray(groups[k], np.int64) for k in keep]
     labels = [labels[k] for k in keep]
     ng = len(groups)
-    final = target if target is not None else MapTarget.from_map(dmap, resolution, b_sharpen=b_sharpen)
     wsum = float(weights.sum()) or 1.0
+    centres = np.array([xyz[g].mean(axis=0) for g in groups]) if ng else np.zeros((0, 3))
+    p = np.zeros(6 * ng)
+    if ng:  # coarse stage first, its target freed before the final one is made (one box-size target at a time)
+        coarse = MapTarget.from_map(dmap, max(2.0 * resolution, COARSE_RESOLUTION))
+        p = _fit_stage(coarse, xyz, weights, groups, centres, p, max_iter)
+        del coarse
+    final = target if target is not None else MapTarget.from_map(dmap, resolution, b_sharpen=b_sharpen)
     map_before = float(np.dot(weights, final.values(xyz)) / wsum)
     if ng == 0:
         return RigidBodyFit(xyz.copy(), [], np.zeros(0), np.zeros((0, 3)), np.zeros((0, 3)),
                             map_before, map_before, 0.0, [])
-    centres = np.array([xyz[g].mean(axis=0) for g in groups])
-    p = np.zeros(6 * ng)
-    coarse_d = max(2.0 * resolution, COARSE_RESOLUTION)
-    for stage in (MapTarget.from_map(dmap, coarse_d), final):
-        p = _fit_stage(stage, xyz, weights, groups, centres, p, max_iter)
+    p = _fit_stage(final, xyz, weights, groups, centres, p, max_iter)
 
     angles, axes, shifts = np.zeros(ng), np.zeros((ng, 3)), np.zeros((ng, 3))
     status = ["moved"] * ng

@@ -138,6 +138,30 @@ def test_box_read_is_the_box_cut_from_the_whole_map(pairs, name, tmp_path):
     assert head.data.strides == (0, 0, 0)  # no values behind the frame
 
 
+def test_compressed_box_read_of_part_of_a_model(pairs, tmp_path):
+    """gzip and bzip2, streamed section by section: a box around 200 atoms of 5ME2 (a real cut
+    on every axis) holds the voxels cut_box cuts from the whole map; a file cut short within the
+    box's sections is refused with a one-line reason."""
+    import bz2
+
+    model, mp, _res = pairs["emd_3488_5me2"]
+    xyz = modelio.atom_positions(modelio.read_model(model))[:200]
+    whole = mapio.read_map(mp)
+    want = mapio.cut_box(whole, xyz, padding=3.0)
+    assert all(w < n for w, n in zip(want.shape, whole.shape))
+    for path, data in ((tmp_path / "m.map.gz", gzip.compress(mp.read_bytes(), 1)),
+                       (tmp_path / "m.map.bz2", bz2.compress(mp.read_bytes()))):
+        path.write_bytes(data)
+        got = mapio.read_map_box(path, xyz, padding=3.0)
+        assert got.shape == want.shape and got.start == want.start and np.array_equal(got.data, want.data)
+    lo, hi = mapio.box_bounds(whole, xyz, 3.0)
+    section = whole.shape[0] * whole.shape[1] * 4  # 5ME2's map: x fastest, z the sections, float32
+    short = tmp_path / "short.map.gz"
+    short.write_bytes(gzip.compress(mp.read_bytes()[: 1024 + section * int(lo[2] + 2)], 1))
+    with pytest.raises(InputError, match="short.map.gz: truncated"):
+        mapio.read_map_box(short, xyz, padding=3.0)
+
+
 def test_header_of_a_map_with_another_axis_order(test_data):
     """EMD-3001 (MAPC/MAPR/MAPS = 3,1,2): the header alone gives the grid gemmi sets up."""
     import gemmi
