@@ -100,6 +100,8 @@ def run_refine(model: Path, mp: Path, out: Path, workers: int) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     rep = json.loads(js.read_text()) if js.exists() else {}
     return {"workers": workers, "wall_seconds": round(wall, 1), "exit": proc.returncode,
+            # CPU of the child and its waited-for workers (wait4's rusage covers reaped descendants)
+            "cpu_seconds_tree": round(ru.ru_utime + ru.ru_stime, 1),
             "peak_rss_mb_largest_process": round(ru.ru_maxrss / 1024, 1),
             "peak_rss_mb_tree_sampled": round(peak[0] / 2**20, 1),
             "load_before": [round(x, 2) for x in load0], "load_after": [round(x, 2) for x in os.getloadavg()],
@@ -125,11 +127,26 @@ def copy_validation(out: Path, n: int) -> dict:
     return res
 
 
+def _region_figures(history: list) -> dict:
+    """Per-region wall and CPU seconds (median, max, sum) of a boxed refinement's history."""
+    if not history:
+        return {}
+    wall = np.array([h["seconds"] for h in history])
+    cpu = np.array([h.get("cpu_seconds", np.nan) for h in history])
+    return {"region_core_atoms_max": int(max(h["core"] for h in history)),
+            "region_fixed_atoms_max": int(max(h["atoms"] - h["core"] for h in history)),
+            "region_wall_seconds": {"median": round(float(np.median(wall)), 1), "max": round(float(wall.max()), 1),
+                                    "sum": round(float(wall.sum()), 1)},
+            "region_cpu_seconds": {"median": round(float(np.median(cpu)), 1), "max": round(float(np.max(cpu)), 1),
+                                   "sum": round(float(np.sum(cpu)), 1)}}
+
+
 def summarise(n: int, atoms: int, run: dict) -> dict:
     rep = run["report"]
     b, a = rep.get("before", {}), rep.get("after", {})
     return {"n": n, "atoms": atoms, **{k: v for k, v in run.items() if k != "report"},
             "boxed": rep.get("boxed"), "regions": rep.get("regions"), "refine_seconds": rep.get("refine_seconds"),
+            **_region_figures(rep.get("region_history") or []),
             "status": rep.get("status"),
             "cc_mask_before": b.get("cc_mask"), "cc_mask_after": a.get("cc_mask"),
             "validation_before": {k: b.get(k) for k in ("clashscore", "rama_favored_pct", "rama_outliers",
@@ -165,8 +182,9 @@ def main(argv=None) -> dict:
             if args.copies and run["exit"] == 0:
                 row["validation_copies"] = copy_validation(tmp / f"refined{n}.cif", n)
             cases[str(n)] = row
-            print(json.dumps({k: row[k] for k in ("n", "atoms", "wall_seconds", "peak_rss_mb_tree_sampled",
-                                                  "cc_mask_after", "seconds_per_1000_atoms", "load_before")}),
+            print(json.dumps({k: row.get(k) for k in ("n", "atoms", "wall_seconds", "cpu_seconds_tree", "refine_seconds",
+                                                      "regions", "region_cpu_seconds", "peak_rss_mb_tree_sampled",
+                                                      "cc_mask_after", "seconds_per_1000_atoms", "load_before")}),
                   flush=True)
             RESULTS.write_text(json.dumps(results, indent=2))
         if args.compare_workers:
