@@ -206,3 +206,22 @@ def test_boxes_only_for_large_models(p5me2):
     assert big[0].count_atom_sites() >= BOXED_MIN_ATOMS
     assert use_boxes(big, dmap)
 
+
+@pytest.mark.slow
+def test_refine_command_computes_whole_model_figures_on_the_pool(p3ajo, monlib, tmp_path, monkeypatch):
+    """``rerefine refine`` on a boxed model with 2 workers runs its before/after figures (metrics,
+    placement check, validation) as pool tasks: the report equals the one made in one process."""
+    from rerefine.flows.commands.refine import refine_files
+    from rerefine.refine import boxed, mapio, modelio
+
+    st, dmap, res = p3ajo
+    model, mp = tmp_path / "m.cif", tmp_path / "m.mrc"
+    modelio.write_model(model, _residues(st, 5, 60), program="test", version="0")
+    mapio.write_map(mp, dmap)
+    monkeypatch.setattr(boxed, "BOXED_MIN_ATOMS", 1)
+    kw = dict(resolution=res, monlib=monlib, adp=False, cycles=1)
+    one = refine_files(model, mp, tmp_path / "one.cif", workers=1, **kw)
+    two = refine_files(model, mp, tmp_path / "two.cif", workers=2, **kw)
+    assert one["boxed"] and two["boxed"]
+    for key in ("before", "after", "placement"):
+        assert two[key] == one[key]
