@@ -12,8 +12,11 @@ seconds per 1,000 atoms and the exponent of a power-law fit of wall time against
 (``os.getloadavg``) is recorded before and after each run.
 
     python benchmarks/bench_scale.py --n 1 2               # correctness at small N
-    python benchmarks/bench_scale.py --n 3 --compare-workers 3
+    python benchmarks/bench_scale.py --n 1 2 3 --copies --compare-workers 3   # issue 17's figures
     python benchmarks/bench_scale.py --n 1 2 3 4           # the full set (N=4: ~290,000 atoms)
+
+N=1 and 2 before N=3 in one command also fill the numba cache (set ``NUMBA_CACHE_DIR``), so the
+N=3 workers start warm: a cold cache recompiles the kernels in every worker process.
 
 Results: benchmarks/results/scale.json (merged by N with earlier runs of this benchmark).
 Goals (issue 17): N=3 ≤ 6 min; CCmask within 0.005 of N=1 at every N; --workers 2 ≥ 1.6× faster
@@ -174,10 +177,12 @@ def main(argv=None) -> dict:
     cases = results.setdefault("cases", {})
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         tmp = Path(tmp)
+        made: dict = {}  # n -> (model, map, atoms, run with args.workers)
         for n in args.n:
             model, mp, atoms = write_case(n, tmp)
             print(f"N={n}: {atoms} atoms, map {100 * n}^3", flush=True)
             run = run_refine(model, mp, tmp / f"refined{n}.cif", args.workers)
+            made[n] = (model, mp, atoms, run)
             row = summarise(n, atoms, run)
             if args.copies and run["exit"] == 0:
                 row["validation_copies"] = copy_validation(tmp / f"refined{n}.cif", n)
@@ -189,8 +194,10 @@ def main(argv=None) -> dict:
             RESULTS.write_text(json.dumps(results, indent=2))
         if args.compare_workers:
             n = args.compare_workers
-            model, mp, atoms = write_case(n, tmp)
-            runs = {w: run_refine(model, mp, tmp / f"w{w}.cif", w) for w in (2, 1)}
+            # the case-N run above is the 2-worker run when it used 2 workers (same invocation)
+            model, mp, atoms, run2 = made.get(n) or (*write_case(n, tmp), None)
+            runs = {2: run2 if run2 is not None and args.workers == 2 else run_refine(model, mp, tmp / "w2.cif", 2),
+                    1: run_refine(model, mp, tmp / "w1.cif", 1)}
             results["workers"] = {"n": n, "atoms": atoms,
                                   **{f"workers_{w}": {k: v for k, v in r.items() if k != "report"}
                                      for w, r in runs.items()},
