@@ -271,7 +271,7 @@ def refine_boxed(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
             outs = outs + souts
     finally:
         if own is not None:
-            own.shutdown()
+            own.shutdown(cancel_futures=True)  # on an error, queued regions are dropped
     ok = [o for _, o in outs if o.status == "ok"]
     if not ok:
         result.status = f"diverged: every region ({outs[0][1].status})"

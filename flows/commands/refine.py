@@ -157,7 +157,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         placement = placement.result() if placement is not None else None
     finally:
         if own is not None:
-            own.shutdown()
+            own.shutdown(cancel_futures=True)  # on an error, queued regions and figures are dropped
     report = {
         "model": str(model_path),
         "map": str(map_path),
