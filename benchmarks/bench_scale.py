@@ -28,10 +28,13 @@ per stage its wall seconds and the worker's peak resident MiB (its start-up size
 in minutes rather than the entry's hour.
 
     python benchmarks/bench_scale.py --n 1 2               # correctness at small N
-    python benchmarks/bench_scale.py --n 3 --compare-workers 3
+    python benchmarks/bench_scale.py --n 1 2 3 --copies --compare-workers 3   # issue 17's figures
     python benchmarks/bench_scale.py --n 1 2 3 4           # the full set (N=4: ~290,000 atoms)
     python benchmarks/bench_scale.py --entry --n 2 3        # per-stage table of `rerefine entry`
     python benchmarks/bench_scale.py --stages --n 2 3       # the stages but refinement, one worker
+
+N=1 and 2 before N=3 in one command also fill the numba cache (set ``NUMBA_CACHE_DIR``), so the
+N=3 workers start warm: a cold cache recompiles the kernels in every worker process.
 
 Results: benchmarks/results/scale.json (merged by N with earlier runs of this benchmark); with
 ``--entry`` benchmarks/results/scale_entry.json, with ``--stages`` benchmarks/results/scale_stages.json.
@@ -264,6 +267,8 @@ def run_refine(model: Path, mp: Path, out: Path, workers: int) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     rep = json.loads(js.read_text()) if js.exists() else {}
     return {"workers": workers, "wall_seconds": round(wall, 1), "exit": proc.returncode,
+            # CPU of the child and its waited-for workers (wait4's rusage covers reaped descendants)
+            "cpu_seconds_tree": round(ru.ru_utime + ru.ru_stime, 1),
             "peak_rss_mb_largest_process": round(ru.ru_maxrss / 1024, 1),
             "peak_rss_mb_tree_sampled": round(peak[0] / 2**20, 1),
             "load_before": [round(x, 2) for x in load0], "load_after": [round(x, 2) for x in os.getloadavg()],
@@ -289,11 +294,26 @@ def copy_validation(out: Path, n: int) -> dict:
     return res
 
 
+def _region_figures(history: list) -> dict:
+    """Per-region wall and CPU seconds (median, max, sum) of a boxed refinement's history."""
+    if not history:
+        return {}
+    wall = np.array([h["seconds"] for h in history])
+    cpu = np.array([h.get("cpu_seconds", np.nan) for h in history])
+    return {"region_core_atoms_max": int(max(h["core"] for h in history)),
+            "region_fixed_atoms_max": int(max(h["atoms"] - h["core"] for h in history)),
+            "region_wall_seconds": {"median": round(float(np.median(wall)), 1), "max": round(float(wall.max()), 1),
+                                    "sum": round(float(wall.sum()), 1)},
+            "region_cpu_seconds": {"median": round(float(np.median(cpu)), 1), "max": round(float(np.max(cpu)), 1),
+                                   "sum": round(float(np.sum(cpu)), 1)}}
+
+
 def summarise(n: int, atoms: int, run: dict) -> dict:
     rep = run["report"]
     b, a = rep.get("before", {}), rep.get("after", {})
     return {"n": n, "atoms": atoms, **{k: v for k, v in run.items() if k != "report"},
             "boxed": rep.get("boxed"), "regions": rep.get("regions"), "refine_seconds": rep.get("refine_seconds"),
+            **_region_figures(rep.get("region_history") or []),
             "status": rep.get("status"),
             "cc_mask_before": b.get("cc_mask"), "cc_mask_after": a.get("cc_mask"),
             "validation_before": {k: b.get(k) for k in ("clashscore", "rama_favored_pct", "rama_outliers",
@@ -329,22 +349,27 @@ def main(argv=None) -> dict:
     cases = results.setdefault("cases", {})
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         tmp = Path(tmp)
+        made: dict = {}  # n -> (model, map, atoms, run with args.workers)
         for n in args.n:
             model, mp, atoms = write_case(n, tmp)
             print(f"N={n}: {atoms} atoms, map {100 * n}^3", flush=True)
             run = run_refine(model, mp, tmp / f"refined{n}.cif", args.workers)
+            made[n] = (model, mp, atoms, run)
             row = summarise(n, atoms, run)
             if args.copies and run["exit"] == 0:
                 row["validation_copies"] = copy_validation(tmp / f"refined{n}.cif", n)
             cases[str(n)] = row
-            print(json.dumps({k: row[k] for k in ("n", "atoms", "wall_seconds", "peak_rss_mb_tree_sampled",
-                                                  "cc_mask_after", "seconds_per_1000_atoms", "load_before")}),
+            print(json.dumps({k: row.get(k) for k in ("n", "atoms", "wall_seconds", "cpu_seconds_tree", "refine_seconds",
+                                                      "regions", "region_cpu_seconds", "peak_rss_mb_tree_sampled",
+                                                      "cc_mask_after", "seconds_per_1000_atoms", "load_before")}),
                   flush=True)
             RESULTS.write_text(json.dumps(results, indent=2))
         if args.compare_workers:
             n = args.compare_workers
-            model, mp, atoms = write_case(n, tmp)
-            runs = {w: run_refine(model, mp, tmp / f"w{w}.cif", w) for w in (2, 1)}
+            # the case-N run above is the 2-worker run when it used 2 workers (same invocation)
+            model, mp, atoms, run2 = made.get(n) or (*write_case(n, tmp), None)
+            runs = {2: run2 if run2 is not None and args.workers == 2 else run_refine(model, mp, tmp / "w2.cif", 2),
+                    1: run_refine(model, mp, tmp / "w1.cif", 1)}
             results["workers"] = {"n": n, "atoms": atoms,
                                   **{f"workers_{w}": {k: v for k, v in r.items() if k != "report"}
                                      for w, r in runs.items()},

@@ -92,19 +92,22 @@ class RegionOutcome:
     warnings: list
     adp: object
     seconds: float
+    cpu_seconds: float = float("nan")
 
 
 def refine_region(task: RegionTask) -> RegionOutcome:
     """Refine one region (a module-level function, so process and Dask executors can run it)."""
     from .realspace import refine_model
 
+    cpu0 = time.process_time()
     res = refine_model(task.model, task.dmap, task.resolution, task.monlib_dir, fit_map=task.fit_map,
                        fixed_atoms=task.fixed, **task.options)
     cras = list(res.structure[0].all())
     return RegionOutcome(label=task.label, xyz=np.array([c.atom.pos.tolist() for c in cras]).reshape(-1, 3),
                          b=np.array([c.atom.b_iso for c in cras]), occ=np.array([c.atom.occ for c in cras]),
                          status=res.status, weight=float(res.weight), cycles=int(res.cycles),
-                         warnings=list(res.warnings), adp=res.adp, seconds=float(res.seconds))
+                         warnings=list(res.warnings), adp=res.adp, seconds=float(res.seconds),
+                         cpu_seconds=time.process_time() - cpu0)
 
 
 def _task(st: gemmi.Structure, region: Region, dmap: DensityMap, fit_map: DensityMap | None, resolution: float,
@@ -128,9 +131,9 @@ def _run_pass(st: gemmi.Structure, regions: list[Region], dmap, fit_map, resolut
 
     def done(k: int, out: RegionOutcome) -> None:
         outcomes[k] = out
-        log.info("region %s refined: %d atoms (%d fixed) in %.1f s, %s (%d/%d done, %.0f s)", out.label,
-                 len(out.xyz), len(regions[k].margin), out.seconds, out.status, len(outcomes), len(regions),
-                 time.perf_counter() - t0)
+        log.info("region %s refined: %d atoms (%d fixed) in %.1f s (%.1f s CPU), %s (%d/%d done, %.0f s)",
+                 out.label, len(out.xyz), len(regions[k].margin), out.seconds, out.cpu_seconds, out.status,
+                 len(outcomes), len(regions), time.perf_counter() - t0)
 
     if executor is None:
         for k, reg in enumerate(regions):
@@ -168,7 +171,8 @@ def _merge(st: gemmi.Structure, pairs, result: RefinementResult) -> None:
         result.warnings.extend(f"region {reg.label}: {w}" for w in out.warnings
                                if "lie outside the map box" not in w)
         result.history.append({"region": reg.label, "atoms": int(len(atoms)), "core": int(len(reg.core)),
-                               "weight": out.weight, "cycles": out.cycles, "seconds": out.seconds})
+                               "weight": out.weight, "cycles": out.cycles, "seconds": out.seconds,
+                               "cpu_seconds": out.cpu_seconds})
 
 
 def _box_voxels(dmap: DensityMap, xyz: np.ndarray) -> float:
@@ -217,7 +221,8 @@ def refine_boxed(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
     RefinementResult
         ``structure`` the merged model; ``geometry_before``/``geometry_after`` of the whole model;
         ``weight`` the median of the regions' weights and ``cycles`` their most; ``history`` one
-        entry per region (``region``, ``atoms``, ``core``, ``weight``, ``cycles``, ``seconds``);
+        entry per region (``region``, ``atoms``, ``core``, ``weight``, ``cycles``, ``seconds``,
+        ``cpu_seconds`` of the process that refined it);
         ``adp`` the regions' :class:`rerefine.refine.adp.AdpResult` list (None when B were not
         refined); ``map_before``/``map_after`` are not computed (NaN). A region that diverges
         keeps its atoms and adds a warning; the status is ``diverged`` only when every region did.
@@ -266,7 +271,7 @@ def refine_boxed(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
             outs = outs + souts
     finally:
         if own is not None:
-            own.shutdown()
+            own.shutdown(cancel_futures=True)  # on an error, queued regions are dropped
     ok = [o for _, o in outs if o.status == "ok"]
     if not ok:
         result.status = f"diverged: every region ({outs[0][1].status})"

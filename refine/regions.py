@@ -1,9 +1,12 @@
 """Split a model into regions for refinement in boxes: whole residues, a core refined and a margin held fixed.
 
-A large model is cut into spatial blocks of at most ``max_atoms`` atoms by recursive bisection of
-its residue centres (each cut at the atom-weighted median along the longest extent, so blocks are
-compact and about equally heavy). Each block is the *core* of a :class:`Region`; its *margin* is
-every other residue with an atom within ``margin`` Å of a core atom. The margin is held fixed
+A large model is cut into spatial blocks of at most ``max_atoms`` atoms by recursive bisection
+along the longest extent of the block. A chain of at most ``max_atoms`` atoms is never cut (larger
+chains are cut between residues), and each cut is placed where the fewest atoms lie within
+``margin`` of the other side, balanced against an even split: copies of an assembly and chains
+that barely touch are separated first, so their margins (the fixed atoms each region carries and
+refines nothing of) shrink to their few contacts. Each block is the *core* of a :class:`Region`;
+its *margin* is every other residue with an atom within ``margin`` Å of a core atom. The margin is held fixed
 during the region's refinement, so that every restraint and repulsion a core atom takes part in
 is present and the atoms outside the core keep their positions (Afonine: "boxed parts of the model
 can be refined").
@@ -72,20 +75,53 @@ def residue_index(st: gemmi.Structure) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
-def _bisect(res_ids: np.ndarray, centres: np.ndarray, weights: np.ndarray, max_atoms: int) -> list[np.ndarray]:
-    """Residue groups of at most ``max_atoms`` atoms (a single residue may exceed it)."""
-    out, todo = [], [res_ids]
+def _units(res_ids: np.ndarray, chain_of: np.ndarray, weights: np.ndarray, max_atoms: int) -> list[np.ndarray]:
+    """Groups of ``res_ids`` that a cut keeps together: the residues of a chain when they hold at
+    most ``max_atoms`` atoms, else each residue on its own."""
+    out = []
+    for ch in np.unique(chain_of[res_ids]):
+        ids = res_ids[chain_of[res_ids] == ch]
+        if weights[ids].sum() <= max_atoms:
+            out.append(ids)
+        else:
+            out.extend(ids[:, None])
+    return out
+
+
+def _bisect(units: list[np.ndarray], centres: np.ndarray, weights: np.ndarray, max_atoms: int,
+            margin: float) -> list[np.ndarray]:
+    """Residue groups of at most ``max_atoms`` atoms, made of whole ``units`` (a single unit may
+    exceed it).
+
+    A group is cut along the longest extent of its unit centres, between two units in that order.
+    The cut chosen has the fewest atoms (residue centres) in the shell where the two sides come
+    within ``margin`` of each other (the atoms that become margins), plus a balance term of half
+    the group's atoms per unit of distance from an even split, so that a gap between copies or
+    chains is cut first and a compact blob is halved."""
+    w_u = np.array([weights[u].sum() for u in units])
+    c_u = np.array([np.average(centres[u], axis=0, weights=np.maximum(weights[u], 1.0)) for u in units])
+    lo_u = np.array([centres[u].min(axis=0) for u in units])
+    hi_u = np.array([centres[u].max(axis=0) for u in units])
+    out, todo = [], [np.arange(len(units))]
     while todo:
-        ids = todo.pop()
-        if weights[ids].sum() <= max_atoms or len(ids) < 2:
-            out.append(np.sort(ids))
+        g = todo.pop()
+        if w_u[g].sum() <= max_atoms or len(g) < 2:
+            out.append(np.sort(np.concatenate([units[i] for i in g])))
             continue
-        c = centres[ids]
-        axis = int(np.argmax(np.ptp(c, axis=0)))
-        order = ids[np.argsort(c[:, axis], kind="stable")]
-        cum = np.cumsum(weights[order])
-        cut = int(np.searchsorted(cum, cum[-1] / 2.0)) + 1
-        cut = min(max(cut, 1), len(order) - 1)
+        axis = int(np.argmax(np.ptp(c_u[g], axis=0)))
+        order = g[np.argsort(c_u[g, axis], kind="stable")]
+        cum = np.cumsum(w_u[order])
+        total = cum[-1]
+        left_max = np.maximum.accumulate(hi_u[order, axis])[:-1]
+        right_min = np.minimum.accumulate(lo_u[order, axis][::-1])[::-1][1:]
+        res = np.concatenate([units[i] for i in order])
+        pos = centres[res, axis]
+        srt = np.argsort(pos)
+        pos, cw = pos[srt], np.concatenate([[0.0], np.cumsum(weights[res][srt])])
+        a, b = right_min - margin, left_max + margin
+        shell = np.where(a <= b, cw[np.searchsorted(pos, b, "right")] - cw[np.searchsorted(pos, a, "left")], 0.0)
+        cost = shell + 0.5 * total * np.abs(cum[:-1] / total - 0.5)
+        cut = int(np.argmin(cost)) + 1
         todo.extend([order[cut:], order[:cut]])
     out.sort(key=lambda a: int(a[0]))
     return out
@@ -133,13 +169,21 @@ def split_regions(st: gemmi.Structure, max_atoms: int = REGION_ATOMS, margin: fl
     res_of = residue_index(st)
     if xyz is None:
         xyz = np.array([c.atom.pos.tolist() for c in st[0].all()], dtype=np.float64).reshape(-1, 3)
+    centres, weights, chain_of = _residue_table(st, res_of, xyz)
+    groups = _bisect(_units(np.arange(len(weights)), chain_of, weights, max_atoms), centres, weights, max_atoms,
+                     margin)
+    return _with_margins(groups, xyz, res_of, margin, "")
+
+
+def _residue_table(st: gemmi.Structure, res_of: np.ndarray, xyz: np.ndarray):
+    """Centre (Å), atom count and chain serial of each residue of the first model."""
     nres = int(res_of.max()) + 1 if len(res_of) else 0
     weights = np.bincount(res_of, minlength=nres).astype(float)
     centres = np.zeros((nres, 3))
     np.add.at(centres, res_of, xyz)
     centres /= np.maximum(weights, 1.0)[:, None]
-    groups = _bisect(np.arange(nres), centres, weights, max_atoms)
-    return _with_margins(groups, xyz, res_of, margin, "")
+    chain_of = np.repeat(np.arange(len(st[0])), [len(ch) for ch in st[0]])
+    return centres, weights, chain_of
 
 
 def seam_regions(st: gemmi.Structure, regions: list[Region], xyz: np.ndarray, width: float = SEAM_WIDTH,
@@ -169,12 +213,8 @@ def seam_regions(st: gemmi.Structure, regions: list[Region], xyz: np.ndarray, wi
     if not seam_res:
         return []
     ids = np.array(sorted(seam_res), np.int64)
-    nres = int(res_of.max()) + 1
-    weights = np.bincount(res_of, minlength=nres).astype(float)
-    centres = np.zeros((nres, 3))
-    np.add.at(centres, res_of, xyz)
-    centres /= np.maximum(weights, 1.0)[:, None]
-    groups = _bisect(ids, centres, weights, max_atoms)
+    centres, weights, chain_of = _residue_table(st, res_of, xyz)
+    groups = _bisect(_units(ids, chain_of, weights, max_atoms), centres, weights, max_atoms, margin)
     return _with_margins(groups, xyz, res_of, margin, "seam ")
 
 

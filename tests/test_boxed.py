@@ -57,6 +57,45 @@ def test_regions_partition_the_model_and_margins_are_the_near_residues(p5me2):
         assert not np.isin(reg.margin, reg.core).any()
 
 
+def _copies(st, shifts):
+    """``st`` with a copy of its chains added at each shift (Å), chains renamed per copy."""
+    import gemmi
+
+    big = st.clone()
+    for k, shift in enumerate(shifts, start=1):
+        for ch in st[0]:
+            c = ch.clone()
+            c.name = f"{ch.name}{k}"
+            for res in c:
+                for at in res:
+                    at.pos = gemmi.Position(at.pos.x + shift[0], at.pos.y + shift[1], at.pos.z + shift[2])
+            big[0].add_chain(c)
+    return big
+
+
+def test_regions_follow_copies_and_whole_chains(p5me2):
+    """Three 5ME2 copies apart from one another: each region is one whole copy with an empty
+    margin (the cuts fall in the gaps); at 1,500 atoms no chain (~1,100 atoms) is cut."""
+    from rerefine.refine.regions import MARGIN, split_regions
+
+    st, _, _ = p5me2
+    xyz = _xyz(st)
+    edge = float(np.ptp(xyz[:, 0]))
+    big = _copies(st, [(edge + 10.0, 0.0, 0.0), (2 * edge + 20.0, 5.0, 0.0)])
+    bxyz = _xyz(big)
+    n = len(xyz)
+    assert _min_dist(bxyz[n : 2 * n], np.concatenate([bxyz[:n], bxyz[2 * n :]])).min() > MARGIN
+    regions = split_regions(big, max_atoms=6000)
+    assert sorted(r.core[0] for r in regions) == [0, n, 2 * n]
+    for reg in regions:
+        np.testing.assert_array_equal(reg.core, np.arange(reg.core[0], reg.core[0] + n))
+        assert len(reg.margin) == 0
+    chain_of = np.array([ci for ci, ch in enumerate(st[0]) for res in ch for _ in res])
+    for reg in split_regions(st, max_atoms=1500):
+        for ci in np.unique(chain_of[reg.core]):
+            assert np.isin(np.flatnonzero(chain_of == ci), reg.core).all()
+
+
 def test_seam_regions_hold_every_close_pair_across_a_cut(p5me2):
     from rerefine.refine.regions import SEAM_WIDTH, split_regions, seam_regions
 
@@ -159,20 +198,30 @@ def test_process_pool_gives_the_serial_result(p3ajo, monlib):
 def test_boxes_only_for_large_models(p5me2):
     """One 5ME2 copy (4,468 atoms) keeps the whole-model path; three copies (13,404 atoms, above
     BOXED_MIN_ATOMS) are boxed."""
-    import gemmi
-
     from rerefine.refine.boxed import BOXED_MIN_ATOMS, use_boxes
 
     st, dmap, _ = p5me2
     assert not use_boxes(st, dmap)
-    big = st.clone()
-    for k in (1, 2):
-        for ch in st[0]:
-            c = ch.clone()
-            c.name = f"{ch.name}{k}"
-            for res in c:
-                for at in res:
-                    at.pos = gemmi.Position(at.pos.x, at.pos.y, at.pos.z + 0.01 * k)
-            big[0].add_chain(c)
+    big = _copies(st, [(0.0, 0.0, 0.01), (0.0, 0.0, 0.02)])
     assert big[0].count_atom_sites() >= BOXED_MIN_ATOMS
     assert use_boxes(big, dmap)
+
+
+@pytest.mark.slow
+def test_refine_command_computes_whole_model_figures_on_the_pool(p3ajo, monlib, tmp_path, monkeypatch):
+    """``rerefine refine`` on a boxed model with 2 workers runs its before/after figures (metrics,
+    placement check, validation) as pool tasks: the report equals the one made in one process."""
+    from rerefine.flows.commands.refine import refine_files
+    from rerefine.refine import boxed, mapio, modelio
+
+    st, dmap, res = p3ajo
+    model, mp = tmp_path / "m.cif", tmp_path / "m.mrc"
+    modelio.write_model(model, _residues(st, 5, 60), program="test", version="0")
+    mapio.write_map(mp, dmap)
+    monkeypatch.setattr(boxed, "BOXED_MIN_ATOMS", 1)
+    kw = dict(resolution=res, monlib=monlib, adp=False, cycles=1)
+    one = refine_files(model, mp, tmp_path / "one.cif", workers=1, **kw)
+    two = refine_files(model, mp, tmp_path / "two.cif", workers=2, **kw)
+    assert one["boxed"] and two["boxed"]
+    for key in ("before", "after", "placement"):
+        assert two[key] == one[key]

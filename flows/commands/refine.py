@@ -8,7 +8,9 @@ version in ``_software``.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import logging
+import multiprocessing
 import time
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,15 @@ def _validation(st, monlib, top8000) -> dict:
     return {k: s[k] for k in SUMMARY_KEYS}
 
 
+def _later(executor, fn, *args, **kwargs) -> cf.Future:
+    """``fn(*args, **kwargs)`` as a future: on ``executor``, or run now in this process when None."""
+    if executor is not None:
+        return executor.submit(fn, *args, **kwargs)
+    fut = cf.Future()
+    fut.set_result(fn(*args, **kwargs))
+    return fut
+
+
 def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, adp=True,
                  cycles=None, weight=None, sharpen_b=0.0, free=False, rigid_body=None, top8000=None,
                  workers=1, executor=None, ncs=False) -> dict:
@@ -83,7 +94,11 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
     rigid-body fit moves whole chains, so it runs on the whole model).
     ``ncs``: torsion NCS restraints (:mod:`rerefine.refine.ncs`; in boxes, between the copies
     inside one region); the NCS groups of the input and the copies' all-atom RMSD before and
-    after are reported either way (key ``ncs``)."""
+    after are reported either way (key ``ncs``).
+
+    In boxes on a pool (``workers`` > 1 or an ``executor``), the whole-model figures before and
+    after (metrics, placement check, validation) run as tasks of the same pool, so they use
+    every worker instead of one process while the others wait."""
     from rerefine.flows import __version__
     from rerefine.flows.commands.metrics import read_map_around
     from rerefine.flows.pipeline import PipelineParams
@@ -108,40 +123,51 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         raise InputError(f"--resolution must be positive (got {resolution})")
     if monlib is None:
         raise InputError("no monomer library: set RR_MONOMER_LIB or CLIBD_MON, or give --monlib")
-    before = _metrics(st, dmap, resolution)
-    placement = None
-    if not rigid_body:
-        from rerefine.refine.rigidbody import placement_check
-
-        # the same diagnosis as on the nightly site: would the map move the chains as a whole?
-        placement = placement_check(st, dmap, resolution, by="chain")
     if workers < 1:
         raise InputError("--workers must be at least 1")
     from rerefine.refine.boxed import refine_boxed, use_boxes
+    from rerefine.refine.rigidbody import placement_check
 
-    options = dict(adp=adp, cycles=cycles, weight=weight, b_sharpen=sharpen_b, top8000_dir=top8000, ncs=ncs,
-                   **({"reference_sigma": None, "fit_reference_sigma": None} if free else {}))
     boxed = not rigid_body and use_boxes(st, dmap)
+    own = pool = None
     if boxed:
-        res = refine_boxed(st, dmap, resolution, monlib, workers=workers, executor=executor, **options)
-    else:
-        res = refine_model(st, dmap, resolution, monlib, rigid_body=rigid_body, **options)
-    refine_seconds = res.seconds
-    groups = find_ncs_groups(st)
-    ncs_report = {"restrained": bool(ncs and groups),
-                  "groups": [{**g.summary(), "copy_rmsd_before": copy_rmsd(st, g),
-                              "copy_rmsd_after": copy_rmsd(res.structure, g)} for g in groups]}
-    after = _metrics(res.structure, dmap, resolution)
-    modelio.write_model(output, res.structure, program="rerefine", version=__version__)
+        pool = executor
+        if pool is None and workers > 1:
+            own = pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        before = _later(pool, _metrics, st, dmap, resolution)
+        # the same diagnosis as on the nightly site: would the map move the chains as a whole?
+        placement = None if rigid_body else _later(pool, placement_check, st, dmap, resolution, by="chain")
+        valid_before = _later(pool, _validation, st, monlib, top8000)
+        options = dict(adp=adp, cycles=cycles, weight=weight, b_sharpen=sharpen_b, top8000_dir=top8000, ncs=ncs,
+                       **({"reference_sigma": None, "fit_reference_sigma": None} if free else {}))
+        if boxed:
+            res = refine_boxed(st, dmap, resolution, monlib, workers=workers, executor=pool, **options)
+        else:
+            res = refine_model(st, dmap, resolution, monlib, rigid_body=rigid_body, **options)
+        refine_seconds = res.seconds
+        after = _later(pool, _metrics, res.structure, dmap, resolution)
+        valid_after = _later(pool, _validation, res.structure, monlib, top8000)
+        groups = find_ncs_groups(st)
+        ncs_report = {"restrained": bool(ncs and groups),
+                      "groups": [{**g.summary(), "copy_rmsd_before": copy_rmsd(st, g),
+                                  "copy_rmsd_after": copy_rmsd(res.structure, g)} for g in groups]}
+        modelio.write_model(output, res.structure, program="rerefine", version=__version__)
+        before, after = before.result(), after.result()
+        valid_before, valid_after = valid_before.result(), valid_after.result()
+        placement = placement.result() if placement is not None else None
+    finally:
+        if own is not None:
+            own.shutdown(cancel_futures=True)  # on an error, queued regions and figures are dropped
     report = {
         "model": str(model_path),
         "map": str(map_path),
         "output": str(output),
         "resolution": float(resolution),
         "status": res.status,
-        "before": {**before, **_geometry(res.geometry_before), **_validation(st, monlib, top8000),
+        "before": {**before, **_geometry(res.geometry_before), **valid_before,
                    "b": distribution(_b_values(st))},
-        "after": {**after, **_geometry(res.geometry_after), **_validation(res.structure, monlib, top8000),
+        "after": {**after, **_geometry(res.geometry_after), **valid_after,
                   "b": distribution(_b_values(res.structure))},
         "weight": res.weight,
         "cycles": res.cycles,
@@ -152,6 +178,7 @@ def refine_files(model_path, map_path, output, *, resolution=None, monlib=None, 
         "rigid_body": res.rigid_body.summary() if res.rigid_body is not None else None,
         "boxed": boxed,
         "regions": len(res.history) if boxed else None,
+        "region_history": res.history if boxed else None,
         "placement": placement,
         "ncs": ncs_report,
         "refine_seconds": refine_seconds,
