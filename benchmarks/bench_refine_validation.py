@@ -2,7 +2,7 @@
 deposited models better by every measure?
 
 Run: ``.venv/bin/python benchmarks/bench_refine_validation.py [--pairs 5me2,7cec,3ajo,5me2@4.5]
-[--variants] [--ss] [--tail-off] [--shaken] [--no-previous] [--no-servalcat] [--out NAME.json]``;
+[--variants] [--q-split] [--ss] [--tail-off] [--shaken] [--no-previous] [--no-servalcat] [--out NAME.json]``;
 writes ``benchmarks/results/refine_validation.json`` (or ``--out``). ``short@D``: the pair's map
 low-pass filtered to D Å and refined at D Å (a synthetic lower-resolution pair).
 
@@ -19,6 +19,9 @@ For each shared map/model pair, in one invocation (so timings compare under the 
   each run's settings, RMS distance from the deposited model (issue 16: within 0.25 Å);
 * with ``--variants`` also ``rigid_chain`` (``rigid_body="chain"``) and ``free``
   (no reference-position restraint);
+* with ``--q-split`` also ``coords_only`` (no B, no density-fit stage), ``no_fit_stage``,
+  ``no_rama`` and ``no_h`` (:data:`Q_VARIANTS`), and for every run ``q_split``
+  (:func:`q_split`): where the Q-score change against the deposited model comes from;
 * ``servalcat`` (5ME2 and 7CEC, unless ``--no-servalcat``): servalcat's ``refine_spa_norefmac``
   with its defaults (Yamashita et al. 2021, Acta Cryst. D77:1282; run as in
   ``bench_refine_anchors.run_servalcat``: its own venv, ``RR_SERVALCAT``, not a project
@@ -67,6 +70,49 @@ SERVALCAT_PAIRS = ("emd_3488_5me2", "emd_30342_zone_7cec_chainA")
 #: ``--tail-off``: the default without the upper-tail B prior (:func:`rerefine.refine.adp.tail_prior`)
 TAIL_OFF_VARIANT = {"tail_off": {"adp_tail_sigma": 0.0}}
 VARIANTS = {"rigid_chain": {"rigid_body": "chain"}, "free": {"reference_sigma": None, "fit_reference_sigma": None}}
+#: ``--q-split``: which stage or term of refinement moves atoms off their Q-score peaks
+Q_VARIANTS = {"coords_only": {"adp": False}, "no_fit_stage": {"fit_cycles": 0}, "no_rama": {"rama_weight": 0.0},
+              "no_h": {"hydrogens": False}}
+#: Å: ``q_split`` separates moves shorter and longer than this
+Q_SPLIT_MOVE = 0.3
+
+
+def q_split(st, refined, dmap, res) -> dict:
+    """Q-score (MapQ definition, :func:`rerefine.refine.qscore.atom_q_scores`, sigma 0.6 Å) of the
+    deposited non-H atoms and of the refined ones, and where the change comes from: mean change
+    over backbone (N, CA, C, O) and side-chain atoms; model Q with only the backbone, only the
+    side chains, or only moves shorter than :data:`Q_SPLIT_MOVE` Å taken from the refined model
+    (the rest deposited); the change summed over short and long moves, and over atoms below and
+    above the median value of the map filtered to the resolution (weak and strong density), each
+    divided by the atom count (so the parts add up to the mean change); the mean filtered-map value
+    (sd units) at the deposited and the refined atoms."""
+    from rerefine.refine.maptarget import MapTarget
+    from rerefine.refine.metrics import q_reference
+    from rerefine.refine.qscore import atom_q_scores
+    from rerefine.refine.restraints import atom_xyz
+
+    heavy = np.array([not c.atom.is_hydrogen() for c in st[0].all()])
+    bb = np.array([c.atom.name in ("N", "CA", "C", "O") for c in st[0].all()])[heavy]
+    ref = q_reference(dmap.data)
+    x0, x1 = atom_xyz(st)[heavy], atom_xyz(refined)[heavy]
+    q0, q1 = atom_q_scores(dmap, x0, ref=ref), atom_q_scores(dmap, x1, ref=ref)
+    tgt = MapTarget.from_map(dmap, res)
+    v0 = tgt.values(x0)
+    dq, n = q1 - q0, len(q0)
+    big, weak = np.sqrt(((x1 - x0) ** 2).sum(1)) > Q_SPLIT_MOVE, v0 < np.median(v0)
+
+    def mixed(take):
+        x = x0.copy()
+        x[take] = x1[take]
+        return float(np.nanmean(atom_q_scores(dmap, x, ref=ref)))
+
+    return {"q_deposited": float(np.nanmean(q0)), "q_refined": float(np.nanmean(q1)),
+            "dq_backbone": float(np.nanmean(dq[bb])), "dq_side_chain": float(np.nanmean(dq[~bb])),
+            "q_only_backbone_moved": mixed(bb), "q_only_side_chains_moved": mixed(~bb),
+            "q_only_short_moves": mixed(~big), "fraction_long_moves": float(big.mean()),
+            "dq_long_moves": float(np.nansum(dq[big]) / n), "dq_short_moves": float(np.nansum(dq[~big]) / n),
+            "dq_weak_density": float(np.nansum(dq[weak]) / n), "dq_strong_density": float(np.nansum(dq[~weak]) / n),
+            "map_value_deposited": float(np.mean(v0)), "map_value_refined": float(np.mean(tgt.values(x1)))}
 
 
 def _validation(st):
@@ -224,7 +270,7 @@ def _pair_input(spec: str):
 
 
 def run_pair(spec: str, variants: bool, servalcat: bool = True, extra: dict | None = None,
-             previous: bool = True, shaken: bool = False) -> dict:
+             previous: bool = True, shaken: bool = False, qsplit: bool = False) -> dict:
     from rerefine.refine.realspace import refine_model
 
     name, st, dmap, res = _pair_input(spec)
@@ -234,10 +280,12 @@ def run_pair(spec: str, variants: bool, servalcat: bool = True, extra: dict | No
     runs = {"previous": PREVIOUS, "default": {}} if previous else {"default": {}}
     if variants:
         runs.update(VARIANTS)
+    if qsplit:
+        runs.update(Q_VARIANTS)
     runs.update(extra or {})
     for tag, kw in runs.items():
         t, c = time.perf_counter(), time.process_time()
-        r = refine_model(st, dmap, res, MONLIB, adp=True, **kw)
+        r = refine_model(st, dmap, res, MONLIB, **{"adp": True, **kw})
         sec, cpu = time.perf_counter() - t, time.process_time() - c
         row = _figures(r.structure, dmap, res, b_dep)
         row.update({"seconds": sec, "cpu_seconds": cpu, "status": r.status, "bond_rmsd": r.geometry_after.get("bond_rmsd"),
@@ -246,6 +294,8 @@ def run_pair(spec: str, variants: bool, servalcat: bool = True, extra: dict | No
             row["rigid_body"] = [{k: g[k] for k in ("group", "rotation_deg", "shift", "status")}
                                  for g in r.rigid_body.summary()]
         row["gates"] = _gates(out["deposited"], row, name)
+        if qsplit:
+            row["q_split"] = q_split(st, r.structure, dmap, res)
         out[tag] = row
         print(name, tag, json.dumps({k: v for k, v in row.items() if k != "validation"}, default=str), flush=True)
         if row["validation"]:
@@ -279,6 +329,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tail-off", action="store_true", help="also the default without the B tail prior")
     ap.add_argument("--shaken", action="store_true", help="shaken-model recovery of every run but previous")
     ap.add_argument("--no-previous", action="store_true", help="skip the reference run without issue-16 terms")
+    ap.add_argument("--q-split", action="store_true", help="runs without single stages/terms and where Q changes")
     args = ap.parse_args(argv)
     result = {}
     out = REPO / "benchmarks" / "results" / args.out
@@ -286,8 +337,7 @@ def main(argv=None) -> int:
     for spec in args.pairs.split(","):
         result[spec] = run_pair(spec, args.variants, servalcat=not args.no_servalcat,
                                 extra={**(SS_VARIANT if args.ss else {}), **(TAIL_OFF_VARIANT if args.tail_off else {})},
-                                previous=not args.no_previous,
-                                shaken=args.shaken)
+                                previous=not args.no_previous, shaken=args.shaken, qsplit=args.q_split)
         out.write_text(json.dumps(result, indent=1, default=str))  # after every pair: long runs
         print(f"wrote {out}", flush=True)
     return 0

@@ -48,7 +48,8 @@ def density_fit_stage(result, work, dmap, resolution, r, xyz, free, w_map, targe
     nothing). With ``classes`` (:class:`.weight_control.ClassWatch`) each accepted step passes its
     validation-aware acceptance, and a chain whose data weight it lowered (factor ``f < 1``) gets the
     reference-position restraint ``1/sigma^2`` raised by ``(1/f - 1) / REFERENCE_SIGMA^2`` instead
-    (the fit term is one correlation over the model and cannot be weighted per chain). Records each cycle in ``result.history``, the last B refinement in ``result.adp``;
+    (the fit term is one correlation over the model and cannot be weighted per chain); the reference
+    restraint holds the ``scatter`` atoms only (riding hydrogens follow their atoms). Records each cycle in ``result.history``, the last B refinement in ``result.adp``;
     returns the coordinates (Å, (N, 3)).
 
     Raises
@@ -86,14 +87,16 @@ def density_fit_stage(result, work, dmap, resolution, r, xyz, free, w_map, targe
     _, gd, _ = density_fit(xyz)
     num, den = float(np.linalg.norm(gm[free])), float(np.linalg.norm(gd[free]))
     wd = num / den if den > 0 and np.isfinite(num / den) else 1.0
-    ref_k0 = 1.0 / params.fit_reference_sigma ** 2 if params.fit_reference_sigma else 0.0
+    # the reference restraint holds the atoms of the model map only (riding hydrogens follow their atoms)
+    held = scatter[free]
+    ref_k0 = held / params.fit_reference_sigma ** 2 if params.fit_reference_sigma else np.zeros(len(held))
     chain_of = classes.chain_of_res[np.asarray(r.residue, np.int64)][free] if classes is not None else None
 
     def reference_k():
         if classes is None or np.all(classes.factor == 1.0):
-            return ref_k0
+            return np.repeat(ref_k0, 3)
         f = classes.factor[chain_of]
-        return np.repeat(ref_k0 + (1.0 / f - 1.0) / REFERENCE_SIGMA ** 2, 3)
+        return np.repeat(ref_k0 + held * (1.0 / f - 1.0) / REFERENCE_SIGMA ** 2, 3)
 
     ref_k = reference_k()
     cur_excess = geometry_excess(geo(xyz), target_bond, target_angle)

@@ -302,7 +302,9 @@ def _refine_model(st, dmap, resolution, monlib_dir, params: RefineParameters, re
     nfree = int(free.sum())
     guard = ClashGuard(r) if params.clash_guard else None
     p_ref = start[free].ravel().copy()
-    ref_k = 1.0 / params.reference_sigma ** 2 if params.reference_sigma else 0.0
+    # the reference restraint holds the model's own atoms: a riding hydrogen's place follows from its
+    # atom's, and holding it where it was first placed pulls against its atom's regularisation
+    ref_k = np.repeat(~h_added[free], 3) / params.reference_sigma ** 2 if params.reference_sigma else 0.0
     stage = {"guard": True}
 
     def fg(p, wa):

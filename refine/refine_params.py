@@ -42,7 +42,8 @@ class RefineParameters:
         Add :class:`.nonbonded.ClashGuard` (repulsion below the MolProbity clash distance).
     reference_sigma : float or None
         Å; harmonic restraint of each refined atom to its input position (default
-        :data:`.refine_target.REFERENCE_SIGMA`); None or 0 switches it off.
+        :data:`.refine_target.REFERENCE_SIGMA`); None or 0 switches it off. Riding hydrogens
+        added for refinement are not held (their place follows from their atoms').
     soft_start : bool
         Run all but the last macro-cycle with the library repulsion and no clash guard
         (``nonbonded_weight`` and the guard apply in the last one).

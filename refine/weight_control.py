@@ -118,7 +118,9 @@ class ClassWatch:
       the map there (the map strongly supports the new conformation);
     * the undone atoms and one residue either side are then relaxed together (short L-BFGS of the
       same target, everything else held), so that the junctions keep their geometry; a residue
-      that the relaxation takes back into the worse class keeps the plain undone step.
+      that the relaxation takes back into the worse class goes back to its undone step and its
+      neighbours are relaxed again with it held (if that too makes it worse, it keeps the plain
+      undone step with both neighbours).
 
     The Ramachandran watch (weight x4 per cycle) keeps acting on top.
 
@@ -215,11 +217,18 @@ class ClassWatch:
         x[block] = before[block]
         near = np.isin(self.residue, [q for p in res_bad for q in (p - 1, p, p + 1)])
         relaxed = relax(x, near & ~np.asarray(self.r.fixed, bool))
-        # keep the relaxation only where it does not take residues back into a worse class
-        still = self._worse_residues(before, relaxed)
-        if still & res_bad:
-            keep = np.isin(self.residue, list(still & res_bad))
+        # keep the relaxation only where it does not take residues back into a worse class; those
+        # residues go back to their undone step and their neighbours are relaxed again with them
+        # held, so that their junctions are not left stretched by the step
+        still = self._worse_residues(before, relaxed) & res_bad
+        if still:
+            keep = np.isin(self.residue, list(still))
             relaxed[keep] = before[keep]
+            relaxed = relax(relaxed, near & ~keep & ~np.asarray(self.r.fixed, bool))
+            again = self._worse_residues(before, relaxed) & res_bad
+            if again:
+                back = np.isin(self.residue, [q for p in again for q in (p - 1, p, p + 1)])
+                relaxed[back] = before[back]
         return relaxed, sorted(res_bad)
 
     def _worse_residues(self, before: np.ndarray, after: np.ndarray) -> set:

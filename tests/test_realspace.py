@@ -278,13 +278,14 @@ def shaken_recovery(p3ajo, monlib):
     return shaken, xs, refine_model(shaken, dmap, res, monlib, adp=True), _cc_mask(st, dmap, res)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known regression since the issue-16 terms with riding hydrogens: the shaken 3AJO ends with a "
-    "heavy-atom angle RMSD of 2.34 deg (2.63 when the weight follows the all-atom RMSDs), above issue 6's "
-    "2 deg; without riding hydrogens the angles pass but the RMSD ends at 0.273 > 0.25 A. Open in issue 16."))
 @pytest.mark.slow
 def test_recovery_of_shaken_model_angles(shaken_recovery):
-    """Issue 6's angle figure for the shaken recovery: angle RMSD <= 2 deg."""
+    """Issue 6's angle figure for the shaken recovery: heavy-atom angle RMSD <= 2 deg.
+
+    2 deg is twice the 1.0 deg Phenix's real-space refinement aims at (Afonine et al. 2018, Acta
+    Cryst. D74:531; weight_control.TARGET_ANGLE_RMSD) and above the 1.3 deg the density-fit stage
+    may reach. Measured 1.71 deg.
+    """
     _, _, out, _ = shaken_recovery
     assert out.geometry_after["angle_rmsd"] <= 2.0
 
@@ -310,7 +311,7 @@ def test_recovery_of_shaken_model(p3ajo, shaken_recovery):
     assert rmsd1 <= 0.5 * rmsd0
     assert _cc_mask(out.structure, dmap, res) > cc_dep - 0.02
     assert out.geometry_after["bond_rmsd"] <= 0.02
-    # angles <= 2 deg: test_recovery_of_shaken_model_angles (a known regression, xfail strict)
+    # angles <= 2 deg: test_recovery_of_shaken_model_angles
     # the shaken input is untouched
     np.testing.assert_allclose(atom_xyz(shaken), xs)
 

