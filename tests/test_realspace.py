@@ -216,7 +216,8 @@ def test_density_fit_position_gradient(p3ajo):
     cras = list(st[0].all())
     x0 = modelio.atom_positions(st)
     t = ModelMapFit.prepare(dmap, x0, [c.atom.element.name for c in cras], np.array([c.atom.occ for c in cras]),
-                            res, target="sphere", alias_log=FIT_ALIAS_LOG, cutoff_log=FIT_CUTOFF_LOG)
+                            res, target="sphere", alias_log=FIT_ALIAS_LOG, cutoff_log=FIT_CUTOFF_LOG,
+                            single=False)  # double precision: finite differences of 1e-4 Å need it
     b = np.array([c.atom.b_iso for c in cras])
     e, g, cc = t.evaluate_positions(x0, b)
     h = 1e-4
