@@ -368,6 +368,7 @@ class ModelMapFit:
         self._ro_c = ro - ro.mean()
         self._kernel32 = self.kernel.astype(np.float32)
         self._last = None  # (wrt, B, coefficients, grid positions, misfit, gradient, CC) of the last evaluate
+        self._held = None  # (held atoms, their grid positions, total B, model map) of evaluate_positions
 
     @property
     def a(self) -> np.ndarray:
@@ -531,25 +532,53 @@ class ModelMapFit:
         """Number of atoms that contribute to the model map (non-zero occupancy)."""
         return int(np.count_nonzero(self.occ > 0))
 
-    def evaluate_positions(self, xyz: np.ndarray, bvals: np.ndarray) -> tuple[float, np.ndarray, float]:
+    def evaluate_positions(self, xyz: np.ndarray, bvals: np.ndarray, moving: np.ndarray | None = None
+                           ) -> tuple[float, np.ndarray, float]:
         """Misfit ``1 - CC^2`` over the mask for atoms at ``xyz`` (Å), its gradient (N, 3) in Å⁻¹, and CC.
 
         The mask, box and scattering coefficients stay those of :meth:`prepare`; only the
         positions change (atoms must stay inside the box, which the padding allows for).
+        ``moving`` (bool per atom): only these atoms' gradient is computed (the others' rows are
+        zero), and the model map of the other atoms is kept between calls while their positions and
+        B stay the same (a local minimisation of a few residues then costs two transforms per call,
+        not the whole model's density).
         """
         self.n_eval += 1
         g = np.ascontiguousarray(self.box.grid_coordinates(np.asarray(xyz, float).reshape(-1, 3)))
         bt = np.asarray(bvals, float) + self.b_add
         a = self.a
         radius = self._radius(bt)
-        raw = np.zeros(self.rho_o.shape)
-        _splat(raw.shape, self.step, g, a, self.b, bt, radius, raw)
+        if moving is None:
+            raw = np.zeros(self.rho_o.shape)
+            _splat(raw.shape, self.step, g, a, self.b, bt, radius, raw)
+            sel = np.arange(len(bt))
+        else:
+            moving = np.asarray(moving, bool)
+            sel = np.flatnonzero(moving)
+            raw = self._held_map(g, bt, radius, ~moving).copy()
+            _splat(raw.shape, self.step, g[sel], a[sel], self.b[sel], bt[sel], radius[sel], raw)
         rc = self._target_filtered(raw).ravel()
         dr = np.zeros(rc.size)
         misfit, cc, k = _masked_fit(rc, self._ro_c, self._mask_idx, self.ss_obs, dr)
         if k == 0.0:
             return 1.0, np.zeros((len(bt), 3)), 0.0
         back = np.ascontiguousarray(self._target_filtered(dr.reshape(self.rho_o.shape)))
-        grad = np.empty((len(bt), 3))
-        _gather_position(back, self.step, g, a, self.b, bt, radius, grad)
+        part = np.empty((len(sel), 3))
+        _gather_position(back, self.step, np.ascontiguousarray(g[sel]), a[sel], self.b[sel], bt[sel], radius[sel],
+                         part)
+        grad = np.zeros((len(bt), 3))
+        grad[sel] = part
         return float(misfit), grad, float(cc)
+
+    def _held_map(self, g: np.ndarray, bt: np.ndarray, radius: np.ndarray, held: np.ndarray) -> np.ndarray:
+        """Unfiltered model map of the atoms ``held`` (grid positions ``g``, total B ``bt``), reused
+        while the same atoms sit at the same positions with the same B."""
+        key = self._held
+        if (key is not None and np.array_equal(key[0], held) and np.array_equal(key[1], g[held])
+                and np.array_equal(key[2], bt[held])):
+            return key[3]
+        raw = np.zeros(self.rho_o.shape)
+        _splat(raw.shape, self.step, np.ascontiguousarray(g[held]), self.a[held], self.b[held], bt[held],
+               radius[held], raw)
+        self._held = (held.copy(), g[held], bt[held], raw)
+        return raw
