@@ -88,7 +88,9 @@ def test_adp_gradient_and_recovery(p3ajo):
     st = st.clone()
     atoms = [c.atom for c in st[0].all()]
     xyz = modelio.atom_positions(st)
-    fit = ModelMapFit.prepare(dmap, xyz, [a.element.name for a in atoms], np.array([a.occ for a in atoms]), res)
+    # double precision: the finite differences below resolve 1e-9 of the misfit
+    fit = ModelMapFit.prepare(dmap, xyz, [a.element.name for a in atoms], np.array([a.occ for a in atoms]), res,
+                              single=False)
     b_dep = np.array([a.b_iso for a in atoms])
     m, g, cc_dep = fit.evaluate(b_dep)
     for i in (5, 400, 1200):
