@@ -2,7 +2,8 @@
 deposited models better by every measure?
 
 Run: ``.venv/bin/python benchmarks/bench_refine_validation.py [--pairs 5me2,7cec,3ajo,5me2@4.5]
-[--variants] [--q-split] [--ss] [--tail-off] [--shaken] [--no-previous] [--no-servalcat] [--out NAME.json]``;
+[--variants] [--q-split] [--ss] [--tail-off] [--shaken] [--no-previous] [--no-servalcat] [--repeats N]
+[--jitter A] [--out NAME.json]``;
 writes ``benchmarks/results/refine_validation.json`` (or ``--out``). ``short@D``: the pair's map
 low-pass filtered to D Å and refined at D Å (a synthetic lower-resolution pair).
 
@@ -44,12 +45,18 @@ outliers, no new cis/twisted peptides, no atom at a B bound, CC_mask with deposi
 every MolProbity figure (Ramachandran favoured % and outliers, rotamer outliers, C-beta
 outliers, clashscore) and on CC_mask with the deposited B, and ``speed_ratio`` = servalcat
 seconds / ours (the issue asks >= 2 for the default), ``cpu_ratio`` the same with CPU seconds.
+``--repeats N``: each refinement and servalcat run N times; seconds are medians, each run's figures
+are kept under ``repeats``; with ``--jitter 0.0005`` the runs after the first start from copies of the
+model moved by less than the file's precision, so their spread is the figures' noise (the refinement
+is deterministic: plain repeats give the same figures). ``load_start``/``load_after``: the load
+average (1, 5, 15 min) around each pair, since the machine is shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -212,17 +219,18 @@ def _vs_servalcat(ours: dict, sc: dict) -> dict:
     return g
 
 
-def _servalcat_row(name: str, dmap, res, b_dep, dep: dict) -> dict:
+def _servalcat_row(name: str, dmap, res, b_dep, dep: dict, repeats: int = 1) -> dict:
     from bench_refine_anchors import run_servalcat
 
     model, mp, _ = PAIRS[name]
-    sc = run_servalcat(1, DATA / "maps_models" / model, DATA / "maps_models" / mp, res)
+    sc = run_servalcat(repeats, DATA / "maps_models" / model, DATA / "maps_models" / mp, res)
     if "error" in sc:
         return {"error": sc["error"]}
     refined = sc.pop("model")
     refined.remove_hydrogens()  # like ours: the inputs have none, any written by servalcat are its riding ones
     row = _figures(refined, dmap, res, b_dep)
-    row.update({"seconds": sc["wall_s"], "cpu_seconds": sc["cpu_s"], "version": sc["version"],
+    row.update({"seconds": sc["wall_s"], "cpu_seconds": sc["cpu_s"], "wall_runs_s": sc["wall_runs_s"],
+                "version": sc["version"],
                 "command": sc["command"], "own": sc["own"]})
     row["gates"] = _gates(dep, row, name)
     return row
@@ -269,8 +277,30 @@ def _pair_input(spec: str):
     return name, st, dmap, res
 
 
+def _repeat_figures(row: dict) -> dict:
+    """The figures of one run that repeated runs are compared on (their spread is the noise)."""
+    v = row.get("validation") or {}
+    return {"seconds": row["seconds"], "cpu_seconds": row["cpu_seconds"], "cc_mask": row["cc_mask"],
+            "cc_mask_deposited_b": row["cc_mask_deposited_b"], "q_score": row["q_score"],
+            **{k: v.get(k) for k in ("rama_favored_pct", "rama_outliers", "rotamer_outliers", "cbeta_outliers",
+                                     "clashscore")}}
+
+
+def _jittered(st, jitter: float, seed: int):
+    """``st`` with every coordinate moved by a uniform draw in ±``jitter`` Å (seeded): with ``jitter``
+    0.0005 Å, half the last digit a PDB/mmCIF file keeps, a copy of the model no file could tell apart;
+    the refined figures' spread over such copies is the noise a change of the code must stay within."""
+    from rerefine.refine.restraints import atom_xyz, set_xyz
+
+    out = st.clone()
+    x = atom_xyz(out)
+    set_xyz(out, x + np.random.default_rng(seed).uniform(-jitter, jitter, x.shape))
+    return out
+
+
 def run_pair(spec: str, variants: bool, servalcat: bool = True, extra: dict | None = None,
-             previous: bool = True, shaken: bool = False, qsplit: bool = False) -> dict:
+             previous: bool = True, shaken: bool = False, qsplit: bool = False, repeats: int = 1,
+             jitter: float = 0.0) -> dict:
     from rerefine.refine.realspace import refine_model
 
     name, st, dmap, res = _pair_input(spec)
@@ -284,11 +314,19 @@ def run_pair(spec: str, variants: bool, servalcat: bool = True, extra: dict | No
         runs.update(Q_VARIANTS)
     runs.update(extra or {})
     for tag, kw in runs.items():
-        t, c = time.perf_counter(), time.process_time()
-        r = refine_model(st, dmap, res, MONLIB, **{"adp": True, **kw})
-        sec, cpu = time.perf_counter() - t, time.process_time() - c
-        row = _figures(r.structure, dmap, res, b_dep)
-        row.update({"seconds": sec, "cpu_seconds": cpu, "status": r.status, "bond_rmsd": r.geometry_after.get("bond_rmsd"),
+        reps = []
+        for rep in range(repeats):
+            st_in = _jittered(st, jitter, rep) if rep and jitter else st
+            t, c = time.perf_counter(), time.process_time()
+            r = refine_model(st_in, dmap, res, MONLIB, **{"adp": True, **kw})
+            sec, cpu = time.perf_counter() - t, time.process_time() - c
+            row = _figures(r.structure, dmap, res, b_dep)
+            row.update({"seconds": sec, "cpu_seconds": cpu})
+            reps.append(_repeat_figures(row))
+        # timings: medians over the repeats; the other figures are the last run's, each run's in "repeats"
+        row.update({"seconds": float(np.median([x["seconds"] for x in reps])),
+                    "cpu_seconds": float(np.median([x["cpu_seconds"] for x in reps])), "repeats": reps,
+                    "status": r.status, "bond_rmsd": r.geometry_after.get("bond_rmsd"),
                     "angle_rmsd": r.geometry_after.get("angle_rmsd"), "rmsd_moved": r.rmsd_moved})
         if r.rigid_body is not None:
             row["rigid_body"] = [{k: g[k] for k in ("group", "rotation_deg", "shift", "status")}
@@ -308,7 +346,7 @@ def run_pair(spec: str, variants: bool, servalcat: bool = True, extra: dict | No
                 out[f"shaken_{tag}"] = _shaken_recovery(st, dmap, res, kw)
                 print(name, f"shaken_{tag}", json.dumps(out[f"shaken_{tag}"]), flush=True)
     if servalcat and name in SERVALCAT_PAIRS:
-        sc = out["servalcat"] = _servalcat_row(name, dmap, res, b_dep, out["deposited"])
+        sc = out["servalcat"] = _servalcat_row(name, dmap, res, b_dep, out["deposited"], repeats)
         print(name, "servalcat", json.dumps({k: v for k, v in sc.items() if k != "validation"}, default=str),
               flush=True)
         if sc.get("validation"):
@@ -330,14 +368,21 @@ def main(argv=None) -> int:
     ap.add_argument("--shaken", action="store_true", help="shaken-model recovery of every run but previous")
     ap.add_argument("--no-previous", action="store_true", help="skip the reference run without issue-16 terms")
     ap.add_argument("--q-split", action="store_true", help="runs without single stages/terms and where Q changes")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of each refinement and of servalcat; seconds are their medians")
+    ap.add_argument("--jitter", type=float, default=0.0,
+                    help="Å: repeats after the first refine the model with coordinates moved by up to this much "
+                         "(0.0005: below the files' precision), so the repeats' spread is the figures' noise")
     args = ap.parse_args(argv)
-    result = {}
+    result = {"load_start": os.getloadavg()}
     out = REPO / "benchmarks" / "results" / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     for spec in args.pairs.split(","):
         result[spec] = run_pair(spec, args.variants, servalcat=not args.no_servalcat,
                                 extra={**(SS_VARIANT if args.ss else {}), **(TAIL_OFF_VARIANT if args.tail_off else {})},
-                                previous=not args.no_previous, shaken=args.shaken, qsplit=args.q_split)
+                                previous=not args.no_previous, shaken=args.shaken, qsplit=args.q_split,
+                                repeats=args.repeats, jitter=args.jitter)
+        result[spec]["load_after"] = os.getloadavg()
         out.write_text(json.dumps(result, indent=1, default=str))  # after every pair: long runs
         print(f"wrote {out}", flush=True)
     return 0

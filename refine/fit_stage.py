@@ -75,9 +75,10 @@ def density_fit_stage(result, work, dmap, resolution, r, xyz, free, w_map, targe
                               target="sphere", alias_log=FIT_ALIAS_LOG, cutoff_log=FIT_CUTOFF_LOG)
     bvals = np.clip([c.atom.b_iso for c in sc], *B_RANGE)
 
-    def density_fit(x, scale=1.0):
-        # per-atom size like the restraint target: N_fit (1 - CC^2)
-        misfit, grad, cc = fit.evaluate_positions(x[scatter], bvals)
+    def density_fit(x, scale=1.0, moving=None):
+        # per-atom size like the restraint target: N_fit (1 - CC^2); ``moving``: only those atoms'
+        # gradient is needed (the others' map is kept, see ModelMapFit.evaluate_positions)
+        misfit, grad, cc = fit.evaluate_positions(x[scatter], bvals, None if moving is None else moving[scatter])
         f = scale * fit.n_fit
         full = np.zeros_like(x)
         full[scatter] = f * grad
@@ -101,10 +102,10 @@ def density_fit_stage(result, work, dmap, resolution, r, xyz, free, w_map, targe
     ref_k = reference_k()
     cur_excess = geometry_excess(geo(xyz), target_bond, target_angle)
 
-    def fg(p, wd):
+    def fg(p, wd, moving=None):
         x = xyz.copy()
         x[free] = p.reshape(-1, 3)
-        ed, gdd, _ = density_fit(x, wd)
+        ed, gdd, _ = density_fit(x, wd, moving)
         return restrained_target(x, p, ed, gdd, r, free, guard, ref_k, p_ref)
 
     for cyc in range(cycles):
@@ -130,7 +131,7 @@ def density_fit_stage(result, work, dmap, resolution, r, xyz, free, w_map, targe
         watch_validation(r, trial, result.history[-1])
         if classes is not None:
             xyz, undone = classes.revert_worse(xyz, trial, target.values,
-                                               lambda x, mask: relax_atoms(lambda p: fg(p, wd), x, mask, free))
+                                               lambda x, mask: relax_atoms(lambda p: fg(p, wd, mask), x, mask, free))
             result.history[-1]["undone"] = undone
             result.history[-1]["chain_factors"] = classes.chain_factors(xyz).tolist()
             ref_k = reference_k()

@@ -29,12 +29,12 @@ def _atoms(st):
     return [c.atom for c in st[0].all()]
 
 
-def _fit(st, dmap, res):
+def _fit(st, dmap, res, **kw):
     from rerefine.refine.modelfit import ModelMapFit
 
     atoms = _atoms(st)
     return ModelMapFit.prepare(dmap, modelio.atom_positions(st), [a.element.name for a in atoms],
-                               np.array([a.occ for a in atoms]), res)
+                               np.array([a.occ for a in atoms]), res, **kw)
 
 
 def _cc_mask(st, dmap, res):
@@ -61,7 +61,7 @@ def test_fit_correlation_is_cctbx_cc_mask(loaded, reference, name):
 
 def test_gradients_match_finite_differences(loaded):
     st, dmap, res = loaded["emd_20026_box_3ajo_refined"]
-    fit = _fit(st, dmap, res)
+    fit = _fit(st, dmap, res, single=False)  # double precision: differences of 1e-9 in the misfit matter here
     b = np.array([a.b_iso for a in _atoms(st)])
     occ = np.full(len(b), 0.8)
     _, gb, _ = fit.evaluate(b, occ)
@@ -75,6 +75,21 @@ def test_gradients_match_finite_differences(loaded):
             args_m = (m, occ) if wrt == "b" else (b, m)
             fd = (fit.evaluate(*args_p)[0] - fit.evaluate(*args_m)[0]) / (2 * h)
             assert fd == pytest.approx(g[i], rel=2e-3, abs=1e-9)
+
+
+def test_single_precision_target_equals_double(loaded):
+    """The single-precision transforms of the target (the refinement's default) give the double-precision
+    misfit and gradients: float32 carries 24 bits (6e-8 relative) and a transform's error grows with the
+    log of its size, so 1e-6 of the misfit and 1e-4 of the largest gradient leave a wide margin; a wrong
+    cast (a float32 kernel, a complex64 product promoted to complex128, a truncated grid) fails them."""
+    st, dmap, res = loaded["emd_3488_5me2"]
+    f64, f32 = _fit(st, dmap, res, single=False), _fit(st, dmap, res)
+    b = np.array([a.b_iso for a in _atoms(st)])
+    x = modelio.atom_positions(st)
+    for e64, e32 in ((f64.evaluate(b), f32.evaluate(b)), (f64.evaluate_positions(x, b), f32.evaluate_positions(x, b))):
+        assert e32[0] == pytest.approx(e64[0], rel=1e-6)
+        assert e32[2] == pytest.approx(e64[2], rel=1e-6)
+        assert np.max(np.abs(e32[1] - e64[1])) < 1e-4 * np.max(np.abs(e64[1]))
 
 
 def test_similarity_restraint_gradients():
