@@ -34,6 +34,9 @@ from rerefine.common.errors import InputError
 
 log = logging.getLogger(__name__)
 
+#: bytes decompressed at a time when a compressed map is read to its end (:func:`_stream_box`)
+STREAM_CHUNK = 1 << 24
+
 
 @dataclass
 class DensityMap:
@@ -254,8 +257,9 @@ def read_map_box(path: str | os.PathLike, xyz: np.ndarray, padding: float = 5.0,
     cuts it from :func:`read_map`'s result (the same voxels), reading only the box.
 
     An uncompressed file is memory-mapped (``mrcfile.mmap``); a gzip or bzip2 file is
-    decompressed as a stream, section by section, keeping only the box's sections. Either way
-    the memory used follows the box, not the map. Non-finite values are looked for in the box only.
+    decompressed as a stream, section by section, keeping only the box's sections, and read to
+    its end so that the format's checksum is checked. Either way the memory used follows the box,
+    not the map. Non-finite values are looked for in the box only.
 
     Raises
     ------
@@ -339,6 +343,15 @@ def _stream_box(path: Path, is_gzip: bool, lo: np.ndarray, hi: np.ndarray) -> np
                                      f"{b_lo[2] + i} found)")
                 sec = np.frombuffer(raw, dtype=dtype).reshape(nr, nc)
                 out[i] = sec[b_lo[1]:b_hi[1], b_lo[0]:b_hi[0]]
+            # read the rest to the end, keeping nothing: the compressed format's own check (gzip's
+            # CRC-32 and length, bzip2's block CRCs) comes only at the end of the stream, and a
+            # corrupt stream can decompress without error into wrong values before it
+            rest, want = 0, (ns - b_hi[2]) * section
+            while chunk := fh.read(STREAM_CHUNK):
+                rest += len(chunk)
+            if rest < want:
+                raise InputError(f"{path.name}: truncated data ({ns} sections stated, "
+                                 f"{b_hi[2] + rest // section} found)")
     except (EOFError, OSError, zlib.error) as exc:
         raise InputError(f"{path.name}: corrupt or truncated file ({exc})") from None
     return np.ascontiguousarray(out.transpose(2, 1, 0).transpose(perm))

@@ -162,6 +162,32 @@ def test_compressed_box_read_of_part_of_a_model(pairs, tmp_path):
         mapio.read_map_box(short, xyz, padding=3.0)
 
 
+def test_compressed_box_read_checks_the_whole_stream(pairs, tmp_path):
+    """A streamed box read refuses what reading the whole file refuses, even when the fault lies
+    after the box's sections: a gzip whose CRC-32 does not match (the stored checksum changed) and
+    a file whose data end before the sections its header states."""
+    model, mp, _res = pairs["emd_3488_5me2"]
+    raw = mp.read_bytes()
+    xyz = modelio.atom_positions(modelio.read_model(model))[:200]
+    data = bytearray(gzip.compress(raw, 1))
+    data[-8] ^= 0xFF  # the gzip trailer: CRC-32 of the data, then their length
+    bad = tmp_path / "crc.map.gz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="crc.map.gz"):
+        mapio.read_map(bad)
+    with pytest.raises(InputError, match="crc.map.gz: corrupt"):
+        mapio.read_map_box(bad, xyz, padding=3.0)
+    whole = mapio.read_map(mp)
+    _, hi = mapio.box_bounds(whole, xyz, 3.0)
+    assert hi[2] < whole.shape[2] - 2  # the box ends before the last sections
+    short = tmp_path / "end.map.gz"
+    short.write_bytes(gzip.compress(raw[: len(raw) - whole.shape[0] * whole.shape[1] * 4], 1))
+    with pytest.raises(InputError, match="end.map.gz"):
+        mapio.read_map(short)
+    with pytest.raises(InputError, match="end.map.gz: truncated"):
+        mapio.read_map_box(short, xyz, padding=3.0)
+
+
 def test_header_of_a_map_with_another_axis_order(test_data):
     """EMD-3001 (MAPC/MAPR/MAPS = 3,1,2): the header alone gives the grid gemmi sets up."""
     import gemmi
