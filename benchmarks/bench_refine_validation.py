@@ -136,11 +136,12 @@ def _validation(st):
     return s
 
 
-def _key(c):
+def atom_key(c):
+    """Identity of an atom across copies of a model: chain, residue number, insertion code, name, altloc."""
     return (c.chain.name, c.residue.seqid.num, c.residue.seqid.icode, c.atom.name, c.atom.altloc)
 
 
-def _figures(st, dmap, res, b_dep: dict):
+def model_figures(st, dmap, res, b_dep: dict):
     """Figures of model ``st``; ``b_dep``: deposited B by atom key (atoms missing there keep theirs)."""
     from rerefine.refine.adp import deposited_correlation, distribution
     from rerefine.refine.interpolate import values_at
@@ -148,10 +149,10 @@ def _figures(st, dmap, res, b_dep: dict):
 
     m = compute_metrics(st, dmap, res)
     b = np.array([c.atom.b_iso for c in st[0].all()])
-    bd = np.array([b_dep.get(_key(c), c.atom.b_iso) for c in st[0].all()])
+    bd = np.array([b_dep.get(atom_key(c), c.atom.b_iso) for c in st[0].all()])
     out = {"cc_mask": m["cc_mask"], "q_score": m["q_score"], "b": distribution(b),
            "b_corr_deposited": float(np.corrcoef(b, bd)[0, 1]) if np.std(b) > 0 and np.std(bd) > 0 else None,
-           "atoms": len(b), "atoms_without_deposited_b": int(sum(_key(c) not in b_dep for c in st[0].all()))}
+           "atoms": len(b), "atoms_without_deposited_b": int(sum(atom_key(c) not in b_dep for c in st[0].all()))}
     xyz = np.array([c.atom.pos.tolist() for c in st[0].all()]).reshape(-1, 3)
     r = deposited_correlation(b, bd, values_at(dmap, xyz))
     out["b_corr_deposited_weak"], out["b_weak_atoms"] = r["weak"], r["weak_atoms"]
@@ -228,7 +229,7 @@ def _servalcat_row(name: str, dmap, res, b_dep, dep: dict, repeats: int = 1) -> 
         return {"error": sc["error"]}
     refined = sc.pop("model")
     refined.remove_hydrogens()  # like ours: the inputs have none, any written by servalcat are its riding ones
-    row = _figures(refined, dmap, res, b_dep)
+    row = model_figures(refined, dmap, res, b_dep)
     row.update({"seconds": sc["wall_s"], "cpu_seconds": sc["cpu_s"], "wall_runs_s": sc["wall_runs_s"],
                 "version": sc["version"],
                 "command": sc["command"], "own": sc["own"]})
@@ -305,8 +306,8 @@ def run_pair(spec: str, variants: bool, servalcat: bool = True, extra: dict | No
 
     name, st, dmap, res = _pair_input(spec)
     servalcat = servalcat and "@" not in spec
-    b_dep = {_key(c): c.atom.b_iso for c in st[0].all()}
-    out = {"deposited": _figures(st, dmap, res, b_dep), "resolution": res}
+    b_dep = {atom_key(c): c.atom.b_iso for c in st[0].all()}
+    out = {"deposited": model_figures(st, dmap, res, b_dep), "resolution": res}
     runs = {"previous": PREVIOUS, "default": {}} if previous else {"default": {}}
     if variants:
         runs.update(VARIANTS)
@@ -320,7 +321,7 @@ def run_pair(spec: str, variants: bool, servalcat: bool = True, extra: dict | No
             t, c = time.perf_counter(), time.process_time()
             r = refine_model(st_in, dmap, res, MONLIB, **{"adp": True, **kw})
             sec, cpu = time.perf_counter() - t, time.process_time() - c
-            row = _figures(r.structure, dmap, res, b_dep)
+            row = model_figures(r.structure, dmap, res, b_dep)
             row.update({"seconds": sec, "cpu_seconds": cpu})
             reps.append(_repeat_figures(row))
         # timings: medians over the repeats; the other figures are the last run's, each run's in "repeats"

@@ -243,6 +243,9 @@ def refine_boxed(st: gemmi.Structure, dmap: DensityMap, resolution: float, monli
         del work[len(work) - 1]
     if work[0].count_atom_sites() == 0:
         raise InputError(f"{st.name or 'model'}: model has no atoms")
+    # a region's B target is a correlation over core and margin: the margin's B are refined with
+    # the core's (and not kept), else its input B set the level of the core's
+    options = {"fixed_b_free": True, **options}
     xyz0 = _xyz(work)
     topo = refinement_topology(work, monlib_dir)
     result = RefinementResult(structure=work, warnings=list(topo.warnings))

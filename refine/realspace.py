@@ -245,15 +245,19 @@ def _refine_model(st, dmap, resolution, monlib_dir, params: RefineParameters, re
         raise InputError(f"{st.name or 'model'}: only {100 * inside:.0f}% of the atoms lie inside map "
                          f"{dmap.name} (box too small or wrong frame)")
     r_full = restraints if restraints is not None else refinement_topology(work, monlib_dir)
+    held = np.zeros(len(xyz0), bool)
     if fixed_atoms is not None:
         from .restraints import without_fixed_terms
 
+        held = _work_mask(st, work, fixed_atoms)
         # terms among held atoms only are constant and stay out of the RMSDs the weight follows
-        r_full = without_fixed_terms(r_full, _work_mask(st, work, fixed_atoms))
+        r_full = without_fixed_terms(r_full, held)
         if r_geo is not None:
             r_geo = without_fixed_terms(r_geo, fixed_atoms)
     r = _with_refinement_terms(work, r_full, xyz0, params)
     adp_fixed = np.asarray(r.fixed, bool) | h_added
+    if params.fixed_b_free:
+        adp_fixed &= ~held | h_added
     result = RefinementResult(structure=work, warnings=list(r.warnings))
     if inside < 1.0:
         result.warnings.append(f"{100 * (1 - inside):.1f}% of the atoms lie outside the map box")
@@ -433,6 +437,10 @@ def _refine_model(st, dmap, resolution, monlib_dir, params: RefineParameters, re
                 result.occupancy = refine_occupancy(work, fmap, resolution, xyz=xyz)
             except (InputError, ValueError) as exc:
                 result.warnings.append(f"occupancies not refined: {exc}")
+    if params.fixed_b_free and held.any():
+        atoms = [c.atom for c in work[0].all()]
+        for k in np.flatnonzero(held).tolist():
+            atoms[k].b_iso = float(b_input[k])
     if added_h:
         strip_added(work)
     result.seconds = time.perf_counter() - t0

@@ -95,6 +95,13 @@ class RefineParameters:
         or a DSSP-like assignment (:mod:`.secondary_structure`; off by default, the module says why).
     ncs : bool
         Torsion NCS restraints between copies of a chain (:mod:`.ncs`); off by default.
+    fixed_b_free : bool
+        With ``fixed_atoms`` (:func:`.realspace.refine_model`): the B of the held atoms are
+        parameters of the B stages too, and their input B are put back in the result (their
+        positions stay held throughout). Boxed refinement (:mod:`.boxed`) sets it for a region's
+        margin: the B target is a correlation over the whole region (core and margin), so margin
+        atoms held at B that do not fit the map (the input's, not yet refined) shift the B level
+        of the core toward theirs.
     """
 
     adp: bool = True
@@ -127,6 +134,7 @@ class RefineParameters:
     top8000_dir: str | Path | None = None
     secondary_structure: bool = False
     ncs: bool = False
+    fixed_b_free: bool = False
 
     @classmethod
     def names(cls) -> tuple[str, ...]:

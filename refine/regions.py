@@ -121,6 +121,13 @@ def _bisect(units: list[np.ndarray], centres: np.ndarray, weights: np.ndarray, m
         a, b = right_min - margin, left_max + margin
         shell = np.where(a <= b, cw[np.searchsorted(pos, b, "right")] - cw[np.searchsorted(pos, a, "left")], 0.0)
         cost = shell + 0.5 * total * np.abs(cum[:-1] / total - 0.5)
+        # no side below half a core: otherwise the cut with the thinnest shell peels a residue or
+        # two off the end of a compact chain, again and again (one region per residue, each
+        # carrying ten times its atoms as margin)
+        floor = 0.5 * max_atoms
+        ok = (cum[:-1] >= floor) & (total - cum[:-1] >= floor)
+        if ok.any():
+            cost = np.where(ok, cost, np.inf)
         cut = int(np.argmin(cost)) + 1
         todo.extend([order[cut:], order[:cut]])
     out.sort(key=lambda a: int(a[0]))

@@ -96,6 +96,23 @@ def test_regions_follow_copies_and_whole_chains(p5me2):
             assert np.isin(np.flatnonzero(chain_of == ci), reg.core).all()
 
 
+@pytest.mark.parametrize("fixture,limit", [("p3ajo", 400), ("p5me2", 600)])
+def test_cut_chains_give_regions_of_at_least_half_a_core(fixture, limit, request):
+    """Chains larger than a core are cut into regions of between half a core and a core: no cut
+    peels a residue or two off the end of a compact chain (each such region carries ten times its
+    atoms as a fixed margin; 3AJO at 400 atoms once gave 134 regions, most of 1-9 atoms)."""
+    from rerefine.refine.regions import split_regions
+
+    st, _, _ = request.getfixturevalue(fixture)
+    n = st[0].count_atom_sites()
+    assert max(len(ch) and sum(len(r) for r in ch) for ch in st[0]) > limit  # a chain is cut
+    regions = split_regions(st, max_atoms=limit)
+    sizes = np.array([len(r.core) for r in regions])
+    assert sizes.sum() == n
+    assert sizes.min() >= limit / 2 and sizes.max() <= limit
+    assert len(regions) <= 2 * n / limit
+
+
 def test_seam_regions_hold_every_close_pair_across_a_cut(p5me2):
     from rerefine.refine.regions import SEAM_WIDTH, split_regions, seam_regions
 
