@@ -24,7 +24,9 @@ region cores (``across_cut``) and of every bond and angle touching a residue of 
 (``seam_residues``: residues within the seam width of another region's core), in both models, so
 the cut model's seams are compared with the same restraints of the one-piece model;
 ``seam_outliers``: Ramachandran and rotamer outliers that lie in seam residues.
-``diff``: cut minus one piece. ``cost``: wall and CPU seconds (the process and its reaped children:
+``diff``: cut minus one piece; ``cc_mask_cut_xyz_one_piece_b`` (and the other way round): CC_mask
+of one run's coordinates with the other's B, which says whether a difference is in the coordinates
+or in the B. ``cost``: wall and CPU seconds (the process and its reaped children:
 the pool's processes) of each run; ``cpu_ratio``, ``wall_ratio``: cut / one piece.
 """
 
@@ -123,6 +125,7 @@ def run_pair(spec: str, workers: int, seams: bool, margin: float | None, seam_wi
         "cut": lambda: refine_boxed(st, dmap, res, MONLIB, workers=workers, region_atoms=limit, margin=margin,
                                     seam_width=seam_width, seams=seams, **{"adp": True, **options}),
     }
+    models = {}
     for tag, run in runs.items():
         t, c = time.perf_counter(), _cpu()
         r = run()
@@ -137,11 +140,21 @@ def run_pair(spec: str, workers: int, seams: bool, margin: float | None, seam_wi
                     "seam_outliers": _seam_outliers(row.get("validation"), seam_res),
                     "warnings": [w for w in r.warnings if "region" in w][:20]})
         out[tag] = row
+        models[tag] = r.structure
         print(name, tag, json.dumps({k: v for k, v in row.items() if k not in ("validation", "b")}, default=str),
               flush=True)
         if row["validation"]:
             print("   validation", json.dumps(row["validation"]), flush=True)
     one, cut = out["one_piece"], out["cut"]
+    # where a CCmask difference comes from: the cut coordinates with the one-piece B, and back
+    from rerefine.refine.metrics import compute_metrics
+
+    for tag, (xyz_from, b_from) in {"cc_mask_cut_xyz_one_piece_b": (models["cut"], models["one_piece"]),
+                                    "cc_mask_one_piece_xyz_cut_b": (models["one_piece"], models["cut"])}.items():
+        m = xyz_from.clone()
+        for a, b in zip(m[0].all(), b_from[0].all()):
+            a.atom.b_iso = b.atom.b_iso
+        out[tag] = compute_metrics(m, dmap, res)["cc_mask"]
     keys = ("cc_mask", "cc_mask_deposited_b", "q_score", "bond_rmsd", "angle_rmsd")
     out["diff"] = {k: cut[k] - one[k] for k in keys}
     v1, v0 = cut.get("validation"), one.get("validation")
