@@ -4,7 +4,8 @@
 cores of whole residues and a margin held fixed), cuts for each a map box around its atoms (the
 same frame, :func:`rerefine.refine.mapio.cut_box`), refines each with the normal
 :func:`rerefine.refine.realspace.refine_model` (coordinates, B, density-fit stage, occupancies:
-every stage), with the margin as ``fixed_atoms``, and copies the refined core atoms (positions, B,
+every stage), with the margin as ``fixed_atoms`` (positions held; B refined alongside the core's
+and dropped, ``fixed_b_free``), and copies the refined core atoms (positions, B,
 occupancies) back. A second pass refines the seams between regions the same way
 (:func:`rerefine.refine.regions.seam_regions`) starting from the merged model. Restraints across a
 region's border act between a refined and a fixed atom, so the geometry across the cuts stays

@@ -3,7 +3,8 @@
 A large model is cut into spatial blocks of at most ``max_atoms`` atoms by recursive bisection
 along the longest extent of the block. A chain of at most ``max_atoms`` atoms is never cut (larger
 chains are cut between residues), and each cut is placed where the fewest atoms lie within
-``margin`` of the other side, balanced against an even split: copies of an assembly and chains
+``margin`` of the other side, balanced against an even split and leaving no side below half a
+core: copies of an assembly and chains
 that barely touch are separated first, so their margins (the fixed atoms each region carries and
 refines nothing of) shrink to their few contacts. Each block is the *core* of a :class:`Region`;
 its *margin* is every other residue with an atom within ``margin`` Å of a core atom. The margin is held fixed

@@ -127,8 +127,10 @@ def test_seam_regions_hold_every_close_pair_across_a_cut(p5me2):
         assert np.isin(reg.core[d < SEAM_WIDTH], seam_atoms).all()
 
 
-def test_fixed_atoms_keep_positions_and_b(p3ajo, monlib):
-    """Atoms given as ``fixed_atoms`` are no parameter of any stage (coordinates, B, fit stage)."""
+@pytest.mark.parametrize("b_free", [False, True])
+def test_fixed_atoms_keep_positions_and_b(p3ajo, monlib, b_free):
+    """Atoms given as ``fixed_atoms`` are no parameter of any stage (coordinates, B, fit stage); with
+    ``fixed_b_free`` their B are refined alongside and the input B put back in the result."""
     from rerefine.refine.realspace import refine_model
 
     st, dmap, res = p3ajo
@@ -137,7 +139,7 @@ def test_fixed_atoms_keep_positions_and_b(p3ajo, monlib):
     x0 = _xyz(st)
     b0 = np.array([c.atom.b_iso for c in st[0].all()])
     out = refine_model(st, dmap, res, monlib, cycles=1, max_iter=30, fit_cycles=1, fit_iter=15,
-                       fixed_atoms=fixed)
+                       fixed_atoms=fixed, fixed_b_free=b_free)
     assert out.status == "ok" and out.adp is not None
     x1 = _xyz(out.structure)
     b1 = np.array([c.atom.b_iso for c in out.structure[0].all()])
@@ -145,6 +147,8 @@ def test_fixed_atoms_keep_positions_and_b(p3ajo, monlib):
     np.testing.assert_array_equal(b1[fixed], b0[fixed])
     assert np.abs(x1[~fixed] - x0[~fixed]).max() > 0.01
     assert np.abs(b1[~fixed] - b0[~fixed]).max() > 0.1
+    # the B stage's own values of the held atoms: parameters only with fixed_b_free
+    assert (np.abs(np.asarray(out.adp.b)[fixed] - b0[fixed]).max() > 0.1) == b_free
 
 
 def _cross_bond_devs(st, monlib, regions, xyz):
