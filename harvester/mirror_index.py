@@ -16,6 +16,7 @@ At archive scale (~230,000 models) a local mirror is not re-read, nor re-judged,
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -35,8 +36,9 @@ _CHUNK = 900  # SQLite's default limit on bound parameters is 999
 
 
 def judgement_key(**settings) -> str:
-    """A stable text key of the settings a judgement depends on (sorted JSON of the keyword values)."""
-    return json.dumps(settings, sort_keys=True, default=str)
+    """A stable key of the settings a judgement depends on: SHA-256 (first 16 hex digits) of the
+    keyword values as sorted JSON."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def file_stat(path: Path) -> tuple[int, int]:
