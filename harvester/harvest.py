@@ -26,9 +26,11 @@ Selection rules, in order (the first that fails gives the reason):
 
 Failures to get metadata (HTTP errors, malformed JSON/XML) give status ``"failed"`` with
 the one-line cause, distinct from policy rejections (``"rejected"``): a failed entry is
-worth another try on the next run, a rejected one is not.
+worth another try on the next run, a rejected one is not. In a local mirror,
+``only_changed=True`` (the nightly) judges only entries that are new or whose inputs changed
+(:mod:`.mirror_index` keeps the judgements; :meth:`Discovery.remember`).
 
-Length (~500 lines): one job, the harvester's public API; the selection rules above are one
+Length (~620 lines): one job, the harvester's public API; the selection rules above are one
 decision per entry, shared by both discovery modes.
 """
 
@@ -289,7 +291,7 @@ def discover(since=None, until=None, *, search_url: str | None = None, data_url:
                 done = index.unchanged(mir.root, files, key)
                 kept = index.accepted_candidates(mir.root, [p for p, st in done.items() if st == "accepted"])
                 todo = [p for p in files if p not in done or (done[p] == "accepted" and p not in kept)]
-                n_unchanged = len(done) - len(kept)
+                n_unchanged = sum(st == "rejected" for st in done.values())
             indexed, unreadable = mirror_records(mir, index, files, todo)
         finally:
             index.close()
