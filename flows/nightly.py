@@ -508,6 +508,16 @@ def judgement_run_key(s: dict, params: dict | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def has_runs(engine) -> bool:
+    """Whether the project database holds any run (a new or emptied database holds none)."""
+    from sqlalchemy import select
+
+    from rerefine.reports import db
+
+    with engine.connect() as conn:
+        return conn.execute(select(db.T_RUNS.c.id).limit(1)).first() is not None
+
+
 def record_judgements(engine, candidates, params: dict | None, summary: dict) -> list[dict]:
     """Record each candidate that is not accepted (rejected: ``skipped`` with its reason; failed to be
     judged: ``failed``), list them in ``summary``, then keep the judgements in the mirror's state
@@ -574,8 +584,11 @@ def nightly_flow(settings_dict: dict, since=None, until=None, mirror=None, limit
         since = default_since(engine)
     accept_unknown_resolution = bool(accept_unknown_resolution)
     t_h = time.perf_counter()
+    # judge only new or changed mirror entries, unless --force or the database holds no run yet (a new
+    # database must get every skip recorded, even if the mirror's state file remembers the judgements)
+    only_changed = bool(mirror) and not force and has_runs(engine)
     candidates = harvest_task(s, since, until, mirror, limit, accept_unknown_resolution,
-                              judgement_run_key(s, params), only_changed=bool(mirror) and not force)
+                              judgement_run_key(s, params), only_changed=only_changed)
     harvest_s = time.perf_counter() - t_h
     ctx = _entry_ctx(s, params or {}, force, mirror)
     summary = {"found": len(candidates), "processed": 0, "cached": 0, "improved": 0, "unchanged": 0,

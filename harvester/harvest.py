@@ -238,6 +238,7 @@ def discover(since=None, until=None, *, search_url: str | None = None, data_url:
         selection settings, the date window, the pipeline version and ``run_key``. An unchanged
         accepted entry is returned as judged then (not judged again); an unchanged rejected one is
         left out and counted in ``Discovery.unchanged``. Failed entries are always judged again.
+        Either way a local mirror's judgements can be kept for later calls (:meth:`Discovery.remember`).
     run_key : str
         What else the caller's records of the judgements depend on (the nightly: its parameters
         and database), part of the judgement key.
@@ -286,8 +287,8 @@ def discover(since=None, until=None, *, search_url: str | None = None, data_url:
         try:
             files = scan_models(mir.root)
             todo = files
+            key = judgement_key(version=__version__, since=since_d, until=until_d, run_key=run_key, **rules)
             if only_changed:
-                key = judgement_key(version=__version__, since=since_d, until=until_d, run_key=run_key, **rules)
                 done = index.unchanged(mir.root, files, key)
                 kept = index.accepted_candidates(mir.root, [p for p, st in done.items() if st == "accepted"])
                 todo = [p for p in files if p not in done or (done[p] == "accepted" and p not in kept)]
@@ -325,7 +326,7 @@ def discover(since=None, until=None, *, search_url: str | None = None, data_url:
             if d and ((since_d and d < since_d) or (until_d and d > until_d)):
                 continue  # outside the window: not a candidate of this run
             judge_and_add(cand, info)
-        if only_changed and indexed is not None and len(out) > n_out:  # judged this time
+        if indexed is not None and len(out) > n_out:  # judged this time: kept if remembered
             row = _judgement_row(mir.root, cand, files[pid], key)
             if row is None:
                 forget.append(pid)

@@ -298,3 +298,24 @@ def test_nightly_records_each_skip_once_and_keeps_its_reason(sample_mirror, tmp_
     assert acc2 == ["5me2", "7cec"] and s2["rejected"] == [] and s2["judged_before"] == 2
     assert runs2 == runs1  # no row written or updated; the reasons are still there
     engine.dispose()
+
+
+def test_has_runs_tells_a_new_database(sample_mirror, tmp_path, monkeypatch):
+    """``has_runs`` is False on a new database, True once a night recorded its skips: the nightly judges
+    only changed entries when it is True, so a new database gets every skip recorded even though the
+    mirror's state file remembers the judgements."""
+    from rerefine.flows import nightly
+    from rerefine.reports import db
+
+    engines = []
+    for name in ("old.sqlite", "new.sqlite"):
+        database = f"sqlite:///{tmp_path / name}"
+        db.upgrade(database)
+        engines.append(db.make_engine(database))
+    old, new = engines
+    assert not nightly.has_runs(old)
+    found, _p, _h = _mirror_night(sample_mirror, tmp_path / "cache", monkeypatch)
+    nightly.record_judgements(old, found, {}, {"rejected": [], "failed": []})
+    assert nightly.has_runs(old) and not nightly.has_runs(new)
+    for e in engines:
+        e.dispose()
