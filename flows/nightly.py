@@ -17,6 +17,8 @@ order of one entry (``entry_flow``) is its longest part.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import socket
 import time
@@ -484,14 +486,59 @@ def default_since(engine) -> dt.date:
 
 
 @task(name="harvest", retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=_is_archive_error)
-def harvest_task(s: dict, since, until, mirror, limit, accept_unknown_resolution):
+def harvest_task(s: dict, since, until, mirror, limit, accept_unknown_resolution, run_key: str = "",
+                 only_changed: bool = False):
+    """Discovery; with ``only_changed`` (a local mirror, not ``--force``) only new or changed entries are
+    judged: an entry rejected before from the same inputs keeps its recorded reason and costs an index
+    lookup (:func:`rerefine.harvester.harvest.discover`)."""
     from rerefine.harvester import harvest
 
     return harvest.discover(since, until, search_url=None if mirror else s["search_url"],
                             data_url=s["data_url"], emdb_api_url=s["emdb_api_url"], mirror=mirror or None,
                             max_resolution=s["max_resolution"], max_map_mb=s["max_map_mb"], limit=limit,
                             accept_unknown_resolution=accept_unknown_resolution, cache_dir=s["downloads"],
-                            session=http_client(s))
+                            session=http_client(s), only_changed=only_changed, run_key=run_key)
+
+
+def judgement_run_key(s: dict, params: dict | None) -> str:
+    """What the night's records of its discovery judgements depend on besides the archive's files and
+    the selection settings: the pipeline parameters (part of a run's key) and the database they are
+    recorded in. A hash, so no database credentials reach the mirror's state file."""
+    text = json.dumps({"params": params or {}, "database": s["database"]}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def has_runs(engine) -> bool:
+    """Whether the project database holds any run (a new or emptied database holds none)."""
+    from sqlalchemy import select
+
+    from rerefine.reports import db
+
+    with engine.connect() as conn:
+        return conn.execute(select(db.T_RUNS.c.id).limit(1)).first() is not None
+
+
+def record_judgements(engine, candidates, params: dict | None, summary: dict) -> list[dict]:
+    """Record each candidate that is not accepted (rejected: ``skipped`` with its reason; failed to be
+    judged: ``failed``), list them in ``summary``, then keep the judgements in the mirror's state
+    file (:meth:`rerefine.harvester.harvest.Discovery.remember`), so the next night neither judges nor
+    records them again while their inputs stay the same. Returns the accepted candidates as dicts."""
+    accepted = []
+    for c in candidates:
+        if c.status == "accepted":
+            accepted.append(asdict(c))
+            continue
+        if c.status == "rejected":
+            summary["rejected"].append({"pdb_id": c.pdb_id, "reason": c.reason})
+        else:  # metadata could not be had or judged: a failure, worth another try next night
+            summary["failed"].append({"pdb_id": c.pdb_id, "reason": c.reason})
+        record_candidate(engine, asdict(c), __version__, params or {},
+                         "skipped" if c.status == "rejected" else "failed", c.reason or c.status)
+    summary["judged_before"] = int(getattr(candidates, "unchanged", 0))
+    remember = getattr(candidates, "remember", None)
+    if remember is not None:
+        remember()
+    return accepted
 
 
 @task(name="build-site")
@@ -537,22 +584,16 @@ def nightly_flow(settings_dict: dict, since=None, until=None, mirror=None, limit
         since = default_since(engine)
     accept_unknown_resolution = bool(accept_unknown_resolution)
     t_h = time.perf_counter()
-    candidates = harvest_task(s, since, until, mirror, limit, accept_unknown_resolution)
+    # judge only new or changed mirror entries, unless --force or the database holds no run yet (a new
+    # database must get every skip recorded, even if the mirror's state file remembers the judgements)
+    only_changed = bool(mirror) and not force and has_runs(engine)
+    candidates = harvest_task(s, since, until, mirror, limit, accept_unknown_resolution,
+                              judgement_run_key(s, params), only_changed=only_changed)
     harvest_s = time.perf_counter() - t_h
     ctx = _entry_ctx(s, params or {}, force, mirror)
     summary = {"found": len(candidates), "processed": 0, "cached": 0, "improved": 0, "unchanged": 0,
                "worse": 0, "failed": [], "rejected": [], "entries": [], "site": None}
-    accepted = []
-    for c in candidates:
-        if c.status == "accepted":
-            accepted.append(asdict(c))
-        else:
-            if c.status == "rejected":
-                summary["rejected"].append({"pdb_id": c.pdb_id, "reason": c.reason})
-            else:  # metadata could not be had or judged: a failure, worth another try next night
-                summary["failed"].append({"pdb_id": c.pdb_id, "reason": c.reason})
-            record_candidate(engine, asdict(c), __version__, params or {},
-                             "skipped" if c.status == "rejected" else "failed", c.reason or c.status)
+    accepted = record_judgements(engine, candidates, params, summary)
     futures = [process_entry_task.submit(c, ctx) for c in accepted]
     for cand, fut in zip(accepted, futures):
         try:

@@ -26,15 +26,18 @@ Selection rules, in order (the first that fails gives the reason):
 
 Failures to get metadata (HTTP errors, malformed JSON/XML) give status ``"failed"`` with
 the one-line cause, distinct from policy rejections (``"rejected"``): a failed entry is
-worth another try on the next run, a rejected one is not.
+worth another try on the next run, a rejected one is not. In a local mirror,
+``only_changed=True`` (the nightly) judges only entries that are new or whose inputs changed
+(:mod:`.mirror_index` keeps the judgements; :meth:`Discovery.remember`).
 
-Length (~500 lines): one job, the harvester's public API; the selection rules above are one
+Length (~620 lines): one job, the harvester's public API; the selection rules above are one
 decision per entry, shared by both discovery modes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import tempfile
 from contextlib import contextmanager
@@ -44,10 +47,12 @@ from pathlib import Path
 import requests
 
 from rerefine.common.errors import ArchiveError, InputError, RerefineError
+from rerefine.common.version import __version__
 
 from . import emdb, ids, rcsb
 from .http import HttpClient, link_into, verify_gzip_file
-from .mirror import Mirror, ModelIndex, mirror_records, model_record
+from .mirror import Mirror, model_record
+from .mirror_index import KEPT_STATUSES, ModelIndex, file_stat, judgement_key, mirror_records, scan_models
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +90,40 @@ class Candidate:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class Discovery(list):
+    """The candidates of one :func:`discover` call (a list of :class:`Candidate`), with
+
+    ``unchanged``
+        how many entries were left out because they were judged (and rejected) before from the
+        same inputs (``only_changed=True``); their earlier judgement and its record stand;
+    ``pending``
+        this call's judgements, kept in the mirror's state file by :meth:`remember`.
+    """
+
+    def __init__(self, items=(), *, unchanged: int = 0, index_path=None, root=None, pending=(), forget=()):
+        super().__init__(items)
+        self.unchanged = unchanged
+        self.index_path = None if index_path is None else str(index_path)
+        self.root = None if root is None else str(root)
+        self.pending = list(pending)
+        self.forget = list(forget)
+
+    def remember(self) -> int:
+        """Store this call's judgements (accepted and rejected entries) in the mirror's state file, so a
+        later ``discover(..., only_changed=True)`` leaves the unchanged ones out. Call it once the
+        judgements are recorded (the nightly: after storing each skip's reason). Returns how many."""
+        n = len(self.pending)
+        if self.index_path is None or not (self.pending or self.forget):
+            return 0
+        index = ModelIndex(self.index_path)
+        try:
+            index.store_judgements(Path(self.root), self.pending, self.forget)
+        finally:
+            index.close()
+        self.pending, self.forget = [], []
+        return n
 
 
 @dataclass
@@ -162,7 +201,8 @@ def _as_mirror(mirror) -> Mirror | None:
 def discover(since=None, until=None, *, search_url: str | None = None, data_url: str | None = None,
              emdb_api_url: str | None = None, mirror=None, max_resolution: float = 5.0,
              max_map_mb: float = 2048.0, limit: int | None = None, session=None,
-             accept_unknown_resolution: bool = False, cache_dir=None) -> list[Candidate]:
+             accept_unknown_resolution: bool = False, cache_dir=None, only_changed: bool = False,
+             run_key: str = "") -> Discovery:
     """Find EM entries released in ``[since, until]`` and judge them by the selection rules.
 
     Parameters
@@ -189,12 +229,24 @@ def discover(since=None, until=None, *, search_url: str | None = None, data_url:
         Accept entries whose files state no resolution (e.g. the sample archive's local
         model); the refinement must then be given a resolution.
     cache_dir : path-like, optional
-        Download cache, needed to read models when walking a URL mirror.
+        Download cache, needed to read models when walking a URL mirror; a local mirror's state
+        file (:data:`MODEL_INDEX_NAME`) is kept there.
+    only_changed : bool
+        Local mirror only: judge only entries that are new or whose inputs changed since a judgement
+        stored by :meth:`Discovery.remember`. Inputs: the model file's size and modification time,
+        the EMDB header and map files' (when the judgement read the header from the mirror), the
+        selection settings, the date window, the pipeline version and ``run_key``. An unchanged
+        accepted entry is returned as judged then (not judged again); an unchanged rejected one is
+        left out and counted in ``Discovery.unchanged``. Failed entries are always judged again.
+        Either way a local mirror's judgements can be kept for later calls (:meth:`Discovery.remember`).
+    run_key : str
+        What else the caller's records of the judgements depend on (the nightly: its parameters
+        and database), part of the judgement key.
 
     Returns
     -------
-    list of Candidate
-        Every entry looked at, accepted ones and rejected/failed ones with their reason.
+    Discovery
+        A list of every entry looked at, accepted ones and rejected/failed ones with their reason.
     """
     since_d, until_d = _as_date(since), _as_date(until)
     if since_d and until_d and since_d > until_d:
@@ -224,25 +276,39 @@ def discover(since=None, until=None, *, search_url: str | None = None, data_url:
             cand = Candidate(pdb_id=pid, source="rcsb")
             with guarded(cand, "judging its RCSB and EMDB metadata", out):
                 judge_and_add(cand, rcsb.fetch_entry_info(client, data_url, pid))
-        return out
+        return Discovery(out)
 
     if mir is None:
         raise InputError("discover: give a search_url (RCSB) or a mirror")
     cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "rerefine-harvest-cache"
-    indexed = None
+    indexed, kept, files, key, n_unchanged = None, {}, {}, "", 0
     if not mir.is_url:  # a local mirror: parse only the model files new or changed since the last walk
         index = ModelIndex(cache / MODEL_INDEX_NAME)
         try:
-            indexed, unreadable = mirror_records(mir, index)
+            files = scan_models(mir.root)
+            todo = files
+            key = judgement_key(version=__version__, since=since_d, until=until_d, run_key=run_key, **rules)
+            if only_changed:
+                done = index.unchanged(mir.root, files, key)
+                kept = index.accepted_candidates(mir.root, [p for p, st in done.items() if st == "accepted"])
+                todo = [p for p in files if p not in done or (done[p] == "accepted" and p not in kept)]
+                n_unchanged = sum(st == "rejected" for st in done.values())
+            indexed, unreadable = mirror_records(mir, index, files, todo)
         finally:
             index.close()
-        pids = sorted(set(indexed) | set(unreadable))
+        pids = sorted(set(indexed) | set(unreadable) | set(kept))
     else:
         pids = mir.list_model_ids(client)
+    pending, forget = [], []
     for pid in pids:
         if limit is not None and n_accepted >= limit:
             break
+        if pid in kept:  # judged before from the same inputs: that judgement stands
+            out.append(candidate_from_dict(kept[pid]))
+            n_accepted += 1
+            continue
         cand = Candidate(pdb_id=pid, source="mirror")
+        n_out = len(out)
         with guarded(cand, "reading its mirror mmCIF", out):
             if indexed is None:
                 info = model_record(_model_file(mir, pid, client, cache, progress=False)[0], pid)
@@ -260,7 +326,35 @@ def discover(since=None, until=None, *, search_url: str | None = None, data_url:
             if d and ((since_d and d < since_d) or (until_d and d > until_d)):
                 continue  # outside the window: not a candidate of this run
             judge_and_add(cand, info)
-    return out
+        if indexed is not None and len(out) > n_out:  # judged this time: kept if remembered
+            row = _judgement_row(mir.root, cand, files[pid], key)
+            if row is None:
+                forget.append(pid)
+            else:
+                pending.append(row)
+    if indexed is None:
+        return Discovery(out)
+    return Discovery(out, unchanged=n_unchanged, index_path=cache / MODEL_INDEX_NAME, root=mir.root,
+                     pending=pending, forget=forget)
+
+
+def _judgement_row(root: Path, cand: Candidate, model: tuple[str, int, int], key: str) -> tuple | None:
+    """The state-file row of a judgement (see :meth:`ModelIndex.store_judgements`), or None when it
+    must be made again next time: a failure, or EMDB metadata that came from outside the mirror
+    (neither header file there), which may change without any file changing."""
+    if cand.status not in KEPT_STATUSES:
+        return None
+    deps = []
+    if cand.emdb_id:
+        heads = [(rel, *file_stat(root / rel)) for rel in Mirror.header_rels(cand.emdb_id)]
+        if all(size < 0 for _rel, size, _m in heads):
+            return None
+        deps += heads
+        if cand.map_file:
+            rel = Mirror.map_rel(cand.emdb_id, cand.map_file)
+            deps.append((rel, *file_stat(root / rel)))
+    return (cand.pdb_id, model[1], model[2], key, json.dumps(deps), cand.status, cand.reason,
+            json.dumps(cand.to_dict()) if cand.status == "accepted" else None)
 
 
 @contextmanager

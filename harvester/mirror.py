@@ -14,19 +14,13 @@ Discovery without a search service reads the models' own mmCIF records
 is listed through its HTML directory index (autoindex pages as served by Apache, nginx
 or ftp.ebi.ac.uk), reading ``<a href>`` targets.
 
-At archive scale (~230,000 models) a local mirror is not re-read each night:
-:class:`ModelIndex` keeps each model file's path, size and modification time with its
-:func:`model_record` in an SQLite state file, and :func:`mirror_records` parses only the files
-that are new or changed since (one directory walk with ``stat`` for the rest).
+At archive scale (~230,000 models) a local mirror is not re-read each night: see
+:mod:`.mirror_index`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import re
-import sqlite3
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -212,89 +206,3 @@ def model_record(path: str | Path, pid: str) -> ModelInfo:
                      title=fields.text(value("_struct.title")), release_date=date, resolution=resolution,
                      emdb_ids=emdb_list, polymer_count=polymer, authors=[a[:200] for a in authors],
                      warnings=[f"{pid}: {w}" for w in warnings])
-
-
-class ModelIndex:
-    """State file of a local mirror's model records: ``(path, size, mtime_ns) -> record``.
-
-    An SQLite file (``path``), one row per model file of one mirror root; a file whose size or
-    modification time changed is parsed again. Writes are transactions, so a night killed midway
-    leaves the rows of the files it finished.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(self.path))
-        self.db.execute("CREATE TABLE IF NOT EXISTS models (root TEXT, rel TEXT, size INTEGER, mtime_ns INTEGER, "
-                        "record TEXT, PRIMARY KEY (root, rel))")
-
-    def load(self, root: Path) -> dict[str, tuple[int, int, str]]:
-        """``rel -> (size, mtime_ns, record JSON)`` of every file indexed under ``root``."""
-        rows = self.db.execute("SELECT rel, size, mtime_ns, record FROM models WHERE root = ?", (str(root),))
-        return {rel: (size, mtime, rec) for rel, size, mtime, rec in rows}
-
-    def store(self, root: Path, rows: list[tuple[str, int, int, str]], gone: list[str]) -> None:
-        """Insert or replace ``(rel, size, mtime_ns, record JSON)`` rows; delete the ``gone`` files."""
-        with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?)",
-                                [(str(root), *r) for r in rows])
-            self.db.executemany("DELETE FROM models WHERE root = ? AND rel = ?", [(str(root), g) for g in gone])
-
-    def close(self) -> None:
-        self.db.close()
-
-
-def _scan_models(root: Path) -> dict[str, tuple[str, int, int]]:
-    """``pid -> (rel, size, mtime_ns)`` of every ``{id}.cif.gz`` under a local mirror's model folder."""
-    base = root / MODELS_DIR
-    out: dict[str, tuple[str, int, int]] = {}
-    if not base.is_dir():
-        return out
-    with os.scandir(base) as subs:
-        for sub in subs:
-            if not sub.is_dir():
-                continue
-            with os.scandir(sub.path) as files:
-                for f in files:
-                    if not f.name.endswith(".cif.gz"):
-                        continue
-                    try:
-                        pid = ids.pdb_id(f.name[: -len(".cif.gz")])
-                        st = f.stat()
-                    except (InputError, OSError):
-                        continue
-                    out[pid] = (f"{MODELS_DIR}/{sub.name}/{f.name}", st.st_size, st.st_mtime_ns)
-    return out
-
-
-def mirror_records(mirror: Mirror, index: ModelIndex) -> tuple[dict, dict]:
-    """The model records of a local mirror, parsing only files new or changed since ``index``.
-
-    Returns
-    -------
-    (dict, dict)
-        ``pid -> ModelInfo`` of every readable model file (sorted by id), and ``pid -> InputError``
-        of the files that could not be parsed (not indexed: tried again next time).
-    """
-    if mirror.root is None:
-        raise InputError("mirror index: only a local mirror has file sizes and times to compare")
-    files = _scan_models(mirror.root)
-    known = index.load(mirror.root)
-    records, errors, new_rows = {}, {}, []
-    for pid in sorted(files):
-        rel, size, mtime = files[pid]
-        old = known.get(rel)
-        if old is not None and old[0] == size and old[1] == mtime:
-            records[pid] = ModelInfo(**json.loads(old[2]))
-            continue
-        try:
-            info = model_record(mirror.root / rel, pid)
-        except InputError as exc:
-            errors[pid] = exc
-            continue
-        records[pid] = info
-        new_rows.append((rel, size, mtime, json.dumps(dataclasses.asdict(info))))
-    present = {rel for rel, _s, _m in files.values()}
-    index.store(mirror.root, new_rows, [rel for rel in known if rel not in present])
-    return records, errors

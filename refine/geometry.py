@@ -47,20 +47,29 @@ DEG = 180.0 / math.pi
 # --------------------------------------------------------------------------- kernels
 
 @njit(cache=True)
-def bond_range(xyz, idx, ideal, sigma, weight, g, lo, hi):
-    """Σ w((d-d0)/σ)² over bonds ``lo:hi``; gradient added into ``g`` (N, 3)."""
+def flat_bottom_range(xyz, idx, ideal, sigma, slack, weight, g, lo, hi):
+    """Σ w((|d - d0| - slack)_+ / σ)² over the atom pairs ``idx[lo:hi]`` (M, 2) of ``xyz`` (N, 3), d in Å;
+    gradient (1/Å) added into ``g`` (N, 3); pairs with σ ≤ 0 skipped. ``slack`` 0 is the harmonic bond
+    term (:func:`bond_range`); the secondary-structure H-bond restraint uses a flat bottom of ±slack Å."""
     acc = 0.0
     for k in range(lo, hi):
+        s = sigma[k]
+        if s <= 0.0:
+            continue
         i = idx[k, 0]
         j = idx[k, 1]
         dx = xyz[i, 0] - xyz[j, 0]
         dy = xyz[i, 1] - xyz[j, 1]
         dz = xyz[i, 2] - xyz[j, 2]
         d = math.sqrt(dx * dx + dy * dy + dz * dz)
-        s = sigma[k]
-        if s <= 0.0:
+        dev = d - ideal[k]
+        if dev > slack:
+            dev -= slack
+        elif dev < -slack:
+            dev += slack
+        else:
             continue
-        r = (d - ideal[k]) / s
+        r = dev / s
         acc += weight * r * r
         if d > 1e-12:
             f = 2.0 * weight * r / (s * d)
@@ -71,6 +80,19 @@ def bond_range(xyz, idx, ideal, sigma, weight, g, lo, hi):
             g[j, 1] -= f * dy
             g[j, 2] -= f * dz
     return acc
+
+
+@njit(cache=True)
+def bond_range(xyz, idx, ideal, sigma, weight, g, lo, hi):
+    """Σ w((d-d0)/σ)² over bonds ``lo:hi``; gradient added into ``g`` (N, 3)."""
+    return flat_bottom_range(xyz, idx, ideal, sigma, 0.0, weight, g, lo, hi)
+
+
+@njit(cache=True, inline="always")
+def fold_period(delta, period):
+    """An angle difference ``delta`` (degrees) folded into [-180/period, 180/period) (period 1, 2, 3...)."""
+    per = 360.0 / period
+    return delta - per * math.floor(delta / per + 0.5)
 
 
 @njit(cache=True)
@@ -182,9 +204,7 @@ def torsion_range(xyz, idx, ideal, sigma, period, weight, g, lo, hi):
         phi, ok = dihedral_gradient(xyz, idx[k, 0], idx[k, 1], idx[k, 2], idx[k, 3], dg)
         if not ok:
             continue
-        per = 360.0 / period[k]
-        delta = phi * DEG - ideal[k]
-        delta -= per * math.floor(delta / per + 0.5)
+        delta = fold_period(phi * DEG - ideal[k], period[k])
         r = delta / s
         acc += weight * r * r
         f = 2.0 * weight * r / s * DEG
@@ -551,15 +571,24 @@ def angle_devs(xyz, idx, ideal):
 
 
 @njit(cache=True)
+def dihedral_angles(xyz, idx):
+    """Dihedral angle (radians) of each atom quadruple ``idx`` (M, 4) of ``xyz`` (N, 3), and whether it is
+    defined (False where three of its atoms are collinear; see :func:`dihedral_gradient`)."""
+    phi = np.empty(idx.shape[0])
+    ok = np.empty(idx.shape[0], np.bool_)
+    dg = np.empty((4, 3))
+    for k in range(idx.shape[0]):
+        phi[k], ok[k] = dihedral_gradient(xyz, idx[k, 0], idx[k, 1], idx[k, 2], idx[k, 3], dg)
+    return phi, ok
+
+
+@njit(cache=True)
 def torsion_devs(xyz, idx, ideal, period):
     """Torsion angle minus its ideal (degrees), folded into ±180/period, of each torsion ``idx`` (M, 4)."""
+    phi, _ok = dihedral_angles(xyz, idx)
     out = np.empty(ideal.shape[0])
-    dg = np.empty((4, 3))
     for k in range(ideal.shape[0]):
-        phi, ok = dihedral_gradient(xyz, idx[k, 0], idx[k, 1], idx[k, 2], idx[k, 3], dg)
-        per = 360.0 / period[k]
-        d = phi * DEG - ideal[k]
-        out[k] = d - per * math.floor(d / per + 0.5)
+        out[k] = fold_period(phi[k] * DEG - ideal[k], period[k])
     return out
 
 

@@ -37,7 +37,7 @@ import gemmi
 import numpy as np
 from numba import njit
 
-from .geometry import dihedral_gradient
+from .geometry import dihedral_angles, dihedral_gradient, fold_period
 
 #: Minimum sequence identity (fraction of the shorter chain) of two copies (Phenix's
 #: ``ncs_search.chain_similarity_threshold``).
@@ -416,9 +416,7 @@ def ncs_torsion_energy_gradient(xyz, ia, ib, period, weight, sigma, limit, g):
         pb, okb = dihedral_gradient(xyz, ib[k, 0], ib[k, 1], ib[k, 2], ib[k, 3], db)
         if not (oka and okb):
             continue
-        per = 360.0 / period[k]
-        d = (pa - pb) * DEG
-        d -= per * math.floor(d / per + 0.5)
+        d = fold_period((pa - pb) * DEG, period[k])
         e = math.exp(-d * d / l2)
         acc += weight[k] * top * (1.0 - e)
         # dE/d(phi_a) in 1/rad: weight * 2 d / sigma^2 * exp(-d^2/L^2) * (deg per rad)
@@ -435,17 +433,12 @@ def ncs_torsion_energy_gradient(xyz, ia, ib, period, weight, sigma, limit, g):
 @njit(cache=True)
 def ncs_torsion_differences(xyz, ia, ib, period):
     """Wrapped torsion differences (degrees) of each pair; NaN where a dihedral is degenerate."""
-    out = np.empty(ia.shape[0])
-    da = np.empty((4, 3))
+    pa, oka = dihedral_angles(xyz, ia)
+    pb, okb = dihedral_angles(xyz, ib)
+    out = np.full(ia.shape[0], np.nan)
     for k in range(ia.shape[0]):
-        pa, oka = dihedral_gradient(xyz, ia[k, 0], ia[k, 1], ia[k, 2], ia[k, 3], da)
-        pb, okb = dihedral_gradient(xyz, ib[k, 0], ib[k, 1], ib[k, 2], ib[k, 3], da)
-        if not (oka and okb):
-            out[k] = np.nan
-            continue
-        per = 360.0 / period[k]
-        d = (pa - pb) * DEG
-        out[k] = d - per * math.floor(d / per + 0.5)
+        if oka[k] and okb[k]:
+            out[k] = fold_period((pa[k] - pb[k]) * DEG, period[k])
     return out
 
 

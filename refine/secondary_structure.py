@@ -45,6 +45,7 @@ import numpy as np
 from numba import njit
 
 from .chain_breaks import consecutive
+from .geometry import flat_bottom_range
 
 #: Å, ideal O...N distance (Phenix ``n_o_distance_ideal``).
 IDEAL = 2.9
@@ -64,32 +65,7 @@ HELIX_STEP = {1: 4, 5: 3, 3: 5}
 def hbond_energy_gradient(xyz, pairs, ideal, sigma, slack, g):
     """``sum ((|d - d0| - slack)_+ / sigma)^2`` over atom pairs ``pairs`` (n, 2) of ``xyz`` (N, 3) Å;
     the gradient (1/Å) is added into ``g`` (N, 3). Dimensionless."""
-    acc = 0.0
-    for k in range(pairs.shape[0]):
-        i = pairs[k, 0]
-        j = pairs[k, 1]
-        dx = xyz[i, 0] - xyz[j, 0]
-        dy = xyz[i, 1] - xyz[j, 1]
-        dz = xyz[i, 2] - xyz[j, 2]
-        d = math.sqrt(dx * dx + dy * dy + dz * dz)
-        dev = d - ideal[k]
-        if dev > slack:
-            dev -= slack
-        elif dev < -slack:
-            dev += slack
-        else:
-            continue
-        r = dev / sigma[k]
-        acc += r * r
-        if d > 1e-12:
-            f = 2.0 * r / (sigma[k] * d)
-            g[i, 0] += f * dx
-            g[i, 1] += f * dy
-            g[i, 2] += f * dz
-            g[j, 0] -= f * dx
-            g[j, 1] -= f * dy
-            g[j, 2] -= f * dz
-    return acc
+    return flat_bottom_range(xyz, pairs, ideal, sigma, slack, 1.0, g, 0, pairs.shape[0])
 
 
 def backbone(st) -> list[dict]:

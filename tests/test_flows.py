@@ -161,6 +161,9 @@ def test_nightly_isolates_a_bad_entry_and_skips_finished_work(mirror, tmp_path, 
     assert r2.returncode == 0, r2.stderr[-3000:]
     s2 = json.loads(r2.stdout)
     assert s2["cached"] == 1 and s2["processed"] == 0
+    # the two rejected entries are neither judged nor recorded again; their skip and reason stand
+    assert s2["judged_before"] == 2 and s2["rejected"] == []
+    assert _runs(data_dir)["5ni1"] == runs["5ni1"]
 
 
 @pytest.mark.slow

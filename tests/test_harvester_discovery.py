@@ -9,6 +9,8 @@ fitted to EMD-25107, EM, 3.97 Å) and is validated against the real Data API sch
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import os
 import json
 
 import jsonschema
@@ -160,3 +162,160 @@ def test_search_needs_since_and_sane_window(api):
         discover("2024-02-01", "2024-01-01", mirror=".")
     with pytest.raises(Exception, match="bad date"):
         discover("yesterday", mirror=".")
+
+
+# -- a local mirror: only new or changed entries are judged (issue 17, item 5) ------------------
+
+def _mirror_night(archive, cache, monkeypatch, **kw):
+    """One ``discover(only_changed=True)`` on a local mirror: (candidates by id, ids whose model was
+    parsed, EMDB ids whose metadata was read). Nothing is remembered."""
+    from rerefine.harvester import harvest
+    from rerefine.harvester import mirror as mirror_mod
+
+    parsed, headers = [], []
+    real_record, real_emdb = mirror_mod.model_record, harvest.emdb_metadata
+
+    def record(path, pid):
+        parsed.append(pid)
+        return real_record(path, pid)
+
+    def metadata(eid, **k):
+        headers.append(eid)
+        return real_emdb(eid, **k)
+
+    monkeypatch.setattr(mirror_mod, "model_record", record)
+    monkeypatch.setattr(harvest, "emdb_metadata", metadata)
+    found = discover(mirror=archive, cache_dir=cache, only_changed=True, **kw)
+    monkeypatch.undo()
+    return found, sorted(parsed), sorted(headers)
+
+
+def _touch(path, seconds=10):
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + seconds * 10**9))
+
+
+@pytest.fixture
+def sample_mirror(test_data, tmp_path):
+    from rerefine.harvester import sample_archive
+
+    archive = tmp_path / "archive"
+    sample_archive.build(archive, test_data)
+    return archive
+
+
+def test_only_new_or_changed_entries_are_judged(sample_mirror, tmp_path, monkeypatch):
+    from rerefine.harvester.mirror import Mirror
+
+    archive, cache = sample_mirror, tmp_path / "cache"
+    first, parsed, headers = _mirror_night(archive, cache, monkeypatch)
+    by_id = {c.pdb_id: c for c in first}
+    assert sorted(by_id) == ["5me2", "5ni1", "7cec", "loc_3ajo_fitted"] and first.unchanged == 0
+    assert parsed == sorted(by_id) and headers == ["EMD-20026", "EMD-30342", "EMD-3488"]
+    assert [by_id[p].status for p in sorted(by_id)] == ["accepted", "rejected", "accepted", "rejected"]
+    # not remembered (e.g. the night ended before recording them): everything is judged again
+    again, parsed, headers = _mirror_night(archive, cache, monkeypatch)
+    assert len(again) == 4 and parsed == [] and len(headers) == 3
+    assert again.remember() == 4
+
+    # nothing changed: no model parsed, no EMDB metadata read; the accepted entries come back as
+    # judged then, the rejected ones are left out and counted
+    same, parsed, headers = _mirror_night(archive, cache, monkeypatch)
+    assert parsed == [] and headers == [] and same.unchanged == 2
+    assert [c.to_dict() for c in same] == [by_id["5me2"].to_dict(), by_id["7cec"].to_dict()]
+    same.remember()
+
+    # a changed model file (new time), a changed EMDB header, a new entry: those three are judged
+    _touch(archive / Mirror.model_rel("5ni1"))
+    (header,) = [archive / r for r in Mirror.header_rels("EMD-20026") if (archive / r).is_file()]
+    _touch(header)
+    new = archive / Mirror.model_rel("9me2")
+    new.parent.mkdir(parents=True, exist_ok=True)
+    new.write_bytes((archive / Mirror.model_rel("5me2")).read_bytes())
+    changed, parsed, headers = _mirror_night(archive, cache, monkeypatch)
+    assert parsed == ["5ni1", "9me2"] and headers == ["EMD-20026", "EMD-3488"]
+    judged = {c.pdb_id: (c.status, c.reason) for c in changed}
+    assert judged["5ni1"] == ("rejected", by_id["5ni1"].reason)
+    assert judged["loc_3ajo_fitted"] == ("rejected", by_id["loc_3ajo_fitted"].reason)
+    assert judged["9me2"][0] == "accepted" and sorted(judged) == ["5me2", "5ni1", "7cec", "9me2", "loc_3ajo_fitted"]
+    assert changed.unchanged == 0
+    changed.remember()
+    # a replaced map file re-judges its entry too
+    _touch(archive / Mirror.map_rel("EMD-30342", by_id["7cec"].map_file))
+    _f, parsed, headers = _mirror_night(archive, cache, monkeypatch)
+    assert parsed == [] and headers == ["EMD-30342"]
+
+    # a changed setting re-judges every entry (from the kept model records: nothing parsed)
+    strict, parsed, headers = _mirror_night(archive, cache, monkeypatch, max_resolution=3.5)
+    assert parsed == [] and len(strict) == 5 and strict.unchanged == 0
+    assert {c.pdb_id: c.status for c in strict}["7cec"] == "rejected"  # 3.9 Å
+    strict.remember()
+    back, _p, headers = _mirror_night(archive, cache, monkeypatch)  # and back to the default
+    assert len(back) == 5 and len(headers) == 4
+    other_run, _p, _h = _mirror_night(archive, cache, monkeypatch, run_key="other parameters")
+    assert len(other_run) == 5
+
+
+def test_failed_entry_is_judged_every_time(sample_mirror, tmp_path, monkeypatch):
+    from rerefine.harvester.mirror import Mirror
+
+    bad = sample_mirror / Mirror.model_rel("7cec")
+    bad.write_bytes(gzip.compress(b"data_x\nloop_\n_a.b\n'unclosed\n"))
+    for _ in range(2):
+        found, parsed, _h = _mirror_night(sample_mirror, tmp_path / "cache", monkeypatch)
+        assert "7cec" in parsed
+        (c,) = [c for c in found if c.pdb_id == "7cec"]
+        assert c.status == "failed" and c.reason.startswith("7cec: ")
+        found.remember()
+
+
+def test_nightly_records_each_skip_once_and_keeps_its_reason(sample_mirror, tmp_path, monkeypatch):
+    """The nightly's recording of discovery (``record_judgements``): a skip is written to the project
+    database the night it is judged; later nights write nothing for it and its reason stays."""
+    import sqlalchemy as sa
+
+    from rerefine.flows import nightly
+    from rerefine.reports import db
+
+    database = f"sqlite:///{tmp_path / 'rr.sqlite'}"
+    db.upgrade(database)
+    engine = db.make_engine(database)
+
+    def night():
+        found, _p, _h = _mirror_night(sample_mirror, tmp_path / "cache", monkeypatch)
+        summary = {"rejected": [], "failed": []}
+        accepted = nightly.record_judgements(engine, found, {}, summary)
+        with engine.connect() as conn:
+            runs = conn.execute(sa.text("SELECT e.pdb_id, r.status, r.reason, r.updated_at FROM runs r "
+                                        "JOIN entries e ON e.id = r.entry_id")).all()
+        return summary, [a["pdb_id"] for a in accepted], {r[0].lower(): tuple(r[1:]) for r in runs}
+
+    s1, acc1, runs1 = night()
+    assert acc1 == ["5me2", "7cec"] and s1["judged_before"] == 0
+    assert sorted(x["pdb_id"] for x in s1["rejected"]) == ["5ni1", "loc_3ajo_fitted"]
+    assert runs1["5ni1"][:2] == ("skipped", "no associated EMDB map stated")
+    s2, acc2, runs2 = night()
+    assert acc2 == ["5me2", "7cec"] and s2["rejected"] == [] and s2["judged_before"] == 2
+    assert runs2 == runs1  # no row written or updated; the reasons are still there
+    engine.dispose()
+
+
+def test_has_runs_tells_a_new_database(sample_mirror, tmp_path, monkeypatch):
+    """``has_runs`` is False on a new database, True once a night recorded its skips: the nightly judges
+    only changed entries when it is True, so a new database gets every skip recorded even though the
+    mirror's state file remembers the judgements."""
+    from rerefine.flows import nightly
+    from rerefine.reports import db
+
+    engines = []
+    for name in ("old.sqlite", "new.sqlite"):
+        database = f"sqlite:///{tmp_path / name}"
+        db.upgrade(database)
+        engines.append(db.make_engine(database))
+    old, new = engines
+    assert not nightly.has_runs(old)
+    found, _p, _h = _mirror_night(sample_mirror, tmp_path / "cache", monkeypatch)
+    nightly.record_judgements(old, found, {}, {"rejected": [], "failed": []})
+    assert nightly.has_runs(old) and not nightly.has_runs(new)
+    for e in engines:
+        e.dispose()
