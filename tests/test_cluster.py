@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from procs import processes_with  # tests/ is on sys.path under pytest
 from rerefine.harvester import sample_archive
 
 
@@ -27,22 +28,6 @@ def _env(data_dir: Path, test_data: Path) -> dict:
     env.update(RR_DATA_DIR=str(data_dir), RR_TEST_DATA=str(test_data), RR_MONOMER_LIB=str(test_data / "monomers"))
     env.setdefault("NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".numba-cache"))
     return env
-
-
-def _processes_with(marker: str) -> list[int]:
-    """Live processes whose environment holds ``marker`` (``/proc``; the run's own data folder)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            if marker.encode() in (d / "environ").read_bytes().split(b"\0"):
-                state = next(ln for ln in (d / "status").read_text().splitlines() if ln.startswith("State:"))
-                if "Z" not in state.split()[1]:
-                    out.append(int(d.name))
-        except (OSError, StopIteration):
-            continue
-    return out
 
 
 @pytest.mark.slow
@@ -82,4 +67,4 @@ def test_dask_night_spreads_one_entrys_regions_over_both_workers(test_data, tmp_
     assert len(workers) == 2 and all(n >= 1 for n in workers.values()), workers
     # nothing of the run is left: no stage worker, region process, Dask worker or Prefect server
     # (before flows/nightly.shared_temporary_server, each Dask worker's own server outlived it)
-    assert _processes_with(f"RR_DATA_DIR={data_dir}") == []
+    assert processes_with(f"RR_DATA_DIR={data_dir}") == []
