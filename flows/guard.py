@@ -9,8 +9,15 @@ the cost model below, and refuses an entry the limits cannot hold with a one-lin
 During: the heavy stages of an entry run in one child process per entry (:class:`StageWorker`),
 whose address space is limited with ``resource.setrlimit(RLIMIT_AS)`` to its start-up size plus the
 budget (an allocation beyond it raises ``MemoryError`` in numpy, numba or gemmi), and which is
-killed when the entry's time runs out (numba code cannot be interrupted from a thread). Either
-ends the entry with a ``LimitError``; the night goes on. A child process (not ``fork``) because
+killed when the entry's time runs out (numba code cannot be interrupted from a thread). The
+budget holds for the entry's whole process tree: a stage may start processes of its own (the
+process pool of a model refined in boxes), each of which inherits the worker's address-space
+limit, so while a call runs the entry reads the resident size of the worker and all its
+descendants from ``/proc`` every :data:`TREE_POLL_SECONDS` and ends the entry when their sum
+exceeds the worker's start-up resident size plus the budget. Each ends the entry with a
+``LimitError``, the worker and every process under it killed; the night goes on. (On a Dask
+cluster the regions run in Dask's worker processes, outside the entry's tree, under the Dask
+workers' own memory limits.) A child process (not ``fork``) because
 numba's OpenMP threads do not survive a fork, and because Dask's worker processes may not start
 ``multiprocessing`` children.
 
@@ -76,6 +83,9 @@ BYTES_PER_MAP_VOXEL = 8.0
 SECONDS_PER_ATOM = 0.0045
 SECONDS_PER_BOX_VOXEL = 3e-5
 FIXED_SECONDS = 5.0
+#: Seconds between two reads of the memory of an entry's process tree while a stage runs (a
+#: spike shorter than this can pass unseen; each process stays under its own address-space limit).
+TREE_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -333,6 +343,49 @@ def serve(memory_bytes: int | None) -> None:
         del reply
 
 
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids of every process (``/proc/PID/stat``; empty off Linux)."""
+    kids: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{name}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2:].split()[1])  # after "pid (comm) state"
+            kids.setdefault(ppid, []).append(int(name))
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (children first found first)."""
+    kids = _children()
+    out = [pid]
+    k = 0
+    while k < len(out):
+        out.extend(kids.get(out[k], []))
+        k += 1
+    return out
+
+
+def _rss(pid: int) -> int:
+    """A process's resident bytes now (``VmRSS``; 0 when gone or unknown)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_rss(pid: int) -> tuple[int, int]:
+    """Summed resident bytes of ``pid`` and its descendants, and how many processes that is.
+    Pages shared between them (libraries) count once per process, so this errs high."""
+    pids = process_tree(pid)
+    return sum(_rss(p) for p in pids), len(pids)
+
+
 class StageWorker:
     """One entry's child process for its heavy stages, with the entry's limits.
 
@@ -351,6 +404,8 @@ class StageWorker:
         self.deadline = time.monotonic() + limits.seconds if limits.seconds > 0 else None
         self.proc: subprocess.Popen | None = None
         self.baseline = 0
+        #: resident bytes of the worker when it was ready (the tree's budget starts from it)
+        self.baseline_rss = 0
         #: peak resident MiB of the worker process per stage (its region processes not included)
         self.stage_peak_mb: dict[str, float] = {}
 
@@ -363,16 +418,30 @@ class StageWorker:
         env = {**os.environ, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self.baseline = self._reply(stage)[1]
+        self.baseline_rss = _rss(self.proc.pid)
 
     def _over_time(self, stage: str) -> LimitError:
-        self.close()
+        self.kill()
         return LimitError(f"{self.label}: stopped in the {stage} stage at the entry time limit of "
                           f"{self.limits.seconds:g} s (RR_ENTRY_SECONDS)")
 
     def _over_memory(self, stage: str) -> LimitError:
-        self.close()
+        self.kill()
         return LimitError(f"{self.label}: the {stage} stage needs more than the entry memory budget of "
                           f"{_mb(self.limits.memory_bytes or 0)} (RR_ENTRY_MEMORY_MB)")
+
+    def _check_tree(self, stage: str) -> None:
+        """End the entry when its process tree holds more than the worker's start-up resident
+        size plus the budget."""
+        budget = self.limits.memory_bytes
+        if budget is None or self.proc is None:
+            return
+        used, n = tree_rss(self.proc.pid)
+        if used > self.baseline_rss + budget:
+            self.kill()
+            raise LimitError(f"{self.label}: the {stage} stage needs more than the entry memory budget of "
+                             f"{_mb(budget)} (RR_ENTRY_MEMORY_MB): its {n} processes held "
+                             f"{_mb(used - self.baseline_rss)} beyond the worker's start")
 
     def _read_into(self, mv: memoryview, stage: str) -> bool:
         """Fill ``mv`` from the worker's output within the entry's time; False when it ended."""
@@ -382,9 +451,15 @@ class StageWorker:
             left = self._remaining()
             if left is not None and left <= 0:
                 raise self._over_time(stage)
-            ready, _, _ = select.select([fd], [], [], left)
+            wait = left
+            if self.limits.memory_bytes is not None:
+                wait = TREE_POLL_SECONDS if left is None else min(left, TREE_POLL_SECONDS)
+            ready, _, _ = select.select([fd], [], [], wait)
             if not ready:
-                raise self._over_time(stage)
+                if left is not None and time.monotonic() >= self.deadline:
+                    raise self._over_time(stage)
+                self._check_tree(stage)
+                continue
             got = os.readv(fd, [mv[pos:pos + (1 << 24)]])
             if not got:
                 return False
@@ -443,8 +518,9 @@ class StageWorker:
         raise exc
 
     def close(self) -> None:
-        """Stop the worker (killed when it does not end within 5 s of its input closing)."""
-        proc, self.proc = self.proc, None
+        """Stop the worker (it and every process under it killed when it does not end within 5 s
+        of its input closing)."""
+        proc = self.proc
         if proc is None:
             return
         with contextlib.suppress(OSError):
@@ -452,10 +528,24 @@ class StageWorker:
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            self.kill()
+            return
+        self.proc = None
         with contextlib.suppress(OSError):
             proc.stdout.close()
+
+    def kill(self) -> None:
+        """Kill the worker and every process under it (a stage's process pool) at once."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        for pid in reversed(process_tree(proc.pid)):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+        for fh in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                fh.close()
 
 
 def _reset_peak_rss(pid: int) -> None:

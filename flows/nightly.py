@@ -16,6 +16,7 @@ order of one entry (``entry_flow``) is its longest part.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -27,10 +28,11 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from prefect import flow, task
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from rerefine.flows import __version__, guard, pipeline
+from rerefine.flows.cluster import region_workers
 from rerefine.flows.pipeline import EntryJob, PipelineParams, timed
 from rerefine.common.errors import ArchiveError, RerefineError
 
@@ -68,10 +70,10 @@ def metrics_task(st, box, resolution: float, job: EntryJob, params: PipelinePara
 
 @task(name="refine")
 def refine_task(st, sharpened, box, resolution: float, monlib, params: PipelineParams, top8000=None):
-    # On a Dask cluster the regions of a large model become tasks of the whole cluster
-    # (worker_client leaves this worker's slot while it waits; the regions then run outside the
-    # entry's guarded worker, each under its Dask worker's own memory limit); elsewhere the stage
-    # runs in the entry's guarded worker with a process pool on the entry's cores.
+    # On a Dask cluster the regions of a large model become tasks of the whole cluster: the stage
+    # runs in the entry's guarded worker (its time and memory limits hold) with a client of its own
+    # (flows/cluster.py), while this Dask task leaves its worker's slot (worker_client secedes) so
+    # that the regions can use it. Elsewhere the regions run on a process pool on the entry's cores.
     from rerefine.refine.boxed import use_boxes
 
     try:
@@ -80,13 +82,14 @@ def refine_task(st, sharpened, box, resolution: float, monlib, params: PipelineP
         get_worker()
     except (ImportError, ValueError):
         return guard.run(pipeline.stage_refine, st, sharpened, box, resolution, monlib, params, top8000)
-    if not use_boxes(st, box):  # one piece: nothing to hand out
+    if not use_boxes(st, box, min_atoms=2 * params.region_atoms):  # one piece: nothing to hand out
         return guard.run(pipeline.stage_refine, st, sharpened, box, resolution, monlib, params, top8000,
                          workers=1)
+    from rerefine.flows.cluster import stage_refine_on_cluster
+
     with worker_client() as client:
-        return pipeline.stage_refine(st, sharpened, box, resolution, monlib, params, top8000,
-                                     workers=max(1, sum(client.nthreads().values())),
-                                     executor=client.get_executor())
+        address = client.scheduler_info()["address"]
+        return guard.run(stage_refine_on_cluster, address, st, sharpened, box, resolution, monlib, params, top8000)
 
 
 @task(name="douse")
@@ -264,7 +267,7 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
             before.update(validation_task(st, ctx.get("monlib"), ctx.get("top8000")))
             after.update(validation_task(ref.structure, ctx.get("monlib"), ctx.get("top8000")))
         after["refinement"] = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles,
-                               "rmsd_moved": ref.rmsd_moved,
+                               "rmsd_moved": ref.rmsd_moved, "region_workers": region_workers(ref.history),
                                "warnings": (job.metadata.get("warnings", []) + list(ref.warnings))[:20]}
         after["douse"] = waters
         with timed(timings, "diffmap"):
@@ -379,6 +382,35 @@ def make_task_runner(workers: int, dask_address: str | None):
     return ThreadPoolTaskRunner(max_workers=1)
 
 
+@contextlib.contextmanager
+def shared_temporary_server(local_cluster: bool):
+    """With ``local_cluster`` and no ``PREFECT_API_URL``: start Prefect's temporary API server
+    here and point the run and the local Dask cluster's workers at it (environment and settings).
+
+    Otherwise each worker process starts a temporary server of its own at its first task, which
+    the cluster's shutdown (it kills workers that do not end within seconds) leaves running. The
+    server is the one Prefect itself would start for this process
+    (``prefect.server.api.server.SubprocessASGIServer``); it stops at exit, as Prefect's does.
+    A remote cluster (``--dask-address``) cannot reach a server on this host's loopback: there,
+    set ``PREFECT_API_URL`` to a Prefect server the workers can reach.
+    """
+    import os
+
+    if not local_cluster or os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+
+
 def without_heartbeats():
     """Settings context with Prefect's flow-run heartbeats off.
 
@@ -432,7 +464,7 @@ def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, wo
     runner = make_task_runner(workers, dask_address)
     nightly = nightly_flow.with_options(task_runner=runner)
     t0 = time.perf_counter()
-    with without_heartbeats():
+    with without_heartbeats(), shared_temporary_server(workers > 1 and not dask_address):
         summary = nightly(settings_dict=s, since=since, until=until, mirror=mirror,
                           limit=limit, build_site=build_site, force=force, params=params.to_dict(),
                           accept_unknown_resolution=accept_unknown_resolution, db_ready=True, locked=True)

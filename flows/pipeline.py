@@ -21,6 +21,7 @@ import numpy as np
 from rerefine.common.errors import InputError
 from rerefine.harvester.harvest import EntryFiles
 from rerefine.refine import mapio, modelio
+from rerefine.refine.regions import REGION_ATOMS
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class PipelineParams:
     monomer_library: str = ""
     douse: bool = True
     douse_max_resolution: float = 3.0
+    #: core atoms per region of a model refined in boxes (:func:`rerefine.refine.regions.split_regions`);
+    #: models from twice as many atoms are refined in boxes (:func:`rerefine.refine.boxed.use_boxes`)
+    region_atoms: int = REGION_ATOMS
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -236,8 +240,8 @@ def stage_refine(st, sharpened: mapio.DensityMap, box: mapio.DensityMap, resolut
     """Real-space refinement: coordinates against the sharpened map; B factors, occupancies and the
     density-fit cycles against the deposited box, the map every fit figure is measured on.
 
-    Large models (:func:`rerefine.refine.boxed.use_boxes`: from
-    :data:`rerefine.refine.boxed.BOXED_MIN_ATOMS` atoms) are refined in boxes, region by region, on
+    Large models (:func:`rerefine.refine.boxed.use_boxes`: from twice ``params.region_atoms``
+    atoms) are refined in boxes, region by region, on
     ``executor`` or a process pool of ``workers`` processes (default: the cores this process may
     run on); smaller ones in one piece as before."""
     if monlib is None:
@@ -261,10 +265,11 @@ def refine_in_boxes_or_whole(st, dmap: mapio.DensityMap, fit_map: mapio.DensityM
 
     common = dict(adp=params.refine_adp, cycles=params.macro_cycles, fit_map=fit_map, top8000_dir=top8000,
                   **options)
-    if use_boxes(st, fit_map):
+    if use_boxes(st, fit_map, min_atoms=2 * params.region_atoms):
         if workers is None:
             workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return refine_boxed(st, dmap, resolution, monlib, workers=workers, executor=executor, **common)
+        return refine_boxed(st, dmap, resolution, monlib, workers=workers, executor=executor,
+                            region_atoms=params.region_atoms, **common)
     return refine_model(st, dmap, resolution, monlib, **common)
 
 

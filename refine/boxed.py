@@ -50,15 +50,15 @@ BOXED_MIN_ATOMS = 2 * REGION_ATOMS
 BOX_PADDING = 8.0
 
 
-def use_boxes(st: gemmi.Structure, dmap: DensityMap) -> bool:
-    """Whether :func:`refine_boxed` should refine ``st`` against ``dmap``: above
-    :data:`BOXED_MIN_ATOMS` atoms, or when the model's box would exceed the density-fit stage's
+def use_boxes(st: gemmi.Structure, dmap: DensityMap, min_atoms: int | None = None) -> bool:
+    """Whether :func:`refine_boxed` should refine ``st`` against ``dmap``: from ``min_atoms``
+    atoms (default :data:`BOXED_MIN_ATOMS`), or when the model's box would exceed the density-fit stage's
     voxel limit (:data:`rerefine.refine.fit_stage.FIT_MAX_VOXELS`) and the whole-model path would
     skip that stage. Needs an orthogonal map (boxes are cut on its grid)."""
     if not len(st) or not dmap.is_orthogonal:
         return False
     n = st[0].count_atom_sites()
-    if n >= BOXED_MIN_ATOMS:
+    if n >= (BOXED_MIN_ATOMS if min_atoms is None else min_atoms):
         return True
     if n == 0:
         return False

@@ -212,3 +212,41 @@ def test_night_refuses_an_entry_over_budget_and_goes_on(test_data, tmp_path):
                                       "JOIN entries e ON e.id = r.entry_id")).all()}
     eng.dispose()
     assert rows["5me2"].startswith("failed 5me2: a 1000×1000×1000 map") and rows["7cec"].startswith("done")
+
+
+def _settled(marker: str) -> list[int]:
+    """The processes still holding ``marker`` once killed ones had a moment to go (≤ 10 s)."""
+    import procs
+
+    for _ in range(100):
+        left = procs.processes_with(marker)
+        if not left:
+            break
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the process tree is read from /proc")
+def test_budget_holds_for_a_stages_process_pool_and_the_next_entry_runs(monkeypatch):
+    """Two pool processes (as a boxed refinement starts) holding 200 MiB each stay under their
+    own address-space limit (inherited: the worker's start + 300 MiB), but together exceed the
+    entry's 300 MiB budget: the entry fails with the one-line reason and the worker and every
+    process under it are gone; the next entry's pool, within the budget, finishes."""
+    import uuid
+
+    import procs
+
+    tag = uuid.uuid4().hex
+    monkeypatch.setenv("RR_GUARD_TEST", tag)  # inherited by every process of the entries below
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(procs.__file__).parent),
+                                                                   os.environ.get("PYTHONPATH")])))
+    with guard.entry_guard("big", guard.EntryLimits(memory_mb=300)):
+        with pytest.raises(LimitError) as err:
+            guard.run(procs.pool_holding, 2, 200, 600)
+    msg = str(err.value)
+    assert msg.startswith("big: the pool_holding stage needs more than the entry memory budget of 300 MiB "
+                          "(RR_ENTRY_MEMORY_MB): its ") and "\n" not in msg
+    assert _settled(f"RR_GUARD_TEST={tag}") == []
+    with guard.entry_guard("next", guard.EntryLimits(memory_mb=300)):
+        assert guard.run(procs.pool_holding, 2, 20, 0) == 40
+    assert _settled(f"RR_GUARD_TEST={tag}") == []

@@ -31,6 +31,9 @@ def add_pipeline_options(p) -> None:
     p.add_argument("--cycles", type=int, metavar="N", help="refinement macro-cycles (default 5)")
     p.add_argument("--no-adp", action="store_true", help="do not refine B factors")
     p.add_argument("--q-sigma", type=float, metavar="Å", help="Q-score reference width (default 0.6)")
+    p.add_argument("--region-atoms", type=int, metavar="N",
+                   help="core atoms per region of a model refined in boxes; models from 2N atoms are refined "
+                        "in boxes (default 6000)")
 
 
 def pipeline_params(args, settings=None):
@@ -50,6 +53,10 @@ def pipeline_params(args, settings=None):
         if args.q_sigma <= 0:
             raise InputError("--q-sigma must be positive")
         p.q_sigma = args.q_sigma
+    if args.region_atoms is not None:
+        if args.region_atoms < 100:
+            raise InputError("--region-atoms must be at least 100")
+        p.region_atoms = args.region_atoms
     return p
 
 
