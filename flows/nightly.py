@@ -275,10 +275,10 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
             diff, peaks = diffmap_task(ref.structure, box, res)
         after["difference_peaks"] = peaks
         with timed(timings, "write"):
-            arts = early.finish()
-            arts += pipeline.write_artefacts(outdir, job.pdb_id, None, None, diff if params.keep_maps else None,
-                                             version=ctx["version"])
+            if params.keep_maps:
+                early.add_difference_map(diff)  # compressed while the 3D-view data are made
             view = pipeline.write_viewer(outdir, job.pdb_id, st, ref.structure, sharp.map, diff, box, before, after)
+            arts = early.finish()
             if view is not None:
                 arts.append(view)
         with timed(timings, "store"):

@@ -505,9 +505,15 @@ class EarlyWrites:
         self.partial.mkdir(parents=True)
         self.seconds = 0.0
         self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"write-{pdb_id}")
-        self._arts = self._pool.submit(self._timed, write_artefacts, self.partial, pdb_id, refined_st, sharpened,
-                                       None, version=version)
+        self._pdb_id, self._version = pdb_id, version
+        self._arts = [self._pool.submit(self._timed, write_artefacts, self.partial, pdb_id, refined_st, sharpened,
+                                        None, version=version)]
         self._radial = self._pool.submit(self._timed, radial_profiles, box, sharp_map)
+
+    def add_difference_map(self, diff: mapio.DensityMap) -> None:
+        """Write the difference map too (after the others), while the caller goes on."""
+        self._arts.append(self._pool.submit(self._timed, write_artefacts, self.partial, self._pdb_id, None, None,
+                                            diff, version=self._version))
 
     def _timed(self, fn, *args, **kwargs):
         t = time.perf_counter()
@@ -524,7 +530,7 @@ class EarlyWrites:
         """Wait for the writes, move the files into the entry's folder; their artefact records."""
         import os
 
-        arts = self._arts.result()
+        arts = [rec for fut in self._arts for rec in fut.result()]
         self._pool.shutdown()
         for rec in arts:
             final = self.outdir / Path(rec["path"]).name

@@ -261,15 +261,18 @@ def test_early_writes_move_into_the_entry_folder_or_leave_it_alone(pairs, tmp_pa
     out = entry_dir(tmp_path, "3ajo")
     early = pipeline.EarlyWrites(out, "3ajo", st, dmap, dmap, dmap, version="test")
     assert early.radial() == pipeline.radial_profiles(dmap, dmap)
+    early.add_difference_map(dmap)
     arts = early.finish()
-    assert [a["kind"] for a in arts] == ["refined_model", "sharpened_map"]
-    assert sorted(p.name for p in out.iterdir()) == ["3ajo_rerefined.cif", "3ajo_sharpened.mrc.gz"]
+    assert [a["kind"] for a in arts] == ["refined_model", "sharpened_map", "difference_map"]
+    assert sorted(p.name for p in out.iterdir()) == ["3ajo_diff.mrc.gz", "3ajo_rerefined.cif",
+                                                     "3ajo_sharpened.mrc.gz"]
     for a in arts:
         assert Path(a["path"]).parent == out
         assert a["sha256"] == hashlib.sha256(Path(a["path"]).read_bytes()).hexdigest()
     back = gemmi.read_structure(str(out / "3ajo_rerefined.cif"))
     assert back[0].count_atom_sites() == st[0].count_atom_sites()
-    np.testing.assert_array_equal(mapio.read_map(out / "3ajo_sharpened.mrc.gz").data, dmap.data)
+    for name in ("3ajo_sharpened.mrc.gz", "3ajo_diff.mrc.gz"):
+        np.testing.assert_array_equal(mapio.read_map(out / name).data, dmap.data)
     before = (out / "3ajo_rerefined.cif").read_bytes()
     failed = pipeline.EarlyWrites(out, "3ajo", st.clone(), dmap, dmap, dmap, version="other")
     failed.discard()
