@@ -151,6 +151,8 @@ def run_entry(archive: Path, data_dir: Path, memory_mb: float | None) -> dict:
             "peak_rss_mb_main_sampled": round(peak["main"] / 2**20, 1),
             "stage_seconds": rep.get("timings"), "stage_peak_mb": rep.get("stage_peak_mb"),
             "cc_mask_before": rep.get("cc_mask_before"), "cc_mask_after": rep.get("cc_mask_after"),
+            "cc_mask_input_b_after": rep.get("cc_mask_input_b_after"), "verdict": rep.get("verdict"),
+            "overlapped_write_seconds": rep.get("overlapped_write_seconds"),
             "load_before": [round(x, 2) for x in load0], "load_after": [round(x, 2) for x in os.getloadavg()],
             "tree_rss_mb_series": series[::4], "stderr_tail": lines[-8:] if proc.returncode else []}
 

@@ -476,13 +476,77 @@ def write_viewer(outdir: Path, pdb_id: str, deposited, refined, sharpened: mapio
 
 def write_artefacts(outdir: Path, pdb_id: str, refined_st, sharpened: mapio.DensityMap | None,
                     diff: mapio.DensityMap | None, *, version: str) -> list[dict]:
-    """Write the refined model and kept maps atomically; return their artefact records."""
+    """Write the refined model (unless ``refined_st`` is None) and kept maps atomically; return
+    their artefact records."""
     arts = []
     stem = pdb_id.lower()
-    p = modelio.write_model(outdir / f"{stem}_rerefined.cif", refined_st, program="rerefine", version=version)
-    arts.append(("refined_model", p))
+    if refined_st is not None:
+        p = modelio.write_model(outdir / f"{stem}_rerefined.cif", refined_st, program="rerefine", version=version)
+        arts.append(("refined_model", p))
     if sharpened is not None:
         arts.append(("sharpened_map", mapio.write_map(outdir / f"{stem}_sharpened.mrc.gz", sharpened)))
     if diff is not None:
         arts.append(("difference_map", mapio.write_map(outdir / f"{stem}_diff.mrc.gz", diff)))
     return [{"kind": k, "path": str(p), "size": p.stat().st_size, "sha256": file_sha256(p)} for k, p in arts]
+
+
+class EarlyWrites:
+    """Outputs written in a thread of the flow's process while the entry's other stages run in its
+    stage worker: the refined model and the sharpened map (:func:`write_artefacts`) and the radial
+    profiles (:func:`radial_profiles`), so that their compression uses the core the worker leaves
+    free. Files go to a ``.partial`` folder inside the entry's folder and are moved into it by
+    :meth:`finish` (so a failed entry leaves the previous run's files as they were); :meth:`discard`
+    removes them.
+    """
+
+    def __init__(self, outdir: Path, pdb_id: str, refined_st, sharpened: mapio.DensityMap | None,
+                 box: mapio.DensityMap, sharp_map: mapio.DensityMap, *, version: str):
+        import concurrent.futures as cf
+        import shutil
+
+        self.outdir = Path(outdir)
+        self.partial = self.outdir / ".partial"
+        shutil.rmtree(self.partial, ignore_errors=True)
+        self.partial.mkdir(parents=True)
+        self.seconds = 0.0
+        self._pool = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"write-{pdb_id}")
+        self._pdb_id, self._version = pdb_id, version
+        self._arts = [self._pool.submit(self._timed, write_artefacts, self.partial, pdb_id, refined_st, sharpened,
+                                        None, version=version)]
+        self._radial = self._pool.submit(self._timed, radial_profiles, box, sharp_map)
+
+    def add_difference_map(self, diff: mapio.DensityMap) -> None:
+        """Write the difference map too (after the others), while the caller goes on."""
+        self._arts.append(self._pool.submit(self._timed, write_artefacts, self.partial, self._pdb_id, None, None,
+                                            diff, version=self._version))
+
+    def _timed(self, fn, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t
+
+    def radial(self) -> dict:
+        """:func:`radial_profiles`' result (waits for it)."""
+        return self._radial.result()
+
+    def finish(self) -> list[dict]:
+        """Wait for the writes, move the files into the entry's folder; their artefact records."""
+        import os
+
+        arts = [rec for fut in self._arts for rec in fut.result()]
+        self._pool.shutdown()
+        for rec in arts:
+            final = self.outdir / Path(rec["path"]).name
+            os.replace(rec["path"], final)
+            rec["path"] = str(final)
+        self.partial.rmdir()
+        return arts
+
+    def discard(self) -> None:
+        """Wait for the thread and remove what it wrote (the entry failed)."""
+        import shutil
+
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(self.partial, ignore_errors=True)

@@ -20,7 +20,6 @@ from dataclasses import replace
 import gemmi
 import numpy as np
 import scipy.fft
-from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from . import mapio, modelmap
@@ -122,10 +121,7 @@ def difference_peaks(diff: DensityMap, st: gemmi.Structure, *, n_peaks: int = 20
     tree = cKDTree(xyz) if len(xyz) else None
     res = {}
     for sign, key in ((1.0, "positive_peaks"), (-1.0, "negative_peaks")):
-        v = sign * data
-        loc = (v == ndimage.maximum_filter(v, size=3, mode="nearest")) & (v >= min_sd * sd)
-        idx = np.argwhere(loc)
-        heights = v[loc]
+        idx, heights = local_maxima(sign * data, min_sd * sd)
         order = np.argsort(-heights)[:n_peaks]
         peaks = []
         for i in order:
@@ -140,3 +136,26 @@ def difference_peaks(diff: DensityMap, st: gemmi.Structure, *, n_peaks: int = 20
         res[key] = peaks
     res["sd"] = sd
     return res
+
+
+def local_maxima(v: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels of a 3-D array that are at least ``threshold`` and the maximum of their 3×3×3
+    neighbourhood (the box edge repeated beyond it: ``scipy.ndimage.maximum_filter(v, size=3,
+    mode="nearest") == v``), in C order, and their values.
+
+    Only the voxels at or above ``threshold`` are examined (their 26 neighbours gathered), so the
+    cost follows the number of such voxels rather than the box, and no box-size array is made
+    besides the threshold mask.
+    """
+    idx = np.argwhere(v >= threshold)
+    heights = v[tuple(idx.T)]
+    if not len(idx):
+        return idx, heights
+    hi = np.array(v.shape) - 1
+    keep = np.ones(len(idx), bool)
+    for off in np.ndindex(3, 3, 3):
+        if off == (1, 1, 1):
+            continue
+        nb = np.clip(idx + (np.array(off) - 1), 0, hi)
+        keep &= v[tuple(nb.T)] <= heights
+    return idx[keep], heights[keep]

@@ -32,6 +32,7 @@ from numba import njit, prange
 from scipy import fft as sfft
 from scipy import ndimage
 
+from .fsc import fft_workers
 from .mapio import DensityMap
 
 
@@ -81,11 +82,11 @@ def lowpass_map(dmap: DensityMap, resolution: float, *, b_sharpen: float = 0.0) 
     deviation of the filtered values), so map values are in units of the box sd.
     """
     shape = dmap.data.shape
-    f = sfft.rfftn(np.asarray(dmap.data, dtype=np.float64))
+    f = sfft.rfftn(np.asarray(dmap.data, dtype=np.float64), workers=fft_workers())
     # plane by plane and in place: no box-size temporaries beyond the transform and the result
     for i, s2 in enumerate(reciprocal_sq_planes(dmap, shape)):
         f[i] *= resolution_filter(s2, resolution, b_sharpen)
-    out = sfft.irfftn(f, s=shape, overwrite_x=True)
+    out = sfft.irfftn(f, s=shape, overwrite_x=True, workers=fft_workers())
     del f
     out -= out.mean()
     sd = float(np.sqrt(np.vdot(out.ravel(), out.ravel()) / max(out.size, 1)))

@@ -242,7 +242,7 @@ def fit_rigid_body(xyz: np.ndarray, dmap: DensityMap, resolution: float, weights
     moved = _apply(xyz, groups, centres, p)
     heavy = np.ones(len(xyz), bool) if heavy_mask is None else np.asarray(heavy_mask, bool)
     for k, g in enumerate(groups):
-        if status[k] == "moved" and _new_overlaps(xyz, moved, g, heavy) > MAX_NEW_OVERLAPS:
+        if status[k] == "moved" and new_overlaps(xyz, moved, g, heavy) > MAX_NEW_OVERLAPS:
             status[k] = "clash"
             p[6 * k:6 * k + 6] = 0.0
             moved[g] = xyz[g]
@@ -254,7 +254,7 @@ def fit_rigid_body(xyz: np.ndarray, dmap: DensityMap, resolution: float, weights
     return RigidBodyFit(moved, labels, angles, axes, shifts, map_before, map_after, rmsd, status)
 
 
-def _new_overlaps(before: np.ndarray, after: np.ndarray, group: np.ndarray, heavy: np.ndarray) -> int:
+def new_overlaps(before: np.ndarray, after: np.ndarray, group: np.ndarray, heavy: np.ndarray) -> int:
     """Severe overlaps (< :data:`OVERLAP_DIST`) between heavy atoms of ``group`` and heavy atoms
     outside it after the move, minus those there were before."""
     from scipy.spatial import cKDTree
@@ -267,7 +267,17 @@ def _new_overlaps(before: np.ndarray, after: np.ndarray, group: np.ndarray, heav
         return 0
     count = []
     for x in (before, after):
-        tree = cKDTree(x[others])
+        # only atoms inside the group's bounding box widened by the overlap distance can be that
+        # close (the margin's 1e-6 Å covers rounding), so the tree holds those, not the whole model:
+        # the check costs O(atoms) per group instead of a tree of the whole model per group
+        lo = x[g].min(axis=0) - (OVERLAP_DIST + 1e-6)
+        hi = x[g].max(axis=0) + (OVERLAP_DIST + 1e-6)
+        xo = x[others]
+        near = xo[np.all((xo >= lo) & (xo <= hi), axis=1)]
+        if not len(near):
+            count.append(0)
+            continue
+        tree = cKDTree(near)
         count.append(sum(len(v) for v in tree.query_ball_point(x[g], OVERLAP_DIST)))
     return count[1] - count[0]
 

@@ -246,3 +246,38 @@ def test_placement_stage_never_fails_the_entry(pairs, monkeypatch):
 
     monkeypatch.setattr(rigidbody, "placement_check", broken)
     assert pipeline.stage_placement(st, dmap, res) is None
+
+
+def test_early_writes_move_into_the_entry_folder_or_leave_it_alone(pairs, tmp_path):
+    """The outputs written in a thread while the stage worker measures: on success the refined model
+    and the sharpened map land in the entry's folder (read back: gemmi finds the same atoms, the
+    map has the same values) with records whose checksums are the files', and the radial profiles equal
+    :func:`radial_profiles`; on failure the folder keeps the previous run's file untouched."""
+    import gemmi
+    import numpy as np
+
+    from rerefine.flows import pipeline
+    from rerefine.refine import mapio, modelio
+
+    model, mp, res = pairs["emd_20026_box_3ajo_refined"]
+    st, dmap = modelio.read_model(model), mapio.read_map(mp)
+    out = entry_dir(tmp_path, "3ajo")
+    early = pipeline.EarlyWrites(out, "3ajo", st, dmap, dmap, dmap, version="test")
+    assert early.radial() == pipeline.radial_profiles(dmap, dmap)
+    early.add_difference_map(dmap)
+    arts = early.finish()
+    assert [a["kind"] for a in arts] == ["refined_model", "sharpened_map", "difference_map"]
+    assert sorted(p.name for p in out.iterdir()) == ["3ajo_diff.mrc.gz", "3ajo_rerefined.cif",
+                                                     "3ajo_sharpened.mrc.gz"]
+    for a in arts:
+        assert Path(a["path"]).parent == out
+        assert a["sha256"] == hashlib.sha256(Path(a["path"]).read_bytes()).hexdigest()
+    back = gemmi.read_structure(str(out / "3ajo_rerefined.cif"))
+    assert back[0].count_atom_sites() == st[0].count_atom_sites()
+    for name in ("3ajo_sharpened.mrc.gz", "3ajo_diff.mrc.gz"):
+        np.testing.assert_array_equal(mapio.read_map(out / name).data, dmap.data)
+    before = (out / "3ajo_rerefined.cif").read_bytes()
+    failed = pipeline.EarlyWrites(out, "3ajo", st.clone(), dmap, dmap, dmap, version="other")
+    failed.discard()
+    assert (out / "3ajo_rerefined.cif").read_bytes() == before
+    assert not (out / ".partial").exists()

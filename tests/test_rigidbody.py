@@ -206,3 +206,34 @@ def test_rigid_body_chain_refinement_keeps_the_validation_gates(p5me2, test_data
     assert s["rama_outliers"] <= mp["rama_summary"]["n_outliers"]
     assert s["rama_favored_pct"] >= mp["rama_summary"]["favored_pct"] - 0.5
     assert s["rotamer_outliers"] <= mp["rota_summary"]["n_outliers"]
+
+
+@pytest.mark.parametrize("shift", [0.0, 1.5, 4.0])
+def test_new_overlaps_counts_every_close_pair(p5me2, shift):
+    """The overlap count of a moved chain (only atoms near the chain are searched) equals the
+    count over all pairs of heavy atoms (scipy cdist), on real 5ME2 with chain A shifted toward
+    the model's centre by 0, 1.5 and 4 Å and every other chain shifted too (so both sides move)."""
+    from scipy.spatial.distance import cdist
+
+    from rerefine.refine.rigidbody import OVERLAP_DIST, new_overlaps
+
+    st = p5me2[0]
+    xyz = atom_xyz(st)
+    heavy = np.array([not c.atom.is_hydrogen() for c in st[0].all()])
+    groups, labels = chain_groups(st)
+    moved = xyz.copy()
+    centre = xyz.mean(axis=0)
+    for g in groups:
+        d = centre - xyz[g].mean(axis=0)
+        moved[g] += shift * d / np.linalg.norm(d)
+
+    def brute(x, g):
+        inside = np.zeros(len(x), bool)
+        inside[g] = True
+        a, b = x[g[heavy[g]]], x[heavy & ~inside]
+        return int(np.count_nonzero(cdist(a, b) <= OVERLAP_DIST))
+
+    counts = [new_overlaps(xyz, moved, g, heavy) for g in groups]
+    assert counts == [brute(moved, g) - brute(xyz, g) for g in groups]
+    if shift >= 1.5:  # the test moves chains into each other: it checks non-zero counts too
+        assert max(counts) > 0
