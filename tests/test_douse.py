@@ -258,7 +258,7 @@ def test_pipeline_stage(apo, test_data):
     assert geometry["nonbonded_overlaps"] >= 0 and geometry["n_bonds"] > 0
     # the setting: RR_DOUSE_MAX_RESOLUTION reaches the pipeline parameters; worse entries untouched
     settings = load_settings(env={"RR_DOUSE_MAX_RESOLUTION": "1.5"}, config=test_data / "no-such.toml")
-    p2 = pipeline_params(type("A", (), {"cycles": None, "no_adp": False, "q_sigma": None})(), settings)
+    p2 = pipeline_params(type("A", (), {"cycles": None, "no_adp": False, "q_sigma": None, "region_atoms": None})(), settings)
     assert p2.douse_max_resolution == 1.5
     same, summary2, geometry2 = pipeline.stage_douse(dry, sharp.map, box, res, None, p2)
     assert same is dry and geometry2 is None and summary2["status"].startswith("skipped: resolution 1.75")
