@@ -370,13 +370,19 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def _rss(pid: int) -> int:
-    """A process's resident bytes now (``VmRSS``; 0 when gone or unknown)."""
+def _status_bytes(pid: int, field: str) -> int:
+    """A memory field of ``/proc/PID/status`` (e.g. ``VmRSS``, ``VmHWM``) in bytes; 0 when the
+    process is gone or the field unknown."""
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def _rss(pid: int) -> int:
+    """A process's resident bytes now (``VmRSS``; 0 when gone or unknown)."""
+    return _status_bytes(pid, "VmRSS")
 
 
 def tree_rss(pid: int) -> tuple[int, int]:
@@ -557,11 +563,7 @@ def _reset_peak_rss(pid: int) -> None:
 
 def _peak_rss(pid: int) -> int:
     """A process's peak resident bytes since its last reset (``VmHWM``; 0 when unknown)."""
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _status_bytes(pid, "VmHWM")
 
 
 def stage_peaks() -> dict[str, float]:
