@@ -561,7 +561,8 @@ def has_runs(engine) -> bool:
 
 
 def record_judgements(engine, candidates, params: dict | None, summary: dict) -> list[dict]:
-    """Record each candidate that is not accepted (rejected: ``skipped`` with its reason; failed to be
+    """``candidates``: :func:`rerefine.harvester.harvest.discover`'s result (a ``Discovery``).
+    Record each candidate that is not accepted (rejected: ``skipped`` with its reason; failed to be
     judged: ``failed``), list them in ``summary``, then keep the judgements in the mirror's state
     file (:meth:`rerefine.harvester.harvest.Discovery.remember`), so the next night neither judges nor
     records them again while their inputs stay the same. Returns the accepted candidates as dicts."""
@@ -576,10 +577,8 @@ def record_judgements(engine, candidates, params: dict | None, summary: dict) ->
             summary["failed"].append({"pdb_id": c.pdb_id, "reason": c.reason})
         record_candidate(engine, asdict(c), __version__, params or {},
                          "skipped" if c.status == "rejected" else "failed", c.reason or c.status)
-    summary["judged_before"] = int(getattr(candidates, "unchanged", 0))
-    remember = getattr(candidates, "remember", None)
-    if remember is not None:
-        remember()
+    summary["judged_before"] = candidates.unchanged
+    candidates.remember()
     return accepted
 
 
