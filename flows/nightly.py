@@ -394,31 +394,34 @@ def make_task_runner(workers: int, dask_address: str | None):
 
 @contextlib.contextmanager
 def shared_temporary_server(local_cluster: bool):
-    """With ``local_cluster`` and no ``PREFECT_API_URL``: start Prefect's temporary API server
-    here and point the run and the local Dask cluster's workers at it (environment and settings).
+    """With ``local_cluster`` and no ``PREFECT_API_URL``: start a Prefect API server of the run's
+    own (:func:`rerefine.flows.prefect_server.temporary_server`: ``prefect server start`` on a free
+    loopback port, its database in a temporary folder) and point the run and the local Dask
+    cluster's workers at it (``PREFECT_API_URL`` in the environment and the settings).
 
     Otherwise each worker process starts a temporary server of its own at its first task, which
     the cluster's shutdown (it kills workers that do not end within seconds) leaves running. The
-    server is the one Prefect itself would start for this process
-    (``prefect.server.api.server.SubprocessASGIServer``); it stops at exit, as Prefect's does.
+    server's whole process group is stopped at exit, also when the night fails.
     A remote cluster (``--dask-address``) cannot reach a server on this host's loopback: there,
     set ``PREFECT_API_URL`` to a Prefect server the workers can reach.
+
+    Yields the seconds the server took to answer, or None when none was started.
     """
     import os
 
     if not local_cluster or os.environ.get("PREFECT_API_URL"):
-        yield
+        yield None
         return
-    from prefect.server.api.server import SubprocessASGIServer
+    from rerefine.flows.prefect_server import temporary_server
 
-    server = SubprocessASGIServer()
-    server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
+    t0 = time.perf_counter()
+    with temporary_server() as api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+                yield round(time.perf_counter() - t0, 3)
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
 
 
 def without_heartbeats():
@@ -474,7 +477,9 @@ def run_nightly(*, settings, since=None, until=None, mirror=None, limit=None, wo
     runner = make_task_runner(workers, dask_address)
     nightly = nightly_flow.with_options(task_runner=runner)
     t0 = time.perf_counter()
-    with without_heartbeats(), shared_temporary_server(workers > 1 and not dask_address):
+    with without_heartbeats(), shared_temporary_server(workers > 1 and not dask_address) as server_seconds:
+        if server_seconds is not None:
+            prefect_startup.update(api_url="temporary server", server_seconds=server_seconds)
         summary = nightly(settings_dict=s, since=since, until=until, mirror=mirror,
                           limit=limit, build_site=build_site, force=force, params=params.to_dict(),
                           accept_unknown_resolution=accept_unknown_resolution, db_ready=True, locked=True)

@@ -1,4 +1,6 @@
-"""The nightly on a Dask cluster end to end (issue 17: one entry's regions on many workers).
+"""The nightly on a Dask cluster end to end (issue 17: one entry's regions on many workers), and the
+run's own Prefect server that the local cluster's workers report to
+(:func:`rerefine.flows.prefect_server.temporary_server`).
 
 A real night through the CLI on the sample archive made from the real test data, on the local
 Dask cluster of ``rerefine nightly --workers 2`` (two worker processes, one thread each). 5ME2
@@ -10,16 +12,21 @@ night goes on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
 
 from procs import processes_with  # tests/ is on sys.path under pytest
+from rerefine.common.errors import RerefineError
+from rerefine.flows.prefect_server import temporary_server
 from rerefine.harvester import sample_archive
 
 
@@ -68,3 +75,50 @@ def test_dask_night_spreads_one_entrys_regions_over_both_workers(test_data, tmp_
     # nothing of the run is left: no stage worker, region process, Dask worker or Prefect server
     # (before flows/nightly.shared_temporary_server, each Dask worker's own server outlived it)
     assert processes_with(f"RR_DATA_DIR={data_dir}") == []
+
+
+def _marked(monkeypatch) -> str:
+    """An environment entry that every process started from here on inherits."""
+    marker = f"RR_TEST_SERVER={uuid.uuid4().hex}"
+    monkeypatch.setenv(*marker.split("=", 1))
+    return marker
+
+
+def _health(api_url: str) -> bytes:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"{api_url}/health", timeout=10) as r:
+        return r.read()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process checks read /proc")
+@pytest.mark.parametrize("body_raises", [False, True])
+def test_temporary_server_answers_and_its_group_is_gone_after_exit(monkeypatch, body_raises):
+    marker = _marked(monkeypatch)
+    with pytest.raises(RuntimeError, match="the night failed") if body_raises else contextlib.nullcontext():
+        with temporary_server() as api_url:
+            assert api_url.startswith("http://127.0.0.1:") and api_url.endswith("/api")
+            # Prefect's health route answers JSON true (REST API reference: GET /api/health)
+            assert json.loads(_health(api_url)) is True
+            pids = processes_with(marker)
+            assert pids, "no server process carries the run's environment"
+            # the server runs in a process group of its own, not in ours, so it can be stopped whole
+            groups = {os.getpgid(p) for p in pids}
+            assert len(groups) == 1 and os.getpgrp() not in groups
+            if body_raises:
+                raise RuntimeError("the night failed")
+    assert processes_with(marker) == []
+    with pytest.raises(OSError):
+        _health(api_url)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process checks read /proc")
+def test_temporary_server_not_answering_in_time_is_one_line_and_leaves_nothing(monkeypatch):
+    marker = _marked(monkeypatch)
+    # Prefect's CLI alone takes seconds to import, so nothing answers within 0.2 s
+    with pytest.raises(RerefineError) as err:
+        with temporary_server(startup_seconds=0.2):
+            pytest.fail("the body ran without a server")
+    msg = str(err.value)
+    assert "\n" not in msg and "did not answer within 0.2 s" in msg and "stderr ends:" in msg
+    assert processes_with(marker) == []
