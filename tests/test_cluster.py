@@ -122,3 +122,16 @@ def test_temporary_server_not_answering_in_time_is_one_line_and_leaves_nothing(m
     msg = str(err.value)
     assert "\n" not in msg and "did not answer within 0.2 s" in msg and "stderr ends:" in msg
     assert processes_with(marker) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process checks read /proc")
+def test_temporary_server_that_exits_names_the_cause_in_one_line(monkeypatch):
+    marker = _marked(monkeypatch)
+    # an invalid documented server setting (an integer, settings reference): the CLI exits at once
+    monkeypatch.setenv("PREFECT_SERVER_API_KEEPALIVE_TIMEOUT", "notanumber")
+    with pytest.raises(RerefineError) as err:
+        with temporary_server():
+            pytest.fail("the body ran without a server")
+    msg = str(err.value)
+    assert "\n" not in msg and "exited with code" in msg and "keepalive_timeout" in msg
+    assert processes_with(marker) == []
