@@ -151,17 +151,22 @@ def _validate(st, monlib_dir, add_hydrogens: bool, top8000_dir, shared: dict | N
             while len(work) > 1:
                 del work[len(work) - 1]
         xyz = atom_xyz(work)
-        if shared is not None and key is not None and shared.get("key") == key:
+        reuse = shared is not None and key is not None and shared.get("key") == key
+        if reuse:
             r = _same_topology(shared, xyz)
         else:
             r = build_restraints(work, monlib_dir)
-            if shared is not None and key is not None:
-                shared.update(key=key, restraints=r, hb_type=r.hb_type.copy())
         warnings.extend(r.warnings)
-        counted = clashscore.counted_atoms(work)
+        if shared is not None and key is not None and not reuse:
+            shared.clear()
+            shared.update(key=key, restraints=r, hb_type=r.hb_type.copy())
+        counted = shared["counted"] if reuse else clashscore.counted_atoms(work)
         if add_hydrogens:
             hydrogens.his_acceptors(work, r.hb_type)
-        rad = clashscore.contact_radii(r, work)
+        # the contact radii follow the atoms and the restraints alone: the same for the same key
+        rad = shared["radii"] if reuse else clashscore.contact_radii(r, work)
+        if shared is not None and key is not None and not reuse:
+            shared.update(counted=counted, radii=rad)
         if add_hydrogens:
             xyz = hydrogens.optimize_rotors(xyz, r.element, r.bonds.idx, rad, r.hb_type,
                                             ~counted, r.altloc, r.partner_ptr, r.partner_idx, r.partner_code)
@@ -170,10 +175,10 @@ def _validate(st, monlib_dir, add_hydrogens: bool, top8000_dir, shared: dict | N
         inv = peptides.restraint_inversions(r.chirals.idx, r.chirals.ideal, r.chirals.both, xyz)
         cras = list(work[0].all())
         ci, cj, ov = clashscore.clashes(r, xyz, clashscore.occupancies(work), counted, rad)
-        labels = clashscore.atom_labels(work)
         n_counted = int(counted.sum())
         for a, b, o in zip(ci.tolist(), cj.tolist(), ov.tolist()):
-            clash_list.append({"a": labels[a], "b": labels[b], "overlap": round(o, 3)})
+            clash_list.append({"a": clashscore.atom_label(cras[a]), "b": clashscore.atom_label(cras[b]),
+                               "overlap": round(o, 3)})
             for t in {_res_key(cras[a]), _res_key(cras[b])}:
                 clash_by_res[t] = clash_by_res.get(t, 0) + 1
         summary_geo.update({
