@@ -139,15 +139,17 @@ def _rotate(points: np.ndarray, origin: np.ndarray, axis: np.ndarray, angles: np
 
 def optimize_rotors(xyz: np.ndarray, element: np.ndarray, bond_idx: np.ndarray, rad: np.ndarray,
                     hb_type: np.ndarray, water: np.ndarray, altloc: np.ndarray, partner_ptr, partner_idx,
-                    partner_code, *, passes: int = 2) -> np.ndarray:
+                    partner_code, *, passes: int = 2, groups: list | None = None) -> np.ndarray:
     """Coordinates with every rotatable H group turned to its best-scoring orientation.
 
     ``rad``: contact radii (Å); ``hb_type``: 2/3 acceptor, 4 polar H; ``water``: water atoms
     (acceptors for polar H). Pairs 1-2 … 1-5 apart (``partner_*``, CSR of pairs j > i) do
-    not score. Returns a new (N, 3) array.
+    not score. ``groups``: :func:`rotors` of ``element`` and ``bond_idx`` when already known.
+    Returns a new (N, 3) array.
     """
     xyz = np.array(xyz, dtype=np.float64)
-    groups = rotors(element, bond_idx)
+    if groups is None:
+        groups = rotors(element, bond_idx)
     if not groups:
         return xyz
     tree = cKDTree(xyz)

@@ -163,13 +163,16 @@ def _validate(st, monlib_dir, add_hydrogens: bool, top8000_dir, shared: dict | N
         counted = shared["counted"] if reuse else clashscore.counted_atoms(work)
         if add_hydrogens:
             hydrogens.his_acceptors(work, r.hb_type)
-        # the contact radii follow the atoms and the restraints alone: the same for the same key
+        # the contact radii and the rotatable H groups follow the atoms and the restraints alone:
+        # the same for the same key
         rad = shared["radii"] if reuse else clashscore.contact_radii(r, work)
-        if shared is not None and key is not None and not reuse:
-            shared.update(counted=counted, radii=rad)
         if add_hydrogens:
+            groups = shared["rotors"] if reuse else hydrogens.rotors(r.element, r.bonds.idx)
             xyz = hydrogens.optimize_rotors(xyz, r.element, r.bonds.idx, rad, r.hb_type,
-                                            ~counted, r.altloc, r.partner_ptr, r.partner_idx, r.partner_code)
+                                            ~counted, r.altloc, r.partner_ptr, r.partner_idx, r.partner_code,
+                                            groups=groups)
+            if shared is not None and key is not None and not reuse:
+                shared.update(counted=counted, radii=rad, rotors=groups)
         allg = bond_angle_rmsds(r, xyz)
         heavy = bond_angle_rmsds(r, xyz, heavy_only=True)
         inv = peptides.restraint_inversions(r.chirals.idx, r.chirals.ideal, r.chirals.both, xyz)
