@@ -13,6 +13,9 @@ On case N of :mod:`bench_scale` (N×N×N copies of 5ME2 in the EMD-3488 map tile
   share their topology). The refined model is stood in for by the deposited one with every atom
   moved by a seeded Gaussian of 0.05 Å per axis (more opens chain gaps: then the pair is
   validated separately).
+* metrics (``pipeline.stage_metrics`` of the deposited model, no EMDB contour): A = the order
+  statistics of CCvolume/CCpeaks and of the default contour by ``np.partition`` (the previous
+  code), B = by :func:`rerefine.refine.mapcc.kth_smallest`.
 
 Reported per stage: each run's seconds, the median of A and of B and their ratio, and whether A and
 B gave identical results (the placement dict, the peak lists). The load (``os.getloadavg``) is
@@ -76,23 +79,31 @@ def shaken(st, sigma: float = 0.05, seed: int = 0):
     return out
 
 
-STAGES = ("placement", "difference_peaks", "validation")
+STAGES = ("placement", "difference_peaks", "validation", "metrics")
+
+
+def _partition_kth(x, k):
+    """The previous order statistic: ``np.partition`` of the whole array."""
+    x = np.ascontiguousarray(x).ravel()
+    return float(np.partition(x, int(k))[int(k)])
 
 
 def run(n: int, repeats: int, which=STAGES) -> dict:
     from rerefine.flows import pipeline
-    from rerefine.refine import diffmap, rigidbody
+    from rerefine.flows.pipeline import EntryJob, PipelineParams
+    from rerefine.refine import diffmap, inclusion, mapcc, rigidbody
 
     st, big = tiled_pair(reps=(n, n, n), box=(100 * n,) * 3)
     box = pipeline.stage_box(st, big, 8.0)
     del big
     diff = diffmap.difference_map(st, box, 3.2)[0] if "difference_peaks" in which else None
-    new_overlaps, new_maxima = rigidbody.new_overlaps, diffmap.local_maxima
+    new_overlaps, new_maxima, new_kth = rigidbody.new_overlaps, diffmap.local_maxima, mapcc.kth_smallest
     env0 = os.environ.get("RR_FFT_WORKERS")
 
     def set_a(a: bool):
         rigidbody.new_overlaps = _whole_model_overlaps if a else new_overlaps
         diffmap.local_maxima = _maximum_filter_maxima if a else new_maxima
+        mapcc.kth_smallest = inclusion.kth_smallest = _partition_kth if a else new_kth
         if a:
             os.environ["RR_FFT_WORKERS"] = "1"
         elif env0 is None:
@@ -110,7 +121,10 @@ def run(n: int, repeats: int, which=STAGES) -> dict:
 
     stages = {"placement": lambda side: pipeline.stage_placement(st, box, 3.2),
               "difference_peaks": lambda side: diffmap.difference_peaks(diff, st),
-              "validation": validation}
+              "validation": validation,
+              "metrics": lambda side: {k: v for k, v in pipeline.stage_metrics(
+                  st, box, 3.2, EntryJob(f"tiled{n}", "", Path("model.cif"), Path("map.mrc"), [], resolution=3.2),
+                  PipelineParams(), None).items() if k != "seconds"}}
     stages = {k: v for k, v in stages.items() if k in which}
     out = {"n": n, "atoms": st[0].count_atom_sites(), "box_voxels": int(np.prod(box.shape)),
            "load_before": [round(x, 2) for x in os.getloadavg()]}
