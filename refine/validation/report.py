@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gemmi
@@ -159,7 +159,9 @@ def _validate(st, monlib_dir, add_hydrogens: bool, top8000_dir, shared: dict | N
         warnings.extend(r.warnings)
         if shared is not None and key is not None and not reuse:
             shared.clear()
-            shared.update(key=key, restraints=r, hb_type=r.hb_type.copy())
+            # without its neighbour list (the next model builds its own at its coordinates)
+            shared.update(key=key, restraints=replace(r, nonbonded=None), hb_type=r.hb_type.copy(),
+                          buffer=r.nonbonded.buffer)
         counted = shared["counted"] if reuse else clashscore.counted_atoms(work)
         if add_hydrogens:
             hydrogens.his_acceptors(work, r.hb_type)
@@ -263,13 +265,11 @@ def _same_topology(shared: dict, xyz) -> object:
     """The restraints in ``shared`` for a model with the same topology key at coordinates
     ``xyz``: the same restraint sets and per-atom arrays (H-bond types as built, before any
     change made for the earlier model), a neighbour list built at ``xyz``."""
-    from dataclasses import replace
-
     from ..nonbonded import NonbondedList
 
     r0 = shared["restraints"]
-    r = replace(r0, hb_type=shared["hb_type"].copy(), warnings=list(r0.warnings), nonbonded=None)
-    r.nonbonded = NonbondedList(r, buffer=r0.nonbonded.buffer)
+    r = replace(r0, hb_type=shared["hb_type"].copy(), warnings=list(r0.warnings))
+    r.nonbonded = NonbondedList(r, buffer=shared["buffer"])
     r.nonbonded.build(xyz)
     return r
 
