@@ -114,8 +114,8 @@ def input_b_task(refined_st, st, box, resolution: float):
 
 
 @task(name="validation")
-def validation_task(st, monlib, top8000):
-    return guard.run(pipeline.stage_validation, st, monlib, top8000)
+def validation_task(deposited, refined, monlib, top8000):
+    return guard.run(pipeline.stage_validation_pair, deposited, refined, monlib, top8000)
 
 
 @task(name="diffmap")
@@ -270,8 +270,9 @@ def entry_flow(job_dict: dict, ctx: dict) -> dict:
         pipeline.add_fit_figures(before, after, cc_mask_input_b=cc_input_b, crossval=cv,
                                  warnings=job.metadata.setdefault("warnings", []))
         with timed(timings, "validation"):
-            before.update(validation_task(st, ctx.get("monlib"), ctx.get("top8000")))
-            after.update(validation_task(ref.structure, ctx.get("monlib"), ctx.get("top8000")))
+            v_before, v_after = validation_task(st, ref.structure, ctx.get("monlib"), ctx.get("top8000"))
+            before.update(v_before)
+            after.update(v_after)
         after["refinement"] = {"status": ref.status, "weight": ref.weight, "cycles": ref.cycles,
                                "rmsd_moved": ref.rmsd_moved, "region_workers": region_workers(ref.history),
                                "warnings": (job.metadata.get("warnings", []) + list(ref.warnings))[:20]}

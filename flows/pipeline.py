@@ -372,20 +372,44 @@ VALIDATION_RESIDUE_FIELDS = ("chain", "seq", "icode", "resname", "phi", "psi", "
 
 def stage_validation(st, monlib: Path | None, top8000: Path | None) -> dict:
     """MolProbity-class validation of a model (:func:`rerefine.refine.validation.validate`) as flat
-    metric keys: :data:`rerefine.refine.validation.SUMMARY_KEYS`, ``cis_nonpro_peptides`` and
-    ``twisted_nonpro_peptides`` (the non-proline counts the verdict reads), plus
-    ``validation_residues`` (per residue: :data:`VALIDATION_RESIDUE_FIELDS`, angles rounded to
-    0.1°) and ``validation_warnings``. A validation that cannot run (bad input, no Top8000
-    folder) gives only the warning, so the verdict cannot be *improved*. The validation's own all-atom RMSDs are left out: the
-    metric dicts' ``bond_rmsd``/``angle_rmsd`` are the refinement restraints'."""
+    metric keys (:func:`validation_metrics`). A validation that cannot run (bad input, no Top8000
+    folder) gives only the warning, so the verdict cannot be *improved*."""
     from rerefine.common.errors import RerefineError
-    from rerefine.refine.validation import SUMMARY_KEYS, validate
+    from rerefine.refine.validation import validate
 
     try:
         rep = validate(st, monlib, top8000_dir=top8000)
     except RerefineError as exc:  # the entry keeps its refinement; its verdict cannot be "improved"
         log.warning("validation skipped: %s", exc)
         return {"validation_warnings": [f"validation not made: {exc}"]}
+    return validation_metrics(rep)
+
+
+def stage_validation_pair(deposited, refined, monlib: Path | None, top8000: Path | None) -> tuple[dict, dict]:
+    """:func:`stage_validation` of the deposited and the refined model, with the restraints built
+    once when both have the same topology (:func:`rerefine.refine.validation.validate_pair`;
+    the figures are those of two separate validations). When the pair cannot be validated
+    together, each model is validated on its own (so one model's bad input costs only its own
+    figures)."""
+    from rerefine.common.errors import RerefineError
+    from rerefine.refine.validation import validate_pair
+
+    try:
+        first, second = validate_pair(deposited, refined, monlib, top8000_dir=top8000)
+    except RerefineError:
+        return stage_validation(deposited, monlib, top8000), stage_validation(refined, monlib, top8000)
+    return validation_metrics(first), validation_metrics(second)
+
+
+def validation_metrics(rep) -> dict:
+    """A :class:`rerefine.refine.validation.ValidationReport` as flat metric keys:
+    :data:`rerefine.refine.validation.SUMMARY_KEYS`, ``cis_nonpro_peptides`` and
+    ``twisted_nonpro_peptides`` (the non-proline counts the verdict reads), plus
+    ``validation_residues`` (per residue: :data:`VALIDATION_RESIDUE_FIELDS`, angles rounded to
+    0.1°) and ``validation_warnings``. The validation's own all-atom RMSDs are left out: the
+    metric dicts' ``bond_rmsd``/``angle_rmsd`` are the refinement restraints'."""
+    from rerefine.refine.validation import SUMMARY_KEYS
+
     s = rep.summary
     out = {k: s.get(k) for k in SUMMARY_KEYS}
     out["cis_nonpro_peptides"] = s.get("cis_general")

@@ -15,6 +15,7 @@ import gemmi
 import numpy as np
 
 from .interpolate import values_at
+from .mapcc import kth_smallest
 from .mapio import DensityMap
 
 #: Backbone atom names used for backbone atom inclusion (EMDB VA convention).
@@ -84,7 +85,7 @@ def default_contour(dmap: DensityMap, xyz: np.ndarray, volume_per_atom: float = 
     if n_vox <= 0:
         return float(flat.max())
     # the n_vox-th highest value: voxels strictly above it number n_vox - 1 (ties aside)
-    return float(np.partition(flat, flat.size - n_vox)[flat.size - n_vox])
+    return kth_smallest(flat, flat.size - n_vox)
 
 
 def is_backbone(resname: str, atom_name: str) -> bool:

@@ -98,8 +98,92 @@ def _value_of_rank(a: np.ndarray, n: int) -> float:
     """Value of rank ``n`` (0-based) in descending order (cctbx's cut-off for the N highest points)."""
     flat = a.ravel()
     n = min(max(int(n), 0), flat.size - 1)
-    k = flat.size - 1 - n
-    return float(np.partition(flat, k)[k])
+    return kth_smallest(flat, flat.size - 1 - n)
+
+
+#: Bins of :func:`kth_smallest`'s histogram pass.
+_SELECT_BINS = 1 << 16
+
+
+@njit(cache=True, parallel=True)
+def _range_and_chunks(x, n_chunks):
+    n = x.size
+    lo = np.empty(n_chunks, x.dtype)
+    hi = np.empty(n_chunks, x.dtype)
+    finite = np.ones(n_chunks, np.bool_)
+    for c in prange(n_chunks):
+        a, b = c * n // n_chunks, (c + 1) * n // n_chunks
+        mn, mx = x[a], x[a]
+        for i in range(a, b):
+            v = x[i]
+            if not np.isfinite(v):
+                finite[c] = False
+            if v < mn:
+                mn = v
+            if v > mx:
+                mx = v
+        lo[c], hi[c] = mn, mx
+    return lo.min(), hi.max(), finite.all()
+
+
+@njit(cache=True, parallel=True)
+def _bin_counts(x, lo, scale, n_bins, n_chunks):
+    n = x.size
+    counts = np.zeros((n_chunks, n_bins), np.int64)
+    for c in prange(n_chunks):
+        a, b = c * n // n_chunks, (c + 1) * n // n_chunks
+        for i in range(a, b):
+            k = int((np.float64(x[i]) - lo) * scale)
+            counts[c, min(k, n_bins - 1)] += 1
+    return counts.sum(axis=0)
+
+
+@njit(cache=True)
+def _values_in_bin(x, lo, scale, n_bins, which, count):
+    out = np.empty(count, x.dtype)
+    j = 0
+    for i in range(x.size):
+        k = min(int((np.float64(x[i]) - lo) * scale), n_bins - 1)
+        if k == which:
+            out[j] = x[i]
+            j += 1
+    return out, out.min(), out.max()
+
+
+def kth_smallest(x: np.ndarray, k: int) -> float:
+    """The ``k``-th smallest value (0-based) of a float array: ``np.partition(x.ravel(), k)[k]``.
+
+    Exact, by selection: a parallel histogram pass (numba ``prange``) over the values' range
+    finds the bin holding rank ``k`` (the bin index is a monotone function of the value, so
+    every value of a lower bin is smaller); only that bin's values are kept and the search goes
+    on among them, until they are few (then ``np.partition``) or all equal. Arrays with
+    non-finite values go to ``np.partition`` itself.
+    """
+    x = np.ascontiguousarray(x).ravel()
+    k = int(k)
+    if not 0 <= k < x.size:
+        raise ValueError(f"kth_smallest: rank {k} outside 0..{x.size - 1}")
+    if x.dtype not in (np.float32, np.float64):
+        return float(np.partition(x, k)[k])
+    n_chunks = 64
+    if x.size < 4 * _SELECT_BINS:
+        return float(np.partition(x, k)[k])
+    lo, hi, finite = _range_and_chunks(x, n_chunks)
+    if not finite:
+        return float(np.partition(x, k)[k])
+    while True:
+        lo, hi = float(lo), float(hi)
+        if hi == lo:
+            return lo
+        if x.size < 4 * _SELECT_BINS:
+            break
+        scale = _SELECT_BINS / (hi - lo)
+        counts = _bin_counts(x, lo, scale, _SELECT_BINS, n_chunks)
+        cum = np.cumsum(counts)
+        which = int(np.searchsorted(cum, k, side="right"))
+        k -= int(cum[which - 1]) if which else 0
+        x, lo, hi = _values_in_bin(x, lo, scale, _SELECT_BINS, which, int(counts[which]))
+    return float(np.partition(x, k)[k])
 
 
 def five_cc(exp: np.ndarray, calc: np.ndarray, mask: np.ndarray) -> dict:

@@ -154,16 +154,22 @@ def _molecule_kind(st: gemmi.Structure) -> str:
     return "nucleic" if n_nuc > n_prot else "protein"
 
 
-def cc_metrics(st: gemmi.Structure, dmap: DensityMap, resolution: float):
-    """CC family plus per-residue and per-chain CC on ``dmap`` (already boxed as wanted)."""
+def cc_metrics(st: gemmi.Structure, dmap: DensityMap, resolution: float, *, xyz: np.ndarray | None = None,
+               groups: tuple | None = None):
+    """CC family plus per-residue and per-chain CC on ``dmap`` (already boxed as wanted).
+
+    ``xyz`` (the atom positions, Å, ``st[0].all()`` order) and ``groups`` (the residue and chain
+    atom groups, as :func:`compute_metrics` makes them) are computed from ``st`` when not given.
+    """
     calc = modelmap.model_map(st, dmap, resolution)
     msk = mask.molecular_mask(st, dmap)
     five = mapcc.five_cc(dmap.data, calc.data, msk)
     del msk
     bs = [cra.atom.b_iso for cra in st[0].all()]
     radius = mapcc.atom_radius(resolution, float(np.mean(bs)))
-    residues, rows, chain_groups = _groups(st)
-    xyz = np.array([cra.atom.pos.tolist() for cra in st[0].all()], float).reshape(-1, 3)
+    residues, rows, chain_groups = _groups(st) if groups is None else groups
+    if xyz is None:
+        xyz = np.array([cra.atom.pos.tolist() for cra in st[0].all()], float).reshape(-1, 3)
     g = dmap.grid_coordinates(xyz)
     res_cc = mapcc.group_cc(dmap.data, calc.data, g, residues, dmap.voxel_size, radius)
     names = list(chain_groups)
@@ -207,7 +213,8 @@ def compute_metrics(st: gemmi.Structure, dmap: DensityMap, resolution: float, *,
     xyz = check_inputs(st, dmap, resolution)
     resolution = float(resolution)
     box = box_for_cc(dmap, xyz, resolution)
-    five, radius, res_cc, chain_cc, rows = cc_metrics(st, box, resolution)
+    groups = _groups(st)
+    five, radius, res_cc, chain_cc, rows = cc_metrics(st, box, resolution, xyz=xyz, groups=groups)
     del box
 
     heavy = np.array([not cra.atom.is_hydrogen() for cra in st[0].all()], bool)
@@ -225,7 +232,7 @@ def compute_metrics(st: gemmi.Structure, dmap: DensityMap, resolution: float, *,
             contour_source = contour_source or "user"
         inc[heavy] = inclusion.atoms_above(dmap, xyz_h, contour)
         backbone[heavy] = inclusion.backbone_mask(st)
-    residues, _, chain_groups = _groups(st)
+    residues, _, chain_groups = groups
     per_residue = []
     for row, idx, cc in zip(rows, residues, res_cc):
         hidx = idx[heavy[idx]]

@@ -85,3 +85,28 @@ def test_pearson_and_rank_semantics():
     assert got["cc_volume"] == pytest.approx(vol, abs=1e-6)
     assert got["cc_peaks"] == pytest.approx(peaks, abs=1e-6)
     assert got["n_mask"] == n
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kth_smallest_equals_numpy_partition(dtype):
+    """The parallel selection (numba prange passes; arrays above 4 x 65,536 values, so the
+    parallel path runs) gives numpy's own order statistic, ``np.partition(x, k)[k]``, on
+    smooth values, on values rounded to many ties, on a block of zeros (a masked map) with
+    both signs of zero, and at the first and last rank; with a NaN it is numpy's answer too."""
+    from rerefine.refine.mapcc import kth_smallest
+
+    rng = np.random.default_rng(7)
+    n = 600_001
+    smooth = rng.normal(size=n)
+    ties = np.round(rng.normal(size=n), 2)
+    masked = np.concatenate([np.zeros(n // 2), -np.zeros(n // 4), rng.exponential(size=n - n // 2 - n // 4)])
+    rng.shuffle(masked)
+    for x in (smooth, ties, masked):
+        x = x.astype(dtype)
+        for k in (0, 1, n // 3, n // 2, n - 1000, n - 1):
+            assert kth_smallest(x, k) == np.partition(x, k)[k]
+    with_nan = smooth.astype(dtype)
+    with_nan[5] = np.nan
+    assert kth_smallest(with_nan, 10) == np.partition(with_nan, 10)[10]
+    with pytest.raises(ValueError):
+        kth_smallest(smooth, n)

@@ -155,3 +155,62 @@ def test_summary_keys(reports):
         row = d["per_residue"][0]
         for k in ("chain", "seq", "icode", "resname", "rama", "rotamer", "cbeta_dev"):
             assert k in row
+
+
+def _moved(st, sigma, seed=0):
+    from rerefine.refine.restraints import atom_xyz, set_xyz
+
+    out = st.clone()
+    xyz = atom_xyz(out)
+    set_xyz(out, xyz + np.random.default_rng(seed).normal(0.0, sigma, xyz.shape))
+    return out
+
+
+def _counting_builds(monkeypatch):
+    from rerefine.refine import restraints
+
+    calls = []
+    real = restraints.build_restraints
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(restraints, "build_restraints", counted)
+    return calls
+
+
+def test_validate_pair_shares_restraints_and_matches_two_validations(test_data, monkeypatch):
+    """A deposited model and a moved copy (0.05 Å per axis: no link changes) share one restraint
+    build, and both reports equal :func:`validate` of each model alone, to the last digit."""
+    from rerefine.refine.validation import validate_pair
+
+    st = gemmi.read_structure(str(test_data / "maps_models" / MODELS["5me2_deposited"]))
+    st.setup_entities()
+    moved = _moved(st, 0.05)
+    alone = [validate(st, MONLIB, top8000_dir=TOP), validate(moved, MONLIB, top8000_dir=TOP)]
+    calls = _counting_builds(monkeypatch)
+    pair = validate_pair(st, moved, MONLIB, top8000_dir=TOP)
+    assert len(calls) == 1
+    assert alone[1].summary != alone[0].summary  # the moved copy is a different model
+    for a, p in zip(alone, pair):
+        assert a.to_dict() == p.to_dict()
+
+
+def test_validate_pair_rebuilds_when_a_link_changes(test_data, monkeypatch):
+    """A peptide bond pulled apart by 3 Å (gemmi's topology then sees a chain gap, not a TRANS
+    link): the second model's restraints are built anew, and its report equals :func:`validate`
+    of it alone (sharing would have kept the stretched peptide bond in the bond RMSD)."""
+    from rerefine.refine.validation import validate_pair
+
+    st = gemmi.read_structure(str(test_data / "maps_models" / MODELS["5me2_deposited"]))
+    st.setup_entities()
+    gap = st.clone()
+    res = gap[0][0][40]
+    for a in res:
+        a.pos = gemmi.Position(a.pos.x + 3.0, a.pos.y, a.pos.z)
+    alone = validate(gap, MONLIB, top8000_dir=TOP)
+    calls = _counting_builds(monkeypatch)
+    pair = validate_pair(st, gap, MONLIB, top8000_dir=TOP)
+    assert len(calls) == 2
+    assert pair[1].to_dict() == alone.to_dict()

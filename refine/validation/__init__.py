@@ -8,7 +8,7 @@ and reference. Top8000 reference data, Williams et al. (2018) Protein Sci. 27:29
 CC-BY 4.0.
 """
 
-from .report import SUMMARY_KEYS, ValidationReport, validate
+from .report import SUMMARY_KEYS, ValidationReport, validate, validate_pair
 from .tables import CREDIT, default_top8000_dir
 
-__all__ = ["validate", "ValidationReport", "SUMMARY_KEYS", "CREDIT", "default_top8000_dir"]
+__all__ = ["validate", "validate_pair", "ValidationReport", "SUMMARY_KEYS", "CREDIT", "default_top8000_dir"]

@@ -247,14 +247,11 @@ def clashes(r, xyz: np.ndarray, occupancy: np.ndarray, counted: np.ndarray, rad:
     return pi[order], pj[order], ov[order]
 
 
-def atom_labels(st: gemmi.Structure) -> list[str]:
-    """``CHAIN:SEQ[ICODE]:RESNAME/ATOM[ALT]`` of every atom of the first model (``st[0].all()`` order)."""
-    out = []
-    for cra in st[0].all():
-        alt = cra.atom.altloc
-        out.append(f"{cra.chain.name}:{cra.residue.seqid.num}{cra.residue.seqid.icode.strip()}:"
-                   f"{cra.residue.name}/{cra.atom.name}{'' if alt == chr(0) else alt}")
-    return out
+def atom_label(cra: gemmi.CRA) -> str:
+    """``CHAIN:SEQ[ICODE]:RESNAME/ATOM[ALT]`` of one atom (a ``gemmi.CRA``)."""
+    alt = cra.atom.altloc
+    return (f"{cra.chain.name}:{cra.residue.seqid.num}{cra.residue.seqid.icode.strip()}:"
+            f"{cra.residue.name}/{cra.atom.name}{'' if alt == chr(0) else alt}")
 
 
 def counted_atoms(st: gemmi.Structure) -> np.ndarray:
@@ -268,4 +265,4 @@ def occupancies(st: gemmi.Structure) -> np.ndarray:
 
 
 __all__ = ["OVERLAP", "DOT_DENSITY", "RADIUS", "clash_kernel", "dot_overlaps", "clashes", "contact_radii",
-           "parent_atoms", "bond_adjacency", "atom_labels", "counted_atoms", "occupancies"]
+           "parent_atoms", "bond_adjacency", "atom_label", "counted_atoms", "occupancies"]

@@ -33,6 +33,21 @@ _CUTOFF = 4.5
 
 def add_hydrogens(st: gemmi.Structure, monlib_dir: str | os.PathLike) -> gemmi.Structure:
     """A copy of the first model of ``st`` with riding hydrogens (see module docstring)."""
+    return hydrogenated(st, monlib_dir)[0]
+
+
+def hydrogenated(st: gemmi.Structure, monlib_dir: str | os.PathLike) -> tuple[gemmi.Structure, tuple]:
+    """:func:`add_hydrogens`' model and its topology key.
+
+    The key holds everything the restraints of the model with hydrogens
+    (:func:`rerefine.refine.restraints.build_restraints`) depend on besides coordinates: the
+    model's name, and per residue in model order its chain, name, number and insertion code,
+    its atoms (name, altloc, element) and the links gemmi's topology made to the previous
+    residue (their link ids: ``TRANS``/``CIS``/``PTRANS``/``PCIS``, ... chosen from the
+    coordinates), plus the other links gemmi applied and the model's connections (disulfides,
+    metal and other covalent links). Two models
+    with equal keys get the same restraints; only the neighbour list follows the coordinates.
+    """
     work = st.clone()
     while len(work) > 1:
         del work[len(work) - 1]
@@ -45,17 +60,25 @@ def add_hydrogens(st: gemmi.Structure, monlib_dir: str | os.PathLike) -> gemmi.S
     except Exception as exc:
         raise InputError(f"{monlib_dir}: cannot read monomer library ({str(exc).splitlines()[0]})") from None
     try:
-        gemmi.prepare_topology(work, monlib, model_index=0, h_change=gemmi.HydrogenChange.ReAddButWater,
-                               reorder=False, warnings=io.StringIO(), ignore_unknown_links=True)
+        topo = gemmi.prepare_topology(work, monlib, model_index=0, h_change=gemmi.HydrogenChange.ReAddButWater,
+                                      reorder=False, warnings=io.StringIO(), ignore_unknown_links=True)
     except Exception as exc:
         raise InputError(f"{label}: cannot add hydrogens ({str(exc).splitlines()[0]})") from None
+    links = [tuple(lk.link_id for lk in ri.prev) for ci in topo.chain_infos for ri in ci.res_infos]
+    extras = [(lk.link_id, lk.res1.name, str(lk.res1.seqid), lk.res2.name, str(lk.res2.seqid), lk.alt1, lk.alt2,
+               str(lk.asu)) for lk in topo.extras]
+    connections = [(c.link_id, str(c.type), str(c.partner1), c.partner1.altloc, str(c.partner2), c.partner2.altloc,
+                    str(c.asu)) for c in work.connections]
+    del topo
     for ch in work[0]:
         for res in ch:
             if res.name == "HIS":
                 for k in range(len(res) - 1, -1, -1):
                     if res[k].name == "HD1":
                         del res[k]
-    return work
+    residues = [(ch.name, res.name, res.seqid.num, res.seqid.icode,
+                 tuple((a.name, a.altloc, a.element.name) for a in res)) for ch in model for res in ch]
+    return work, (work.name, tuple(residues), tuple(links), tuple(extras), tuple(connections))
 
 
 def his_acceptors(st: gemmi.Structure, hb_type: np.ndarray) -> None:
@@ -116,15 +139,17 @@ def _rotate(points: np.ndarray, origin: np.ndarray, axis: np.ndarray, angles: np
 
 def optimize_rotors(xyz: np.ndarray, element: np.ndarray, bond_idx: np.ndarray, rad: np.ndarray,
                     hb_type: np.ndarray, water: np.ndarray, altloc: np.ndarray, partner_ptr, partner_idx,
-                    partner_code, *, passes: int = 2) -> np.ndarray:
+                    partner_code, *, passes: int = 2, groups: list | None = None) -> np.ndarray:
     """Coordinates with every rotatable H group turned to its best-scoring orientation.
 
     ``rad``: contact radii (Å); ``hb_type``: 2/3 acceptor, 4 polar H; ``water``: water atoms
     (acceptors for polar H). Pairs 1-2 … 1-5 apart (``partner_*``, CSR of pairs j > i) do
-    not score. Returns a new (N, 3) array.
+    not score. ``groups``: :func:`rotors` of ``element`` and ``bond_idx`` when already known.
+    Returns a new (N, 3) array.
     """
     xyz = np.array(xyz, dtype=np.float64)
-    groups = rotors(element, bond_idx)
+    if groups is None:
+        groups = rotors(element, bond_idx)
     if not groups:
         return xyz
     tree = cKDTree(xyz)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gemmi
@@ -60,6 +60,28 @@ def _pct(n: int, d: int) -> float | None:
     return 100.0 * n / d if d else None
 
 
+def validate_pair(first: gemmi.Structure, second: gemmi.Structure,
+                  monlib_dir: str | os.PathLike | None = None, *,
+                  top8000_dir: str | os.PathLike | None = None) -> tuple[ValidationReport, ValidationReport]:
+    """:func:`validate` of two models (with hydrogens), e.g. a deposited and a re-refined one.
+
+    When the two models with hydrogens have the same topology key
+    (:func:`rerefine.refine.validation.hydrogens.hydrogenated`: the same atoms in the same
+    order and the same links), the restraints built for the first are used for the second,
+    with the second's own neighbour list; the reports are the same as two :func:`validate`
+    calls. Otherwise (e.g. waters added, atoms moved between residues, a peptide changed
+    between cis and trans) the second's restraints are built anew.
+
+    Returns
+    -------
+    (ValidationReport, ValidationReport)
+        The first's and the second's.
+    """
+    shared: dict = {}
+    return (_validate(first, monlib_dir, True, top8000_dir, shared),
+            _validate(second, monlib_dir, True, top8000_dir, shared))
+
+
 def validate(st: gemmi.Structure, monlib_dir: str | os.PathLike | None = None, *, add_hydrogens: bool = True,
              top8000_dir: str | os.PathLike | None = None) -> ValidationReport:
     """Validate the first model of ``st`` the way MolProbity does.
@@ -88,6 +110,12 @@ def validate(st: gemmi.Structure, monlib_dir: str | os.PathLike | None = None, *
     InputError
         Model without atoms, unreadable monomer library or Top8000 folder.
     """
+    return _validate(st, monlib_dir, add_hydrogens, top8000_dir, None)
+
+
+def _validate(st, monlib_dir, add_hydrogens: bool, top8000_dir, shared: dict | None) -> ValidationReport:
+    """:func:`validate`; ``shared`` (a dict, or None) carries the restraints from one model with
+    hydrogens to the next with the same topology key (:func:`validate_pair`)."""
     label = st.name or "model"
     if len(st) == 0 or st[0].count_atom_sites() == 0:
         raise InputError(f"{label}: model has no atoms")
@@ -115,31 +143,47 @@ def validate(st: gemmi.Structure, monlib_dir: str | os.PathLike | None = None, *
         from ..geometry import bond_angle_rmsds
         from ..restraints import atom_xyz, build_restraints
 
+        key = None
         if add_hydrogens:
-            work = hydrogens.add_hydrogens(st, monlib_dir)
+            work, key = hydrogens.hydrogenated(st, monlib_dir)
         else:
             work = st.clone()
             while len(work) > 1:
                 del work[len(work) - 1]
-        r = build_restraints(work, monlib_dir)
-        warnings.extend(r.warnings)
         xyz = atom_xyz(work)
-        counted = clashscore.counted_atoms(work)
+        reuse = shared is not None and key is not None and shared.get("key") == key
+        if reuse:
+            r = _same_topology(shared, xyz)
+        else:
+            r = build_restraints(work, monlib_dir)
+        warnings.extend(r.warnings)
+        if shared is not None and key is not None and not reuse:
+            shared.clear()
+            # without its neighbour list (the next model builds its own at its coordinates)
+            shared.update(key=key, restraints=replace(r, nonbonded=None), hb_type=r.hb_type.copy(),
+                          buffer=r.nonbonded.buffer)
+        counted = shared["counted"] if reuse else clashscore.counted_atoms(work)
         if add_hydrogens:
             hydrogens.his_acceptors(work, r.hb_type)
-        rad = clashscore.contact_radii(r, work)
+        # the contact radii and the rotatable H groups follow the atoms and the restraints alone:
+        # the same for the same key
+        rad = shared["radii"] if reuse else clashscore.contact_radii(r, work)
         if add_hydrogens:
+            groups = shared["rotors"] if reuse else hydrogens.rotors(r.element, r.bonds.idx)
             xyz = hydrogens.optimize_rotors(xyz, r.element, r.bonds.idx, rad, r.hb_type,
-                                            ~counted, r.altloc, r.partner_ptr, r.partner_idx, r.partner_code)
+                                            ~counted, r.altloc, r.partner_ptr, r.partner_idx, r.partner_code,
+                                            groups=groups)
+            if shared is not None and key is not None and not reuse:
+                shared.update(counted=counted, radii=rad, rotors=groups)
         allg = bond_angle_rmsds(r, xyz)
         heavy = bond_angle_rmsds(r, xyz, heavy_only=True)
         inv = peptides.restraint_inversions(r.chirals.idx, r.chirals.ideal, r.chirals.both, xyz)
         cras = list(work[0].all())
         ci, cj, ov = clashscore.clashes(r, xyz, clashscore.occupancies(work), counted, rad)
-        labels = clashscore.atom_labels(work)
         n_counted = int(counted.sum())
         for a, b, o in zip(ci.tolist(), cj.tolist(), ov.tolist()):
-            clash_list.append({"a": labels[a], "b": labels[b], "overlap": round(o, 3)})
+            clash_list.append({"a": clashscore.atom_label(cras[a]), "b": clashscore.atom_label(cras[b]),
+                               "overlap": round(o, 3)})
             for t in {_res_key(cras[a]), _res_key(cras[b])}:
                 clash_by_res[t] = clash_by_res.get(t, 0) + 1
         summary_geo.update({
@@ -217,8 +261,21 @@ def validate(st: gemmi.Structure, monlib_dir: str | os.PathLike | None = None, *
     return ValidationReport(summary=summary, per_residue=rows, clashes=clash_list, warnings=warnings)
 
 
+def _same_topology(shared: dict, xyz) -> object:
+    """The restraints in ``shared`` for a model with the same topology key at coordinates
+    ``xyz``: the same restraint sets and per-atom arrays (H-bond types as built, before any
+    change made for the earlier model), a neighbour list built at ``xyz``."""
+    from ..nonbonded import NonbondedList
+
+    r0 = shared["restraints"]
+    r = replace(r0, hb_type=shared["hb_type"].copy(), warnings=list(r0.warnings))
+    r.nonbonded = NonbondedList(r, buffer=shared["buffer"])
+    r.nonbonded.build(xyz)
+    return r
+
+
 def _res_key(cra) -> tuple:
     return (cra.chain.name, int(cra.residue.seqid.num), cra.residue.seqid.icode.strip())
 
 
-__all__ = ["validate", "ValidationReport", "SUMMARY_KEYS"]
+__all__ = ["validate", "validate_pair", "ValidationReport", "SUMMARY_KEYS"]
