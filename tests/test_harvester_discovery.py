@@ -12,6 +12,7 @@ import datetime as dt
 import gzip
 import os
 import json
+import logging
 
 import jsonschema
 import pytest
@@ -321,7 +322,8 @@ def test_has_runs_tells_a_new_database(sample_mirror, tmp_path, monkeypatch):
         e.dispose()
 
 
-def test_a_done_entry_is_handed_to_no_task_until_something_asks_for_a_run(sample_mirror, tmp_path, monkeypatch):
+def test_a_done_entry_is_handed_to_no_task_until_something_asks_for_a_run(sample_mirror, tmp_path, monkeypatch,
+                                                                          caplog):
     """The nightly's hand-off (``record_judgements`` then ``leave_done``): an accepted entry unchanged on
     the mirror whose latest run under this pipeline version and parameters is ``done`` gets no per-entry
     task and is counted in ``done_before``; a failed or interrupted run, a changed file (also one whose
@@ -362,8 +364,10 @@ def test_a_done_entry_is_handed_to_no_task_until_something_asks_for_a_run(sample
     todo, s = night()
     assert todo == ["5me2"] and s["done_before"] == 1  # the failed one only
     run("5me2", "done")
-    todo, s = night()
+    with caplog.at_level(logging.INFO, logger="rerefine.flows.nightly"):
+        todo, s = night()
     assert todo == [] and s["done_before"] == 2
+    assert "2 accepted entries left as done" in caplog.text and "0 handed to per-entry tasks" in caplog.text
     # a later run of 7cec (other inputs) left running by a killed night: interrupted, run again
     run("7cec", "done", sha="b", leave_running=True)
     todo, s = night()
