@@ -588,6 +588,44 @@ def record_judgements(engine, candidates, params: dict | None, summary: dict) ->
     return accepted
 
 
+def leave_done(engine, candidates, accepted: list[dict], params: dict | None, summary: dict) -> list[dict]:
+    """The accepted candidates that still need a per-entry task; the others are counted in
+    ``summary["done_before"]`` (with ``summary["done_query_seconds"]``) and logged.
+
+    Left out: an entry discovery returned as judged before from the same mirror files, settings,
+    pipeline version and parameters (``candidates.kept_inputs``, from the mirror's state file), whose
+    latest run under this pipeline version and parameters is ``done`` and started after those files
+    last changed (so it read them as they are). One database query for the night
+    (:func:`rerefine.reports.store.latest_runs`). Everything else is run: a new or changed entry, a
+    failed or interrupted run, another version or parameters; under ``--force`` discovery keeps no
+    judgement, so nothing is left out.
+    """
+    from rerefine.reports import store
+
+    summary["done_before"], summary["done_query_seconds"] = 0, 0.0
+    kept = candidates.kept_inputs
+    if not kept or not accepted:
+        return accepted
+    t0 = time.perf_counter()
+    runs = store.latest_runs(engine, pipeline_version=__version__,
+                             params=PipelineParams(**(params or {})).to_dict())
+    summary["done_query_seconds"] = round(time.perf_counter() - t0, 3)
+    todo = []
+    for cand in accepted:
+        newest_ns = kept.get(cand["pdb_id"])
+        status, started = runs.get(store.normalise_pdb_id(cand["pdb_id"]), (None, None))
+        if newest_ns is not None and status == "done" and started is not None and \
+                started.replace(tzinfo=dt.timezone.utc).timestamp() * 1e9 > newest_ns:
+            continue
+        todo.append(cand)
+    summary["done_before"] = len(accepted) - len(todo)
+    if summary["done_before"]:
+        log.info("%d accepted entries left as done: unchanged since a finished run of pipeline %s with these "
+                 "parameters (one database query, %.2f s); %d handed to per-entry tasks",
+                 summary["done_before"], __version__, summary["done_query_seconds"], len(todo))
+    return todo
+
+
 @task(name="build-site")
 def site_task(database: str, out: str) -> str:
     from rerefine.reports import db, site, site_sources
@@ -640,7 +678,8 @@ def nightly_flow(settings_dict: dict, since=None, until=None, mirror=None, limit
     ctx = _entry_ctx(s, params or {}, force, mirror)
     summary = {"found": len(candidates), "processed": 0, "cached": 0, "improved": 0, "unchanged": 0,
                "worse": 0, "failed": [], "rejected": [], "entries": [], "site": None}
-    accepted = record_judgements(engine, candidates, params, summary)
+    accepted = leave_done(engine, candidates, record_judgements(engine, candidates, params, summary), params,
+                          summary)
     futures = [process_entry_task.submit(c, ctx) for c in accepted]
     for cand, fut in zip(accepted, futures):
         try:

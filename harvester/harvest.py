@@ -99,12 +99,18 @@ class Discovery(list):
         how many entries were left out because they were judged (and rejected) before from the
         same inputs (``only_changed=True``); their earlier judgement and its record stand;
     ``pending``
-        this call's judgements, kept in the mirror's state file by :meth:`remember`.
+        this call's judgements, kept in the mirror's state file by :meth:`remember`;
+    ``kept_inputs``
+        ``pdb_id -> newest modification time (ns since the epoch)`` of the mirror files read by the
+        judgement, for each accepted entry returned as judged before from the same inputs (not judged
+        again): a run started after that time read those files as they are now.
     """
 
-    def __init__(self, items=(), *, unchanged: int = 0, index_path=None, root=None, pending=(), forget=()):
+    def __init__(self, items=(), *, unchanged: int = 0, index_path=None, root=None, pending=(), forget=(),
+                 kept_inputs=None):
         super().__init__(items)
         self.unchanged = unchanged
+        self.kept_inputs = dict(kept_inputs or {})
         self.index_path = None if index_path is None else str(index_path)
         self.root = None if root is None else str(root)
         self.pending = list(pending)
@@ -281,7 +287,7 @@ def discover(since=None, until=None, *, search_url: str | None = None, data_url:
     if mir is None:
         raise InputError("discover: give a search_url (RCSB) or a mirror")
     cache = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "rerefine-harvest-cache"
-    indexed, kept, files, key, n_unchanged = None, {}, {}, "", 0
+    indexed, kept, files, key, n_unchanged, kept_inputs = None, {}, {}, "", 0, {}
     if not mir.is_url:  # a local mirror: parse only the model files new or changed since the last walk
         index = ModelIndex(cache / MODEL_INDEX_NAME)
         try:
@@ -290,9 +296,10 @@ def discover(since=None, until=None, *, search_url: str | None = None, data_url:
             key = judgement_key(version=__version__, since=since_d, until=until_d, run_key=run_key, **rules)
             if only_changed:
                 done = index.unchanged(mir.root, files, key)
-                kept = index.accepted_candidates(mir.root, [p for p, st in done.items() if st == "accepted"])
-                todo = [p for p in files if p not in done or (done[p] == "accepted" and p not in kept)]
-                n_unchanged = sum(st == "rejected" for st in done.values())
+                kept = index.accepted_candidates(mir.root, [p for p, (st, _m) in done.items() if st == "accepted"])
+                todo = [p for p in files if p not in done or (done[p][0] == "accepted" and p not in kept)]
+                n_unchanged = sum(st == "rejected" for st, _m in done.values())
+                kept_inputs = {p: done[p][1] for p in kept}
             indexed, unreadable = mirror_records(mir, index, files, todo)
         finally:
             index.close()
@@ -334,8 +341,10 @@ def discover(since=None, until=None, *, search_url: str | None = None, data_url:
                 pending.append(row)
     if indexed is None:
         return Discovery(out)
+    returned = {c.pdb_id for c in out}
     return Discovery(out, unchanged=n_unchanged, index_path=cache / MODEL_INDEX_NAME, root=mir.root,
-                     pending=pending, forget=forget)
+                     pending=pending, forget=forget,
+                     kept_inputs={p: m for p, m in kept_inputs.items() if p in returned})
 
 
 def _judgement_row(root: Path, cand: Candidate, model: tuple[str, int, int], key: str) -> tuple | None:

@@ -93,24 +93,26 @@ class ModelIndex:
             self.db.executemany("DELETE FROM models WHERE root = ? AND rel = ?", [(str(root), g) for g in gone])
 
     # -- judgements -------------------------------------------------------------------------
-    def unchanged(self, root: Path, files: dict[str, tuple[str, int, int]], key: str) -> dict[str, str]:
-        """``pid -> status`` of the entries judged before from the same inputs.
+    def unchanged(self, root: Path, files: dict[str, tuple[str, int, int]], key: str) -> dict[str, tuple[str, int]]:
+        """``pid -> (status, newest mtime_ns)`` of the entries judged before from the same inputs.
 
         Same inputs: the model file has the size and modification time of ``files[pid]`` (as
         :func:`scan_models` gives it), the settings ``key`` is the same, and every other mirror file
         the judgement read has the size and time it had then. Only entries with such files are
-        ``stat``-ed; the rest is one query.
+        ``stat``-ed; the rest is one query. The newest modification time (ns since the epoch) of the
+        model and those files tells whether a later run can have read them as they are now.
         """
-        out: dict[str, str] = {}
+        out: dict[str, tuple[str, int]] = {}
         rows = self.db.execute("SELECT pid, size, mtime_ns, key, deps, status FROM judgements WHERE root = ?",
                                (str(root),))
         for pid, size, mtime, k, deps, status in rows:
             f = files.get(pid)
             if f is None or f[1] != size or f[2] != mtime or k != key:
                 continue
-            if deps != "[]" and any(file_stat(root / rel) != (s, m) for rel, s, m in json.loads(deps)):
+            dep_stats = json.loads(deps) if deps != "[]" else []
+            if any(file_stat(root / rel) != (s, m) for rel, s, m in dep_stats):
                 continue
-            out[pid] = status
+            out[pid] = (status, max([mtime, *(m for _rel, _s, m in dep_stats)]))
         return out
 
     def accepted_candidates(self, root: Path, pids) -> dict[str, dict]:

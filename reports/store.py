@@ -528,6 +528,24 @@ def previous_outcome(engine: Engine, *, pdb_id: str, pipeline_version: str, para
     return row.status, row.reason
 
 
+def latest_runs(engine: Engine, *, pipeline_version: str, params: Mapping | None = None
+                ) -> dict[str, tuple[str, dt.datetime | None]]:
+    """``PDB id -> (status, started_at)`` of each entry's latest run (by ``updated_at``, then id) under
+    one pipeline version and parameter set, whatever its inputs: one query for the whole database.
+
+    The nightly's "already done" test for a whole night (an entry whose latest run is ``done`` and
+    started after its files last changed need not be handed to a per-entry task).
+    ``started_at`` is naive UTC, as stored.
+    """
+    t, v, e = db.T_RUNS, db.T_VERSIONS, db.T_ENTRIES
+    stmt = (select(e.c.pdb_id, t.c.status, t.c.started_at).join(e, e.c.id == t.c.entry_id)
+            .join(v, v.c.id == t.c.pipeline_version_id)
+            .where(v.c.version == str(pipeline_version), v.c.params_hash == params_hash(params))
+            .order_by(t.c.updated_at, t.c.id))
+    with engine.connect() as conn:
+        return {pid: (status, started) for pid, status, started in conn.execute(stmt)}
+
+
 def recompute_verdicts(engine: Engine) -> int:
     """Re-apply :func:`rerefine.reports.verdict.decide` to every ``done`` run (after the rule
     changed; the deciding gate too); returns how many verdicts changed. One transaction."""

@@ -155,12 +155,13 @@ def test_nightly_isolates_a_bad_entry_and_skips_finished_work(mirror, tmp_path, 
     assert (outdir / "7cec_rerefined.cif").is_file() and (outdir / "7cec_diff.mrc.gz").is_file()
     assert not list(data_dir.rglob(".tmp-*"))
 
-    # A second run finds 7cec done by this version with the same inputs and skips it.
+    # A second run finds 7cec done by this version with the same inputs and hands it to no task.
     r2 = _rerefine(["nightly", "--mirror", str(mirror), "--workers", "1", *FAST, "--no-site", "--json", "-"],
                    data_dir)
     assert r2.returncode == 0, r2.stderr[-3000:]
     s2 = json.loads(r2.stdout)
-    assert s2["cached"] == 1 and s2["processed"] == 0
+    assert s2["done_before"] == 1 and s2["cached"] == 0 and s2["processed"] == 0
+    assert [e["pdb_id"] for e in s2["entries"]] == ["5me2"]  # the failed one only, "not retried"
     # the two rejected entries are neither judged nor recorded again; their skip and reason stand
     assert s2["judged_before"] == 2 and s2["rejected"] == []
     assert _runs(data_dir)["5ni1"] == runs["5ni1"]
@@ -198,7 +199,8 @@ def test_nightly_killed_midway_resumes_on_a_dask_cluster(mirror, tmp_path):
                   data_dir)
     assert r.returncode == 0, r.stderr[-3000:]
     s = json.loads(r.stdout)
-    assert s["cached"] == 1  # the entry finished before the kill is not redone
+    # the entry finished before the kill is not redone: unchanged and done, it gets no task
+    assert s["done_before"] == 1 and s["cached"] == 0
     assert s["processed"] == 1 and not s["failed"]
     after = _runs(data_dir)
     assert after["5me2"]["status"] == "done" and after["7cec"]["status"] == "done"

@@ -12,6 +12,7 @@ import datetime as dt
 import gzip
 import os
 import json
+import logging
 
 import jsonschema
 import pytest
@@ -319,3 +320,85 @@ def test_has_runs_tells_a_new_database(sample_mirror, tmp_path, monkeypatch):
     assert nightly.has_runs(old) and not nightly.has_runs(new)
     for e in engines:
         e.dispose()
+
+
+def test_a_done_entry_is_handed_to_no_task_until_something_asks_for_a_run(sample_mirror, tmp_path, monkeypatch,
+                                                                          caplog):
+    """The nightly's hand-off (``record_judgements`` then ``leave_done``): an accepted entry unchanged on
+    the mirror whose latest run under this pipeline version and parameters is ``done`` gets no per-entry
+    task and is counted in ``done_before``; a failed or interrupted run, a changed file (also one whose
+    night ended before its run started), another pipeline version or parameters, and ``--force`` (no
+    judgement kept) are handed to a task again. Runs are made through ``reports.store``."""
+    from rerefine.flows import nightly
+    from rerefine.flows.pipeline import PipelineParams
+    from rerefine.harvester.mirror import Mirror
+    from rerefine.reports import db, store
+
+    database = f"sqlite:///{tmp_path / 'rr.sqlite'}"
+    db.upgrade(database)
+    engine = db.make_engine(database)
+    params = PipelineParams().to_dict()
+
+    def night(**kw):
+        found, _p, _h = _mirror_night(sample_mirror, tmp_path / "cache", monkeypatch, **kw)
+        store.recover_interrupted(engine)  # as the nightly does at its start
+        summary = {"rejected": [], "failed": []}
+        todo = nightly.leave_done(engine, found, nightly.record_judgements(engine, found, params, summary),
+                                  params, summary)
+        return [c["pdb_id"] for c in todo], summary
+
+    def run(pid, status, sha="a", leave_running=False):
+        entry = {"pdb_id": pid}
+        files = [{"role": "model", "path": f"{pid}.cif.gz", "size": 1, "sha256": sha}]
+        store.mark_running(engine, entry=entry, pipeline_version=nightly.__version__, params=params,
+                           input_files=files)
+        if not leave_running:
+            store.store_result(engine, entry=entry, pipeline_version=nightly.__version__, params=params,
+                               status=status, reason=None if status == "done" else f"{pid}: broken",
+                               input_files=files)
+
+    todo, s = night()
+    assert todo == ["5me2", "7cec"] and s["done_before"] == 0  # first night: nothing kept
+    run("7cec", "done")
+    run("5me2", "failed")
+    todo, s = night()
+    assert todo == ["5me2"] and s["done_before"] == 1  # the failed one only
+    run("5me2", "done")
+    with caplog.at_level(logging.INFO, logger="rerefine.flows.nightly"):
+        todo, s = night()
+    assert todo == [] and s["done_before"] == 2
+    assert "2 accepted entries left as done" in caplog.text and "0 handed to per-entry tasks" in caplog.text
+    # a later run of 7cec (other inputs) left running by a killed night: interrupted, run again
+    run("7cec", "done", sha="b", leave_running=True)
+    todo, s = night()
+    assert todo == ["7cec"] and s["done_before"] == 1
+    run("7cec", "done", sha="b")
+    assert night()[0] == []
+    # another pipeline version, other parameters: no done run under them (the mirror unchanged)
+    def hand_off(pars):
+        found, _p, _h = _mirror_night(sample_mirror, tmp_path / "cache", monkeypatch)
+        s = {"rejected": [], "failed": []}
+        todo = nightly.leave_done(engine, found, [c.to_dict() for c in found if c.status == "accepted"], pars, s)
+        return [c["pdb_id"] for c in todo], s["done_before"]
+
+    assert hand_off(params) == ([], 2)
+    assert hand_off({**params, "macro_cycles": params["macro_cycles"] + 1}) == (["5me2", "7cec"], 0)
+    with monkeypatch.context() as m:
+        m.setattr(nightly, "__version__", "0.0.0-other")
+        found, _p, _h = discover(mirror=sample_mirror, cache_dir=tmp_path / "cache", only_changed=True), 0, 0
+        todo = nightly.leave_done(engine, found, [c.to_dict() for c in found if c.status == "accepted"], params,
+                                  {})
+    assert found.kept_inputs and [c["pdb_id"] for c in todo] == ["5me2", "7cec"]
+    # a changed model file: judged again and run, also the night after when its run never started
+    # (the night was killed after keeping the judgement): its done run is older than the file
+    _touch(sample_mirror / Mirror.model_rel("7cec"))
+    assert night()[0] == ["7cec"]
+    todo, s = night()
+    assert todo == ["7cec"] and s["done_before"] == 1
+    # --force: discovery keeps no judgement, every accepted entry gets its task
+    found = discover(mirror=sample_mirror, cache_dir=tmp_path / "cache", only_changed=False)
+    s = {"rejected": [], "failed": []}
+    accepted = [c.to_dict() for c in found if c.status == "accepted"]
+    assert [c["pdb_id"] for c in nightly.leave_done(engine, found, accepted, params, s)] == ["5me2", "7cec"]
+    assert s["done_before"] == 0
+    engine.dispose()
