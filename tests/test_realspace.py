@@ -83,9 +83,9 @@ def test_map_target_skips_atoms_of_zero_weight(p5me2):
     part, _ = mt.values_gradients(xyz, on)
     assert not part[~on].any()
     # scipy's B-spline of the same coefficients (no prefilter: they already are coefficients);
-    # 1e-9 sd is float64 summation order over the 64 neighbours
+    # float64 summation order over the 64 neighbours: measured 1.2e-14 sd on every atom, values up to 18
     ref = ndimage.map_coordinates(mt.coef, mt.grid(xyz[on]).T, order=3, prefilter=False, mode="nearest")
-    np.testing.assert_allclose(part[on], ref, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(part[on], ref, rtol=0, atol=1e-12)
     bad = xyz.copy()
     bad[np.flatnonzero(~on)[0]] = np.nan
     assert np.isnan(mt.energy_gradient(bad, w)[0])
