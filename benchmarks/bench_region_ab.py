@@ -4,10 +4,11 @@ One region of case N of :mod:`bench_scale` (N×N×N copies of 5ME2 in the EMD-34
 at N=2 each region is one 4,468-atom copy with no fixed atom, as at N=4) is refined as the pool
 runs it: :func:`rerefine.refine.boxed.refine_region` on the pickled
 :class:`~rerefine.refine.boxed.RegionTask` the parent builds (``fixed_b_free``, the pipeline's
-``adp`` and ``macro_cycles``), in a fresh child process per run. Each child refines the region
-twice (settings the tree does not know are left out) and reports the CPU seconds (``time.process_time``) of the second call (the first loads
-numba's disk cache, as the first region of a pool worker does). Children alternate between the
-trees (A, B, A, B, ...), so both see the same machine load.
+``adp`` and ``macro_cycles``; settings a tree does not know are left out), in one child process
+per tree that stays up. Each child refines the region once untimed (it loads numba's disk cache,
+as the first region of a pool worker does), then the children refine it in turn, one at a time
+(A, B, B, A, A, B, ...), so every tree sees the same machine load; each refinement reports its CPU
+seconds (``time.process_time``).
 
 A tree is a checkout of this repository (``--tree NAME=PATH``; default ``main=`` the repository
 itself); the child imports ``rerefine`` from it through a temporary folder of links
@@ -45,7 +46,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "region_ab.json"
 PACKAGES = ("common", "flows", "harvester", "refine", "reports", "site")
 
 CHILD = r"""
-import dataclasses, pickle, sys, time
+import dataclasses, json, pickle, sys, time
 import numpy as np
 from rerefine.refine import boxed
 from rerefine.refine.refine_params import RefineParameters
@@ -53,13 +54,13 @@ task = pickle.load(open(sys.argv[1], "rb"))
 # a tree older than a setting runs without it (fixed_b_free does nothing without fixed atoms)
 names = {f.name for f in dataclasses.fields(RefineParameters)}
 task.options = {k: v for k, v in task.options.items() if k in names}
-runs = []
-for k in range(2):
+for line in sys.stdin:  # one refinement per line the parent sends
     t, c = time.perf_counter(), time.process_time()
     out = boxed.refine_region(task)
-    runs.append((time.process_time() - c, time.perf_counter() - t))
-np.savez(sys.argv[2], xyz=out.xyz, b=out.b, occ=out.occ, cpu=np.array(runs))
-print(boxed.__file__, out.status, out.cycles, out.weight)
+    cpu, wall = time.process_time() - c, time.perf_counter() - t
+    np.savez(sys.argv[2], xyz=out.xyz, b=out.b, occ=out.occ)
+    print(json.dumps({"cpu": cpu, "wall": wall, "status": out.status, "cycles": out.cycles,
+                      "weight": out.weight, "module": boxed.__file__}), flush=True)
 """
 
 
@@ -116,19 +117,35 @@ def main() -> dict:
             link_tree(Path(path), links / name)
         runs: dict = {name: [] for name, _ in trees}
         results: dict = {}
-        for rep in range(a.repeats):
-            for name, _ in trees:
-                env = dict(os.environ, PYTHONPATH=str(links / name), NUMBA_CACHE_DIR=str(links / name / "numba"))
-                res = tmp / f"{name}_{rep}.npz"
-                p = subprocess.run([sys.executable, "-c", CHILD, str(tmp / "task.pkl"), str(res)], env=env,
-                                   capture_output=True, text=True, cwd=tmp)
-                if p.returncode:
-                    raise SystemExit(f"{name}: child failed\n{p.stderr[-3000:]}")
-                d = np.load(res)
-                runs[name].append({"cpu": float(d["cpu"][1, 0]), "wall": float(d["cpu"][1, 1]),
-                                   "first_cpu": float(d["cpu"][0, 0]), "child": p.stdout.strip()})
-                results[name] = {k: d[k] for k in ("xyz", "b", "occ")}
-                print(name, rep, runs[name][-1], flush=True)
+        procs = {}
+        for name, _ in trees:
+            env = dict(os.environ, PYTHONPATH=str(links / name), NUMBA_CACHE_DIR=str(links / name / "numba"))
+            procs[name] = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp / "task.pkl"), str(tmp / f"{name}.npz")],
+                                           env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tmp)
+
+        def once(name: str) -> dict:
+            p = procs[name]
+            p.stdin.write("go\n")
+            p.stdin.flush()
+            line = p.stdout.readline()
+            if not line:
+                raise SystemExit(f"{name}: child failed (exit {p.wait()})")
+            return json.loads(line)
+
+        try:
+            for name, _ in trees:  # the first refinement of a child loads (or compiles) the kernels
+                out.setdefault("first_cpu", {})[name] = once(name)["cpu"]
+            for rep in range(a.repeats):
+                for name, _ in (trees if rep % 2 == 0 else trees[::-1]):
+                    runs[name].append(once(name))
+                    print(name, rep, runs[name][-1], flush=True)
+        finally:
+            for p in procs.values():
+                p.stdin.close()
+                p.wait()
+        for name, _ in trees:
+            d = np.load(tmp / f"{name}.npz")
+            results[name] = {k: d[k] for k in ("xyz", "b", "occ")}
         ref = trees[0][0]
         out["runs"] = runs
         out["median_cpu"] = {k: statistics.median(r["cpu"] for r in v) for k, v in runs.items()}
