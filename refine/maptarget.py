@@ -160,13 +160,14 @@ def _clamp(i, n):
 
 
 @njit(cache=True, parallel=True)
-def bspline_value_gradient(coef, grid, values, grads):
+def bspline_value_gradient(coef, grid, values, grads, active):
     """Tricubic B-spline value and gradient (per grid step) at fractional grid positions.
 
     ``coef`` are B-spline coefficients (float64, [ix, iy, iz]); ``grid`` (N, 3) fractional
     voxel indices; results go to ``values`` (N,) and ``grads`` (N, 3). Neighbour indices
     are clamped to the box, so positions outside it see a constant extension (zero gradient
-    far away) rather than an error.
+    far away) rather than an error. Positions where ``active`` (N,) bool is False are not
+    interpolated: value and gradient 0 (NaN for a non-finite position, as for any other).
     """
     nx, ny, nz = coef.shape
     n = grid.shape[0]
@@ -179,6 +180,12 @@ def bspline_value_gradient(coef, grid, values, grads):
             grads[a, 0] = np.nan
             grads[a, 1] = np.nan
             grads[a, 2] = np.nan
+            continue
+        if not active[a]:
+            values[a] = 0.0
+            grads[a, 0] = 0.0
+            grads[a, 1] = 0.0
+            grads[a, 2] = 0.0
             continue
         # keep far-away atoms from overflowing the integer cast
         gx = min(max(gx, -4.0), nx + 3.0)
@@ -250,19 +257,26 @@ class MapTarget:
     def grid(self, xyz: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray((np.asarray(xyz, float).reshape(-1, 3) - self.origin) @ self.to_grid.T)
 
-    def values_gradients(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Interpolated map values (sd units) at ``xyz`` (Å) and their Cartesian gradients (sd/Å)."""
+    def values_gradients(self, xyz: np.ndarray, active: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """Interpolated map values (sd units) at ``xyz`` (Å) and their Cartesian gradients (sd/Å);
+        with ``active`` (N,) bool, only at those atoms (0 at the others)."""
         g = self.grid(xyz)
         vals = np.empty(len(g))
         gg = np.empty((len(g), 3))
-        bspline_value_gradient(self.coef, g, vals, gg)
+        if active is None:
+            active = np.ones(len(g), dtype=np.bool_)
+        bspline_value_gradient(self.coef, g, vals, gg, np.ascontiguousarray(active, dtype=np.bool_))
         return vals, gg @ self.to_grid  # d/dx = (d g/d x)^T d/dg
 
     def values(self, xyz: np.ndarray) -> np.ndarray:
         return self.values_gradients(xyz)[0]
 
     def energy_gradient(self, xyz: np.ndarray, weights: np.ndarray) -> tuple[float, np.ndarray]:
-        """``T_map = -sum_i w_i rho(x_i)`` and its gradient (N, 3) with respect to the positions (Å)."""
-        vals, grads = self.values_gradients(xyz)
+        """``T_map = -sum_i w_i rho(x_i)`` and its gradient (N, 3) with respect to the positions (Å).
+
+        Atoms of weight 0 (riding hydrogens, zero occupancy) add nothing, so the map is not
+        interpolated at them."""
+        vals, grads = self.values_gradients(xyz, weights != 0)
         e = -float(np.dot(weights, vals))
         return e, -grads * weights[:, None]

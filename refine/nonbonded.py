@@ -48,6 +48,10 @@ PROBE_RADIUS = {"C": 1.70, "N": 1.55, "O": 1.40, "S": 1.80, "P": 1.80, "SE": 1.9
 PROBE_POLAR_H = 1.00
 PROBE_METAL = 0.9  # metals: probe uses small (ionic) radii
 CLASH_OVERLAP = 0.4
+#: Pairs per atom the serial pair search's buffers first hold: 4x a protein's with riding hydrogens
+#: (5ME2: 15.9 per atom within the cutoff, 7.3 without hydrogens); a denser model grows them and
+#: searches again.
+PAIR_BUFFER_PER_ATOM = 64
 
 
 def topology_partners(n: int, bond_idx: np.ndarray, extra_pairs: np.ndarray
@@ -268,6 +272,50 @@ def _pair_pass_serial(xyz, cutoff, cell, lo, dims, order, start, ptr, pidx, pcod
     return counts
 
 
+@njit(cache=True)
+def _pair_pass_once(xyz, cutoff, cell, lo, dims, order, start, ptr, pidx, pcode, altloc, fixed, residue,
+                    vdw, hb, out_j, out_kind, out_d0):
+    """:func:`_pair_pass_serial` counting and writing in one pass, into buffers of any size.
+
+    Before each atom its partners' bound (the atoms of its 18 stencil cells) is checked against
+    the room left; returns the per-atom counts, or an empty array when the buffers are too
+    small (nothing valid written then). Same pairs in the same order as the two passes."""
+    n = xyz.shape[0]
+    rank = np.empty(n, dtype=np.int64)
+    for t in range(n):
+        rank[order[t]] = t
+    counts = np.zeros(n, dtype=np.int64)
+    offs = np.zeros(n, dtype=np.int64)
+    cap = out_j.shape[0]
+    pos = 0
+    for i in range(n):
+        cx = int((xyz[i, 0] - lo[0]) / cell)
+        cy = int((xyz[i, 1] - lo[1]) / cell)
+        cz = int((xyz[i, 2] - lo[2]) / cell)
+        bound = 0
+        for dx in range(0, 2):
+            x = cx + dx
+            if x >= dims[0]:
+                continue
+            for dy in range(-1, 2):
+                y = cy + dy
+                if y < 0 or y >= dims[1]:
+                    continue
+                for dz in range(-1, 2):
+                    z = cz + dz
+                    if z < 0 or z >= dims[2]:
+                        continue
+                    c = (x * dims[1] + y) * dims[2] + z
+                    bound += start[c + 1] - start[c]
+        if pos + bound > cap:
+            return np.zeros(0, dtype=np.int64)
+        offs[i] = pos
+        counts[i] = _pair_atom(i, xyz, cutoff * cutoff, cell, lo, dims, order, rank, start, ptr, pidx, pcode,
+                               altloc, fixed, residue, vdw, hb, True, offs, out_j, out_kind, out_d0)
+        pos += counts[i]
+    return counts
+
+
 class NonbondedList:
     """Cell-list neighbour list of the repulsion term (see module docstring).
 
@@ -332,16 +380,30 @@ class NonbondedList:
         lo, dims, order, start = _cell_setup(xyz, cell)
         args = (xyz, self.cutoff, cell, lo, dims, order, start, r.partner_ptr, r.partner_idx, r.partner_code,
                 r.altloc, r.fixed, r.residue, r.vdw_radius, r.hb_type)
-        pair_pass = _pair_pass if use_parallel(n, parallel) else _pair_pass_serial
-        counts = pair_pass(*args, False, np.zeros(n, dtype=np.int64), np.zeros(1, dtype=np.int32),
-                            np.zeros(1, dtype=np.uint8), np.zeros(1))
-        offs = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts, out=offs[1:])
-        m = int(offs[-1])
-        pj = np.empty(m, dtype=np.int32)
-        kind = np.empty(m, dtype=np.uint8)
-        d0 = np.empty(m)
-        pair_pass(*args, True, offs[:-1], pj, kind, d0)
+        if use_parallel(n, parallel):
+            counts = _pair_pass(*args, False, np.zeros(n, dtype=np.int64), np.zeros(1, dtype=np.int32),
+                                np.zeros(1, dtype=np.uint8), np.zeros(1))
+            offs = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(counts, out=offs[1:])
+            m = int(offs[-1])
+            pj = np.empty(m, dtype=np.int32)
+            kind = np.empty(m, dtype=np.uint8)
+            d0 = np.empty(m)
+            _pair_pass(*args, True, offs[:-1], pj, kind, d0)
+        else:
+            # one pass into buffers sized from the last build (the threaded search needs its counts
+            # first to know where each atom writes); grown and searched again if too small
+            cap = max(2 * self.pi.shape[0], PAIR_BUFFER_PER_ATOM * n)
+            while True:
+                pj = np.empty(cap, dtype=np.int32)
+                kind = np.empty(cap, dtype=np.uint8)
+                d0 = np.empty(cap)
+                counts = _pair_pass_once(*args, pj, kind, d0)
+                if counts.shape[0] == n:
+                    break
+                cap *= 2
+            m = int(counts.sum())
+            pj, kind, d0 = pj[:m].copy(), kind[:m].copy(), d0[:m].copy()
         self.pi = np.repeat(np.arange(n, dtype=np.int32), counts)
         self.pj, self.kind, self.d0 = pj, kind, d0
 

@@ -179,6 +179,25 @@ def test_neighbour_list_lazy_update_is_exact(test_data):
     assert r.nonbonded.n_builds == builds + 1
 
 
+@pytest.mark.parametrize("per_atom", [None, 1])
+def test_one_pass_pair_search_equals_the_counted_one(test_data, monkeypatch, per_atom):
+    """The serial pair search (one pass into buffers sized ahead, grown when short: forced by a
+    buffer of 1 pair per atom) gives the threaded two-pass search's pairs in the same order."""
+    import rerefine.refine.nonbonded as nb
+
+    if per_atom is not None:
+        monkeypatch.setattr(nb, "PAIR_BUFFER_PER_ATOM", per_atom)
+    st, r = _build(test_data, M_5ME2)
+    xyz = atom_xyz(st) + np.random.default_rng(5).normal(0, 0.1, (r.n_atoms, 3))
+    r.nonbonded.build(xyz, parallel=False)  # first build: buffers sized by PAIR_BUFFER_PER_ATOM alone
+    ser = (r.nonbonded.pi.copy(), r.nonbonded.pj.copy(), r.nonbonded.kind.copy(), r.nonbonded.d0.copy())
+    r.nonbonded.build(xyz, parallel=True)
+    par = (r.nonbonded.pi, r.nonbonded.pj, r.nonbonded.kind, r.nonbonded.d0)
+    assert len(par[0]) > 10000
+    for a, b in zip(par, ser):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_minimising_restraints_idealises_a_shaken_model(ajo):
     """Geometry regularisation with L-BFGS: the gradients drive a 0.3 Å-shaken model back to ideal geometry."""
     st, r = ajo

@@ -62,6 +62,35 @@ def test_map_target_interpolates_grid_values(p3ajo):
     np.testing.assert_allclose(mt.values(xyz), rho[tuple(idx.T)], atol=1e-6)
 
 
+def test_map_target_skips_atoms_of_zero_weight(p5me2):
+    """Atoms of weight 0 (riding hydrogens) are not interpolated: the map term and its gradient equal
+    those from every atom's value, bit for bit; the values used are scipy's cubic B-spline at those
+    positions; a non-finite position still makes the term NaN."""
+    from scipy import ndimage
+
+    from rerefine.refine.maptarget import MapTarget, scattering_weights
+
+    st, dmap, res = p5me2
+    mt = MapTarget.from_map(dmap, res)
+    xyz = modelio.atom_positions(st) + np.random.default_rng(7).normal(0, 0.3, (st[0].count_atom_sites(), 3))
+    w = scattering_weights(st, res)
+    w[np.random.default_rng(8).random(len(w)) < 0.4] = 0.0
+    e, g = mt.energy_gradient(xyz, w)
+    vals, grads = mt.values_gradients(xyz)
+    assert e == -float(np.dot(w, vals))
+    np.testing.assert_array_equal(g, -grads * w[:, None])
+    on = w != 0
+    part, _ = mt.values_gradients(xyz, on)
+    assert not part[~on].any()
+    # scipy's B-spline of the same coefficients (no prefilter: they already are coefficients);
+    # float64 summation order over the 64 neighbours: measured 1.2e-14 sd on every atom, values up to 18
+    ref = ndimage.map_coordinates(mt.coef, mt.grid(xyz[on]).T, order=3, prefilter=False, mode="nearest")
+    np.testing.assert_allclose(part[on], ref, rtol=0, atol=1e-12)
+    bad = xyz.copy()
+    bad[np.flatnonzero(~on)[0]] = np.nan
+    assert np.isnan(mt.energy_gradient(bad, w)[0])
+
+
 def test_scattering_weights(p5me2):
     from rerefine.refine.maptarget import scattering_weights
 
