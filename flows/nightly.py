@@ -413,6 +413,8 @@ def shared_temporary_server(local_cluster: bool):
     if not local_cluster or os.environ.get("PREFECT_API_URL"):
         yield None
         return
+    from prefect.logging.handlers import APILogHandler
+
     from rerefine.flows.prefect_server import temporary_server
 
     t0 = time.perf_counter()
@@ -420,7 +422,13 @@ def shared_temporary_server(local_cluster: bool):
         os.environ["PREFECT_API_URL"] = api_url
         try:
             with temporary_settings(updates={PREFECT_API_URL: api_url}):
-                yield round(time.perf_counter() - t0, 3)
+                try:
+                    yield round(time.perf_counter() - t0, 3)
+                finally:
+                    # Send the run's queued log records while the server still answers; sent at
+                    # exit, they would find it stopped ("Error logging to API"). The handler's flush drains
+                    # the log worker all of its instances share.
+                    APILogHandler().flush()
         finally:
             os.environ.pop("PREFECT_API_URL", None)
 
